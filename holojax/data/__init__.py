@@ -1,0 +1,7 @@
+"""Corpora and synthetic tasks."""
+
+from holojax.data.text import (VOCAB_SIZE, Corpus, PackedBatches, decode, default_corpus_path,
+                               encode, eval_batches, load_corpus)
+
+__all__ = ["VOCAB_SIZE", "Corpus", "PackedBatches", "decode", "default_corpus_path", "encode",
+           "eval_batches", "load_corpus"]

@@ -55,7 +55,11 @@ def _adamw(learning_rate, weight_decay, **kw):
 
 
 def _adafactor(learning_rate, weight_decay, **kw):
-  # optax.adafactor's `weight_decay_rate` is decoupled like AdamW's.
+  # Without parameter-scale multiplication Adafactor's step is RMS-normalised
+  # like Adam's, so the same learning rates apply (optax's default scales the
+  # step by each parameter's RMS, which stalls small-init models at AdamW
+  # learning rates). `weight_decay_rate` is decoupled like AdamW's.
+  kw.setdefault("multiply_by_parameter_scale", False)
   return optax.adafactor(learning_rate, weight_decay_rate=weight_decay or None, **kw)
 
 
