@@ -23,9 +23,11 @@ DEMO_STEPS = 150
 
 
 def _run_one(name: str, lr: float, model: str, steps: int, corpus, progress: bool, position: int):
+  from holojax.models import registry as models
   from holojax.train.config import TrainConfig
   from holojax.train.loop import train
-  cfg = TrainConfig(model=model, optimizer=name, learning_rate=lr, steps=steps,
+  seq_len = min(128, models.get(model).config.max_seq_len)
+  cfg = TrainConfig(model=model, optimizer=name, learning_rate=lr, steps=steps, seq_len=seq_len,
                     eval_every=max(steps // 5, 1), log_every=max(steps // 30, 1),
                     warmup_steps=min(20, steps // 5), corpus=corpus, progress=progress)
   r = train(cfg, bar_position=position)  # one bar line per worker

@@ -120,7 +120,7 @@ def make_steps(graphdef, state_sh, mesh):
     model, optimizer = nnx.merge(graphdef, state)
     loss, grads = nnx.value_and_grad(loss_fn)(model, batch_bt)
     optimizer.update(model, grads)
-    metrics = {"train/loss": loss, "train/grad_norm": optax.global_norm(grads)}
+    metrics = {"train/loss": loss, "train/grad_norm": optax.tree.norm(grads)}
     return nnx.state((model, optimizer)), metrics
 
   @partial(jax.jit, out_shardings=rep)
@@ -149,10 +149,14 @@ def _check_finite(step: int, metrics: dict[str, float]):
         "Try a lower --lr or --clip-norm")
 
 
-def train(cfg: TrainConfig, *, bar_position: int = 0) -> TrainResult:
+def train(cfg: TrainConfig, *, bar_position: int = 0,
+          stop_after: int | None = None) -> TrainResult:
   """Runs (or resumes) a training run and returns its losses and final state.
 
   ``bar_position`` is the progress bar's line (for runs side by side).
+  ``stop_after`` ends the run after that step as if it had been killed there
+  (after that step's checkpoint, if one is due): for tests and for
+  splitting a run into jobs; resume with ``resume=True``.
   """
   spec = model_spec(cfg)
   model_desc = model_registry.describe(spec.config)
@@ -206,6 +210,7 @@ def train(cfg: TrainConfig, *, bar_position: int = 0) -> TrainResult:
   bar = _progress(cfg, start, bar_position)
   pending = None  # (step, device metrics): read one step late
   t_last, step_last = time.perf_counter(), start
+  done = start  # optimizer steps completed
 
   def drain(pending):
     step, m = pending
@@ -217,6 +222,7 @@ def train(cfg: TrainConfig, *, bar_position: int = 0) -> TrainResult:
     for step in range(start + 1, cfg.steps + 1):
       batch = jax.device_put(train_data.batch(step - 1), batch_sh)
       state, metrics = train_step(state, batch)
+      done = step
       if pending is not None:
         drain(pending)  # surfaces a NaN one step late without blocking the device
       pending = (step, metrics)
@@ -244,6 +250,8 @@ def train(cfg: TrainConfig, *, bar_position: int = 0) -> TrainResult:
       if mngr is not None and (step % cfg.ckpt_every == 0 or last):
         drain(pending)  # never checkpoint a non-finite state
         ckpt.save(mngr, step, state, meta(step), force=last)
+      if stop_after is not None and step >= stop_after:
+        break
   finally:
     if bar is not None:
       bar.close()
@@ -254,7 +262,7 @@ def train(cfg: TrainConfig, *, bar_position: int = 0) -> TrainResult:
       mngr.close()
 
   final_eval = eval_losses[-1][1] if eval_losses else _evaluate(eval_step, state, val_batches)
-  return TrainResult(config=cfg, steps=cfg.steps, train_losses=train_losses,
+  return TrainResult(config=cfg, steps=done, train_losses=train_losses,
                      eval_losses=eval_losses, final_eval_loss=final_eval,
                      tokens_per_s=float(np.median(rates)) if rates else float("nan"),
                      state_bits_per_param=bits, num_params=num_params, state=state,

@@ -113,7 +113,8 @@ class RMSNorm(nnx.Module):
   def __call__(self, x_btd):
     x32 = x_btd.astype(jnp.float32)
     y = x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + self.eps)
-    return (y * self.scale[...].astype(jnp.float32)).astype(x_btd.dtype)
+    scale = self.scale[...].astype(jnp.float32).reshape((1,) * (x_btd.ndim - 1) + (-1,))
+    return (y * scale).astype(x_btd.dtype)
 
 
 def rope(x_bthk, positions_t, base: float):

@@ -1,0 +1,51 @@
+import json
+import subprocess
+import sys
+
+import pytest
+
+from holojax.train import cli
+
+TINY = ["--model", "tiny", "--batch-size", "8", "--seq-len", "32", "--eval-batches", "1",
+        "--corpus-max-bytes", "500000", "--no-progress", "--mesh-data", "1"]
+
+
+def test_train_command_prints_summary(capsys, tmp_path):
+  assert cli.main(["train", *TINY, "--steps", "4", "--eval-every", "4", "--opt-arg", "b1=0.8",
+                   "--metrics-path", str(tmp_path / "m.jsonl")]) == 0
+  summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+  assert summary["steps"] == 4 and summary["final_eval_loss"] < 6.0
+  lines = [json.loads(l) for l in (tmp_path / "m.jsonl").read_text().splitlines()]
+  keys = set().union(*lines)
+  assert {"train/loss", "train/grad_norm", "perf/tokens_per_s", "opt/state_bits_per_param",
+          "eval/loss"} <= keys
+
+
+@pytest.mark.parametrize("argv,match", [
+    (["train", "--optimizer", "sgdz"], "unknown optimizer 'sgdz'"),
+    (["train", "--model", "huge"], "unknown model preset 'huge'"),
+    (["train", "--model", "tiny", "--seq-len", "4096"], "larger than model 'tiny' supports"),
+    (["train", "--corpus", "/nonexistent/dir"], "does not exist"),
+])
+def test_bad_input_exits_2_with_message(capsys, argv, match):
+  assert cli.main(argv) == 2
+  err = capsys.readouterr().err
+  assert "holojax: error:" in err and match in err
+
+
+def test_listing(capsys):
+  cli.main(["optimizers"])
+  assert "adamw" in capsys.readouterr().out.split()
+
+
+def test_demo_runs_and_writes_plot(tmp_path):
+  # A real subprocess: the console entry point as a user runs it.
+  out = subprocess.run([sys.executable, "-m", "holojax.train.cli", "demo", "--model", "tiny",
+                        "--steps", "6", "--out", str(tmp_path), "--no-progress",
+                        "--optimizers", "adamw", "lion"],
+                       capture_output=True, text=True, check=True)
+  assert "val loss" in out.stdout and "adamw" in out.stdout and "lion" in out.stdout
+  assert (tmp_path / "loss_curves.png").stat().st_size > 1000
+  rows = json.loads((tmp_path / "results.json").read_text())["rows"]
+  assert {r["optimizer"] for r in rows} == {"adamw", "lion"}
+  assert rows[0]["state_bits_per_param"] > rows[1]["state_bits_per_param"]  # lion keeps one moment
