@@ -99,7 +99,8 @@ def _cmd_bench(args):
     return
   if not args.name:
     raise SystemExit(f"name a benchmark: one of {harness.names()}")
-  harness.run(args.name, args.rest, save=not args.no_save)
+  rest = [a for a in args.rest if a != "--no-save"]  # allowed after the name too
+  harness.run(args.name, rest, save=not (args.no_save or len(rest) < len(args.rest)))
 
 
 def _cmd_list(kind):

@@ -76,8 +76,10 @@ def make_optimizer(cfg: TrainConfig) -> optax.GradientTransformation:
   return tx
 
 
-def model_spec(cfg: TrainConfig):
-  overrides = {"dtype": cfg.dtype} if cfg.dtype else {}
+def model_spec(cfg: TrainConfig, **overrides):
+  """The model preset of ``cfg`` (config fields replaced by ``overrides``), checked."""
+  if cfg.dtype:
+    overrides.setdefault("dtype", cfg.dtype)
   spec = model_registry.get(cfg.model, **overrides)
   mcfg = spec.config
   if cfg.seq_len > mcfg.max_seq_len:
