@@ -68,7 +68,8 @@ def time_training(cfg, *, warmup: int, steps: int, **model_overrides) -> dict:
   return {"step_ms": 1e3 * dt / steps, "tokens_per_s": tokens_per_s, "last_loss": loss,
           "flops_per_token": spec.config.flops_per_token(cfg.seq_len),
           "num_params": spec.config.num_params(),
-          "peak_memory_gib": stats.get("peak_bytes_in_use", float("nan")) / 2**30}
+          "peak_memory_gib": (stats["peak_bytes_in_use"] / 2**30
+                              if "peak_bytes_in_use" in stats else None)}
 
 
 def run(argv: list[str]) -> dict:
@@ -119,7 +120,7 @@ def run(argv: list[str]) -> dict:
     sheet = f"{r['mfu_vs_datasheet']:.1%}" if r["mfu_vs_datasheet"] else "n/a"
     lines.append(f"{r['attention']:<10}{r['step_ms']:>9.1f}{r['tokens_per_s']:>12,.0f}"
                  f"{r['achieved_tflops']:>9.1f}{r['mfu_vs_measured_matmul']:>10.1%}{sheet:>11}"
-                 f"{r['peak_memory_gib']:>9.1f}")
+                 f"{r['peak_memory_gib'] or float('nan'):>9.1f}")
   config = {k: v for k, v in vars(a).items()}
   return {"config": config, "results": {"matmul_tflops": peak_meas / 1e12,
                                         "datasheet_tflops": peak_sheet and peak_sheet / 1e12,

@@ -56,7 +56,7 @@ def _slug(text: str) -> str:
   return re.sub(r"[^A-Za-z0-9]+", "-", text).strip("-").lower()
 
 
-def run(name: str, argv: list[str], *, save: bool = True) -> dict:
+def run(name: str, argv: list[str], *, save: bool = True, record_dir: Path = RECORDS) -> dict:
   """Runs benchmark ``name`` with ``argv``; returns (and saves) its record."""
   if name not in BENCHMARKS:
     raise ValueError(f"unknown benchmark {name!r}; choose one of {names()}")
@@ -72,7 +72,7 @@ def run(name: str, argv: list[str], *, save: bool = True) -> dict:
   print(out["table"])
   if save:
     fname = f"{name}--{_slug(env['device'])}--{now.strftime('%Y%m%d-%H%M%S')}.json"
-    targets = [RECORDS / fname]
+    targets = [Path(record_dir) / fname]
     if os.environ.get("OUT"):
       targets.append(Path(os.environ["OUT"]) / fname)
     for path in targets:
