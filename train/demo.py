@@ -96,3 +96,20 @@ def run_demo(optimizers=None, *, model: str = "small", steps: int | None = None,
   plot(rows, out / "loss_curves.png", f"holojax demo: {model} model, {steps} steps")
   print(f"wrote {out / 'loss_curves.png'} and {out / 'results.json'}")
   return rows
+
+
+def run(argv: list[str]) -> dict:
+  """``holojax bench demo``: the demo as a benchmark record."""
+  import argparse
+  p = argparse.ArgumentParser(prog="holojax bench demo")
+  p.add_argument("--optimizers", nargs="+", default=None)
+  p.add_argument("--model", default="small")
+  p.add_argument("--steps", type=int, default=None)
+  p.add_argument("--out", default="holojax_demo")
+  a = p.parse_args(argv)
+  rows = run_demo(a.optimizers, model=a.model, steps=a.steps, out_dir=a.out, progress=False)
+  summary = [{k: r[k] for k in ("optimizer", "learning_rate", "final_eval_loss", "tokens_per_s",
+                                "state_bits_per_param")} for r in rows]
+  return {"config": {"model": a.model, "steps": a.steps or DEMO_STEPS,
+                     "optimizers": [r["optimizer"] for r in rows]},
+          "results": {"rows": summary}, "table": format_table(rows)}

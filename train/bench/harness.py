@@ -29,6 +29,8 @@ REPORT = Path(__file__).resolve().parents[2] / "BENCHMARKS.md"
 BENCHMARKS: dict[str, tuple[str, str]] = {
     "gpt_throughput": ("holojax.train.bench.gpt_throughput",
                        "Baseline transformer training throughput (tokens/s, MFU)"),
+    "demo": ("holojax.train.demo",
+             "`holojax demo`: optimizers on the small model, equal steps (CPU)"),
 }
 
 
