@@ -15,7 +15,9 @@ Every compressed optimizer state in holojax is built from these pieces:
 * :func:`encode_log` / :func:`decode_log`: non-negative values on a per-block
   log grid. Code 0 is exactly 0; codes ``1 .. L-1`` (``L = 2**b``) are
   ``2**(lo + (k-1) (hi-lo)/(L-2))`` where ``lo``/``hi`` are the block's
-  log2 min (over positive entries) and log2 max, stored as ``float16``.
+  log2 min (over positive entries) and log2 max, widened by half an octave,
+  snapped outwards to a quarter-octave lattice, kept from step to step while
+  the data fits (see :func:`log_bounds_from_extrema`), stored as ``float16``.
   (Storing ``log2`` of the min/max rather than the min/max keeps the whole
   float32 range: a plain fp16 ``v`` would flush to zero below 6e-8.)
 * Stochastic rounding unbiased in the *value* domain: ``x`` between decoded
@@ -185,16 +187,40 @@ def f16_ceil(x: jax.Array) -> jax.Array:
 # Log-scale codes with value-domain stochastic rounding.
 
 
-def log_bounds_from_extrema(xmin: jax.Array, xmax: jax.Array) -> tuple[jax.Array, jax.Array]:
-  """float16 ``(lo, hi)`` from the min positive entry and the max of a row.
+LOG_SNAP = 4        # block log2 bounds live on a 1/LOG_SNAP-octave lattice
+LOG_HEADROOM = 0.5  # octaves added on each side when a block's grid is rebuilt
 
-  ``xmin`` is ``inf`` and ``xmax`` is ``<= tiny`` for rows with no positive
-  (normal) entry: those get ``lo = hi = 0``.
+
+def log_bounds_from_extrema(xmin: jax.Array, xmax: jax.Array, prev_lo: jax.Array | None = None,
+                            prev_hi: jax.Array | None = None) -> tuple[jax.Array, jax.Array]:
+  """float16 ``(lo, hi)`` from a row's min positive entry and max.
+
+  A rebuilt grid is ``lo = floor(S (log2 min - h)) / S``,
+  ``hi = ceil(S (log2 max + h)) / S`` (``S = LOG_SNAP``, ``h = LOG_HEADROOM``;
+  exact in float16, so the bounds bracket the data). With the previous
+  bounds given, the grid is *kept* while the data fits inside it and spans
+  at least half of it (minus an octave): an EMA value sitting on a level then
+  stays exactly on it and only the EMA increment is rounded. A grid that
+  moved with every new min/max would re-round every element at every move
+  (grid jitter), and the unbiased noise would make the chain's median drift
+  down while its mean stays put. Rows with no positive (normal) entry get
+  ``lo = hi = 0`` and decode to all zeros.
   """
   any_pos = xmax > _TINY
-  lo = jnp.where(any_pos, jnp.log2(jnp.where(any_pos, xmin, 1.0)), 0.0)
-  hi = jnp.where(any_pos, jnp.log2(jnp.where(any_pos, xmax, 1.0)), 0.0)
-  return f16_floor(lo), f16_ceil(hi)
+  snap = float(LOG_SNAP)
+  need_lo = jnp.log2(jnp.where(any_pos, xmin, 1.0))
+  need_hi = jnp.log2(jnp.where(any_pos, xmax, 1.0))
+  lo = jnp.floor((need_lo - LOG_HEADROOM) * snap) / snap
+  hi = jnp.ceil((need_hi + LOG_HEADROOM) * snap) / snap
+  if prev_lo is not None:
+    plo, phi = prev_lo.astype(jnp.float32), prev_hi.astype(jnp.float32)
+    keep = ((phi > plo) & (plo <= need_lo) & (need_hi <= phi)
+            & (need_hi - need_lo >= 0.5 * (phi - plo) - 1.0))
+    lo = jnp.where(keep, plo, lo)
+    hi = jnp.where(keep, phi, hi)
+  lo = jnp.where(any_pos, lo, 0.0)
+  hi = jnp.where(any_pos, hi, 0.0)
+  return lo.astype(jnp.float16), hi.astype(jnp.float16)
 
 
 def row_extrema(x: jax.Array) -> tuple[jax.Array, jax.Array]:
@@ -204,13 +230,14 @@ def row_extrema(x: jax.Array) -> tuple[jax.Array, jax.Array]:
           jnp.max(jnp.where(pos, x, _TINY), axis=-1))
 
 
-def log_bounds(x: jax.Array) -> tuple[jax.Array, jax.Array]:
+def log_bounds(x: jax.Array, prev_lo: jax.Array | None = None,
+               prev_hi: jax.Array | None = None) -> tuple[jax.Array, jax.Array]:
   """Per-row float16 ``(lo, hi)``: bracketing ``log2`` of min positive and max.
 
   ``x``: ``float32[..., bs]`` non-negative. Rows with no positive (normal)
   entry get ``lo = hi = 0`` and decode to all zeros.
   """
-  return log_bounds_from_extrema(*row_extrema(x))
+  return log_bounds_from_extrema(*row_extrema(x), prev_lo, prev_hi)
 
 
 def log_level(k: jax.Array, lo: jax.Array, step: jax.Array) -> jax.Array:
@@ -257,17 +284,19 @@ def encode_log_with_bounds(x: jax.Array, u: jax.Array, lo: jax.Array, hi: jax.Ar
   return jnp.where(u < p, code_hi, code_lo).astype(jnp.uint8)
 
 
-def encode_log(x: jax.Array, u: jax.Array, *, bits: int):
+def encode_log(x: jax.Array, u: jax.Array, *, bits: int, prev_lo: jax.Array | None = None,
+               prev_hi: jax.Array | None = None):
   """Row-wise log-scale stochastic encode: ``(codes uint8, lo f16, hi f16)``.
 
-  ``x``: ``float32[nb, bs]`` non-negative; ``u``: uniforms like ``x``.
-  ``E[decode_log(*encode_log(x, u, bits))] == x`` over ``u`` (up to float
+  ``x``: ``float32[nb, bs]`` non-negative; ``u``: uniforms like ``x``;
+  ``prev_lo``/``prev_hi``: the row bounds of the last encode (sticky grid,
+  see :func:`log_bounds_from_extrema`). ``E[decode_log(*encode_log(x, u, bits))] == x`` over ``u`` (up to float
   rounding of the levels).
   """
   if bits not in LOG_WIDTHS:
     raise ValueError(f"bits={bits} not supported; choose one of {LOG_WIDTHS}")
   x = x.astype(jnp.float32)
-  lo, hi = log_bounds(x)
+  lo, hi = log_bounds(x, prev_lo, prev_hi)
   return encode_log_with_bounds(x, u, lo, hi, bits=bits), lo, hi
 
 

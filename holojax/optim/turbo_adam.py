@@ -75,6 +75,13 @@ from holojax.kernels import turbo_adam as kernels
 from holojax.optim import quant
 
 
+# Arguments that must be static under ``optax.inject_hyperparams`` (the bools
+# are static there anyway; listed for clarity).
+STATIC_ARGS = ("block_size", "v_bits", "compress_m", "compress_v", "error_feedback",
+               "min_m_compress_elements", "faithful", "m_ref_bits", "seed",
+               "implementation")
+
+
 class PackedV(NamedTuple):
   """Log-scale v of one tensor."""
   codes: jax.Array   # uint8[nb, block_size * v_bits / 8], planar packed
@@ -114,6 +121,10 @@ class TurboAdamLayout:
   m_ref_bits: int = 2
 
   def __post_init__(self):
+    for f in dataclasses.fields(self):
+      if isinstance(getattr(self, f.name), jax.Array):
+        raise TypeError(f"{f.name} sets array shapes and must be a Python value; under "
+                        "optax.inject_hyperparams pass static_args=STATIC_ARGS")
     bs = self.block_size
     if isinstance(bs, bool) or not isinstance(bs, (int, np.integer)) or bs <= 0 or bs % 8:
       raise ValueError(f"block_size={bs!r} must be a positive multiple of 8 "
@@ -330,8 +341,11 @@ def scale_by_turbo_adam(b1: float = 0.9, b2: float = 0.999, eps: float = 1e-8,
   Returns:
     An ``optax.GradientTransformationExtraArgs``. Shape-setting arguments
     (``block_size, v_bits, compress_m, compress_v, error_feedback,
-    min_m_compress_elements, faithful, m_ref_bits, implementation, seed``)
-    must be ``static_args`` under ``optax.inject_hyperparams``.
+    min_m_compress_elements, faithful, m_ref_bits, implementation, seed``,
+    :data:`STATIC_ARGS`) must be ``static_args`` under
+    ``optax.inject_hyperparams``::
+
+      optax.inject_hyperparams(turbo_adam, static_args=STATIC_ARGS)(learning_rate=1e-3)
 
   Raises:
     ValueError: an argument is out of range (the message names it).

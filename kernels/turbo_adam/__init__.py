@@ -61,7 +61,10 @@ def resolve_implementation(implementation: str | None, *, bits: int, block_size:
 def fused_v_update(g, m, codes, lo, hi, scalars, seed, *, bits: int,
                    implementation: str | None = None):
   """Fused v step; see :mod:`.reference` for the maths and shapes."""
-  impl = resolve_implementation(implementation, bits=bits, block_size=g.shape[-1])
+  if implementation in ("pallas_triton", "pallas_interpret"):
+    impl = implementation  # already resolved by the caller
+  else:
+    impl = resolve_implementation(implementation, bits=bits, block_size=g.shape[-1])
   _LAST["backend"] = impl
   if impl == "xla":
     return fused_v_update_reference(g, m, codes, lo, hi, scalars, seed, bits=bits)

@@ -66,7 +66,7 @@ def _kernel(sc_ref, seed_ref, g_ref, m_ref, c_ref, lo_ref, hi_ref,
 
   mins, maxs = zip(*[quant.row_extrema(v) for v in vs])
   new_lo, new_hi = quant.log_bounds_from_extrema(
-      functools.reduce(jnp.minimum, mins), functools.reduce(jnp.maximum, maxs))
+      functools.reduce(jnp.minimum, mins), functools.reduce(jnp.maximum, maxs), lo, hi)
 
   row0 = pl.program_id(0) * rows
   r_idx = jax.lax.broadcasted_iota(jnp.int32, (rows, seg), 0) + row0

@@ -6,7 +6,7 @@ first moment ``m_t`` already updated, and the packed log-scale ``v``::
   v_{t-1} = decode(codes, lo, hi)
   v_t     = b2 v_{t-1} + (1 - b2) g^2
   u_t     = (m_t / bc1) / (sqrt(v_t / bc2) + eps)
-  codes', lo', hi' = encode_stochastic(v_t, u(seed, index))
+  codes', lo', hi' = encode_stochastic(v_t, u(seed, index))   # sticky grid
 
 with ``bc1 = 1 - b1^t``, ``bc2 = 1 - b2^t``. Returns ``(u_t, codes', lo', hi')``.
 """
@@ -41,5 +41,5 @@ def fused_v_update_reference(g: jax.Array, m: jax.Array, codes: jax.Array, lo: j
   v = b2 * v_old + (1.0 - b2) * jnp.square(g)
   upd = (m / bc1) / (jnp.sqrt(v / bc2) + eps)
   u = quant.hash_uniform(seed, v.shape)
-  new_codes, new_lo, new_hi = quant.encode_log(v, u, bits=bits)
+  new_codes, new_lo, new_hi = quant.encode_log(v, u, bits=bits, prev_lo=lo, prev_hi=hi)
   return upd, quant.pack_bits(new_codes, bits), new_lo, new_hi
