@@ -1,0 +1,204 @@
+"""The optax contract every holojax optimizer joins.
+
+Each ``check_*`` takes ``make_opt(learning_rate) -> GradientTransformation``
+(plus what it needs) and asserts one property; :func:`run_contract` runs
+them all. A new optimizer's test file needs only::
+
+  from tests.optim import contract
+  def test_contract(tmp_path):
+    contract.run_contract(lambda lr: my_opt(lr), tmp_path)
+
+or one ``check_*`` per test for finer reports.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+
+def default_params(dtype=jnp.float32):
+  """A matrix large enough for block compression and a small bias."""
+  k1, k2 = jax.random.split(jax.random.key(0))
+  return {"w": jax.random.normal(k1, (64, 128), dtype),
+          "b": jax.random.normal(k2, (10,), dtype)}
+
+
+def _run(opt, loss, params, steps):
+  """``steps`` optimizer steps inside one jitted ``lax.scan``; returns params."""
+  def step(carry, _):
+    p, s = carry
+    g = jax.grad(loss)(p)
+    u, s = opt.update(g, s, p)
+    return (optax.apply_updates(p, u), s), None
+  (params, _), _ = jax.jit(lambda p, s: jax.lax.scan(step, (p, s), None, length=steps))(
+      params, opt.init(params))
+  return params
+
+
+def parabola_loss(params):
+  return sum(jnp.sum(jnp.square(x.astype(jnp.float32) - 0.5)) for x in jax.tree.leaves(params))
+
+
+def rosenbrock_loss(params):
+  """Batched Rosenbrock: ``x, y = p[0], p[1]``, minimum 0 at ``x = y = 1``."""
+  x, y = params["xy"][0], params["xy"][1]
+  return jnp.mean(jnp.square(1.0 - x) + 100.0 * jnp.square(y - x * x))
+
+
+def check_parabola(make_opt, lr=0.05, steps=300, tol=1e-2):
+  params = default_params()
+  l0 = float(parabola_loss(params))
+  l1 = float(parabola_loss(_run(make_opt(lr), parabola_loss, params, steps)))
+  assert l1 < tol * l0, (l0, l1)
+
+
+def check_rosenbrock(make_opt, lr=0.02, steps=800, n=4096, target=0.05):
+  params = {"xy": jnp.stack([jnp.full((n,), -0.5), jnp.full((n,), 1.5)])
+            + 0.1 * jax.random.normal(jax.random.key(1), (2, n))}
+  l0 = float(rosenbrock_loss(params))
+  l1 = float(rosenbrock_loss(_run(make_opt(lr), rosenbrock_loss, params, steps)))
+  assert l1 < target * l0, (l0, l1)
+
+
+def check_no_recompile(make_opt):
+  """The jitted update traces once for two steps."""
+  traces = []
+  opt = make_opt(1e-2)
+
+  @jax.jit
+  def step(p, s):
+    traces.append(1)
+    u, s = opt.update(jax.grad(parabola_loss)(p), s, p)
+    return optax.apply_updates(p, u), s
+
+  p = default_params()
+  s = opt.init(p)
+  p, s = step(p, s)
+  p, s = step(p, s)
+  jax.block_until_ready(p)
+  assert len(traces) == 1, len(traces)
+
+
+def check_inject_hyperparams(factory, kwargs, static_args=(), steps=3):
+  """``inject_hyperparams(factory)`` gives the same updates as ``factory``."""
+  plain = factory(**kwargs)
+  inj = optax.inject_hyperparams(factory, static_args=static_args)(**kwargs)
+  p = default_params()
+  s1, s2 = plain.init(p), inj.init(p)
+  u1_step = jax.jit(plain.update)
+  u2_step = jax.jit(inj.update)
+  for _ in range(steps):
+    g = jax.grad(parabola_loss)(p)
+    u1, s1 = u1_step(g, s1, p)
+    u2, s2 = u2_step(g, s2, p)
+    for a, b in zip(jax.tree.leaves(u1), jax.tree.leaves(u2)):
+      np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-7)
+    p = optax.apply_updates(p, u1)
+
+
+def check_multisteps(make_opt, k=3):
+  """``optax.MultiSteps`` accumulates ``k`` micro-steps, then applies one."""
+  opt = optax.MultiSteps(make_opt(1e-2), every_k_schedule=k)
+  p = default_params()
+  s = opt.init(p)
+  upd = jax.jit(opt.update)
+  for i in range(k):
+    u, s = upd(jax.grad(parabola_loss)(p), s, p)
+    nonzero = any(bool(jnp.any(x != 0)) for x in jax.tree.leaves(u))
+    assert nonzero == (i == k - 1), (i, nonzero)
+
+
+def check_masked(make_opt):
+  """``optax.masked`` leaves masked-out leaves' updates untouched."""
+  opt = optax.masked(make_opt(1e-2), {"w": True, "b": False})
+  p = default_params()
+  g = jax.grad(parabola_loss)(p)
+  u, _ = jax.jit(opt.update)(g, opt.init(p), p)
+  np.testing.assert_array_equal(np.asarray(u["b"]), np.asarray(g["b"]))
+  assert not np.allclose(np.asarray(u["w"]), np.asarray(g["w"]))
+
+
+def check_chain(make_opt):
+  """Chains with clipping and a schedule; the loss goes down."""
+  sched = optax.warmup_cosine_decay_schedule(0.0, 0.05, 10, 100)
+  opt = optax.chain(optax.clip_by_global_norm(1.0), make_opt(sched))
+  p = default_params()
+  l0 = float(parabola_loss(p))
+  l1 = float(parabola_loss(_run(opt, parabola_loss, p, 50)))
+  assert l1 < l0, (l0, l1)
+
+
+def check_dtypes(make_opt, dtypes=(jnp.float32, jnp.bfloat16)):
+  """Updates keep each parameter's dtype (bf16 params get bf16 updates)."""
+  for dtype in dtypes:
+    opt = make_opt(1e-2)
+    p = default_params(dtype)
+    u, s = jax.jit(opt.update)(jax.grad(parabola_loss)(p), opt.init(p), p)
+    for x, y in zip(jax.tree.leaves(p), jax.tree.leaves(u)):
+      assert y.dtype == x.dtype, (x.dtype, y.dtype)
+    new_p = optax.apply_updates(p, u)
+    for x, y in zip(jax.tree.leaves(p), jax.tree.leaves(new_p)):
+      assert y.dtype == x.dtype
+
+
+def check_state_sharding(make_opt):
+  """On an 8-device mesh, a jitted step keeps the state's shardings.
+
+  Params are sharded on their leading axis; state leaves whose leading axis
+  divides by 8 are sharded the same way, the others replicated.
+  """
+  devices = np.array(jax.devices()[:8])
+  assert devices.size == 8, "needs 8 devices (tests/conftest.py)"
+  mesh = jax.sharding.Mesh(devices, ("data",))
+  P = jax.sharding.PartitionSpec
+
+  def place(x):
+    spec = P("data") if x.ndim and x.shape[0] % 8 == 0 else P()
+    return jax.device_put(x, jax.sharding.NamedSharding(mesh, spec))
+
+  p = jax.tree.map(place, default_params())
+  opt = make_opt(1e-2)
+  s0 = jax.tree.map(place, opt.init(p))
+  g = jax.jit(jax.grad(parabola_loss))(p)
+  _, s1 = jax.jit(opt.update)(g, s0, p)
+  for a, b in zip(jax.tree.leaves(s0), jax.tree.leaves(s1)):
+    assert a.sharding.is_equivalent_to(b.sharding, a.ndim), (a.shape, a.sharding, b.sharding)
+
+
+def check_orbax_roundtrip(make_opt, tmp_path):
+  """StandardCheckpointer save/restore of the state gives identical next updates."""
+  import orbax.checkpoint as ocp
+
+  opt = make_opt(1e-2)
+  p = default_params()
+  upd = jax.jit(opt.update)
+  s = opt.init(p)
+  for _ in range(2):
+    u, s = upd(jax.grad(parabola_loss)(p), s, p)
+    p = optax.apply_updates(p, u)
+  path = tmp_path / "opt_state"
+  ckpt = ocp.StandardCheckpointer()
+  ckpt.save(path, s)
+  ckpt.wait_until_finished()
+  restored = ckpt.restore(path, jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), s))
+  g = jax.grad(parabola_loss)(p)
+  u1, s1 = upd(g, s, p)
+  u2, s2 = upd(g, restored, p)
+  for a, b in zip(jax.tree.leaves((u1, s1)), jax.tree.leaves((u2, s2))):
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
+def run_contract(make_opt, tmp_path):
+  """Every check above (inject_hyperparams needs a factory: call it yourself)."""
+  check_parabola(make_opt)
+  check_rosenbrock(make_opt)
+  check_no_recompile(make_opt)
+  check_multisteps(make_opt)
+  check_masked(make_opt)
+  check_chain(make_opt)
+  check_dtypes(make_opt)
+  check_state_sharding(make_opt)
+  check_orbax_roundtrip(make_opt, tmp_path)
