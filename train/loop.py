@@ -1,6 +1,6 @@
 """The training loop, top to bottom.
 
-config -> data -> mesh -> model and ``nnx.Optimizer`` built under the mesh
+config -> data -> mesh -> model and optimizer state built under the mesh
 (sharded at creation) -> jitted step with donated state -> periodic eval ->
 orbax checkpoints -> metrics as JSON lines and a progress bar.
 
@@ -51,7 +51,7 @@ class TrainResult:
   tokens_per_s: float  # median over logged intervals, after the first
   state_bits_per_param: float
   num_params: int
-  state: Any = dataclasses.field(repr=False)  # nnx.State of (model, optimizer)
+  state: Any = dataclasses.field(repr=False)  # {"model": nnx.State, "opt": optax state}
   graphdef: Any = dataclasses.field(repr=False)
 
 
@@ -92,18 +92,27 @@ def model_spec(cfg: TrainConfig, **overrides):
 
 
 def init_state(cfg: TrainConfig, spec, tx, mesh):
-  """Builds (model, optimizer) directly sharded on ``mesh``.
+  """Builds the model and its optimizer state directly sharded on ``mesh``.
 
-  Returns ``(graphdef, state)`` with ``state = nnx.state((model, optimizer))``.
+  Returns ``(graphdef, state)`` with ``state = {"model": nnx.State of every
+  model variable, "opt": optax state}``. The optimizer sees the parameters
+  as a plain nested dict (``State.to_pure_dict``): optax states with a
+  NamedTuple per parameter (TurboAdam, HoloAdam) then stay plain pytrees,
+  which ``nnx.Optimizer``'s variable wrapping does not preserve under jit in
+  flax 0.12.
   """
 
   def make():
     model = spec.build(spec.config, rngs=nnx.Rngs(cfg.seed))
-    return model, nnx.Optimizer(model, tx, wrt=nnx.Param)
+    return model, tx.init(nnx.state(model, nnx.Param).to_pure_dict())
 
-  graphdef, abstract = nnx.split(nnx.eval_shape(make))
+  def as_state(model, opt_state):
+    graphdef, model_state = nnx.split(model)
+    return graphdef, {"model": model_state, "opt": opt_state}
+
+  graphdef, abstract = as_state(*nnx.eval_shape(make))
   shardings = sharding.state_shardings(abstract, mesh)
-  state = jax.jit(lambda: nnx.split(make())[1], out_shardings=shardings)()
+  state = jax.jit(lambda: as_state(*make())[1], out_shardings=shardings)()
   return graphdef, state
 
 
@@ -113,22 +122,25 @@ def loss_fn(model, batch_bt):
   return optax.softmax_cross_entropy_with_integer_labels(logits_btv, batch_bt[:, 1:]).mean()
 
 
-def make_steps(graphdef, state_sh, mesh):
+def make_steps(graphdef, tx, state_sh, mesh):
   """The jitted train step (state donated) and eval step."""
   rep = sharding.replicated(mesh)
 
   @partial(jax.jit, donate_argnums=0, out_shardings=(state_sh, rep))
   def train_step(state, batch_bt):
-    model, optimizer = nnx.merge(graphdef, state)
+    model = nnx.merge(graphdef, state["model"])
     loss, grads = nnx.value_and_grad(loss_fn)(model, batch_bt)
-    optimizer.update(model, grads)
+    params = nnx.state(model, nnx.Param)
+    p = params.to_pure_dict()
+    updates, opt_state = tx.update(grads.to_pure_dict(), state["opt"], p)
+    params.replace_by_pure_dict(optax.apply_updates(p, updates))
+    nnx.update(model, params)
     metrics = {"train/loss": loss, "train/grad_norm": optax.tree.norm(grads)}
-    return nnx.state((model, optimizer)), metrics
+    return {"model": nnx.state(model), "opt": opt_state}, metrics
 
   @partial(jax.jit, out_shardings=rep)
   def eval_step(state, batch_bt):
-    model, _ = nnx.merge(graphdef, state)
-    return loss_fn(model, batch_bt)
+    return loss_fn(nnx.merge(graphdef, state["model"]), batch_bt)
 
   return train_step, eval_step
 
@@ -139,8 +151,8 @@ def _evaluate(eval_step, state, batches) -> float:
 
 
 def _split(graphdef, state):
-  model, optimizer = nnx.merge(graphdef, state)
-  return nnx.state(model, nnx.Param), nnx.state(optimizer)
+  """(parameters as an nnx.State, optimizer state)."""
+  return nnx.state(nnx.merge(graphdef, state["model"]), nnx.Param), state["opt"]
 
 
 def _check_finite(step: int, metrics: dict[str, float]):
@@ -177,7 +189,7 @@ def train(cfg: TrainConfig, *, bar_position: int = 0,
   tx = make_optimizer(cfg)
   graphdef, state = init_state(cfg, spec, tx, mesh)
   state_sh = jax.tree.map(lambda x: x.sharding, state)
-  train_step, eval_step = make_steps(graphdef, state_sh, mesh)
+  train_step, eval_step = make_steps(graphdef, tx, state_sh, mesh)
   params, opt_state = _split(graphdef, state)
   num_params = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(params))
   bits = state_bits_per_param(opt_state, params)

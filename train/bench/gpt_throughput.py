@@ -53,7 +53,7 @@ def time_training(cfg, *, warmup: int, steps: int, **model_overrides) -> dict:
   tx = loop.make_optimizer(cfg)
   graphdef, state = loop.init_state(cfg, spec, tx, mesh)
   state_sh = jax.tree.map(lambda x: x.sharding, state)
-  train_step, _ = loop.make_steps(graphdef, state_sh, mesh)
+  train_step, _ = loop.make_steps(graphdef, tx, state_sh, mesh)
   for b in batches[:warmup]:
     state, metrics = train_step(state, b)
   jax.block_until_ready((state, metrics))

@@ -29,6 +29,10 @@ REPORT = Path(__file__).resolve().parents[2] / "BENCHMARKS.md"
 BENCHMARKS: dict[str, tuple[str, str]] = {
     "gpt_throughput": ("holojax.train.bench.gpt_throughput",
                        "Baseline transformer training throughput (tokens/s, MFU)"),
+    "turbo_adam": ("holojax.train.bench.turbo_adam_bench",
+                   "TurboAdam: state bits/param (GPT-2 124M tree) and optimizer step time"),
+    "convergence": ("holojax.train.bench.convergence",
+                    "Optimizers at equal steps on one model: final loss, gap to AdamW"),
     "demo": ("holojax.train.demo",
              "`holojax demo`: optimizers on the small model, equal steps (CPU)"),
 }

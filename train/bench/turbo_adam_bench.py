@@ -87,9 +87,15 @@ def copy_bandwidth(n: int, iters: int) -> float:
 
 
 def step_times(shapes, iters: int) -> dict:
-  params = jax.tree.map(lambda s: jnp.full(s, 0.01, jnp.float32), shapes,
-                        is_leaf=lambda x: isinstance(x, tuple))
-  grads = jax.tree.map(lambda p: jnp.full_like(p, 1e-3), params)
+  # Random data, never constants (constants hide indexing bugs and make
+  # block percentiles degenerate).
+  leaves, treedef = jax.tree.flatten(shapes, is_leaf=lambda x: isinstance(x, tuple))
+  keys = jax.random.split(jax.random.key(0), 2 * len(leaves))
+  params = jax.tree.unflatten(treedef, [0.02 * jax.random.normal(k, s)
+                                        for k, s in zip(keys[::2], leaves)])
+  grads = jax.tree.unflatten(treedef, [1e-3 * jax.random.normal(k, s) * jnp.exp(
+      jax.random.normal(jax.random.fold_in(k, 1), s[-1:]))  # per-column scales
+                                       for k, s in zip(keys[1::2], leaves)])
   n = tree_size(params)
   impls = {"optax.adamw": optax.adamw(1e-3),
            "turbo xla": turbo_adam(1e-3, implementation="xla"),
@@ -122,6 +128,35 @@ def step_times(shapes, iters: int) -> dict:
   return out
 
 
+def pallas_matches_xla(shapes) -> dict:
+  """One update of the pallas and xla paths on the same random inputs."""
+  if jax.default_backend() != "gpu":
+    return {}
+  leaves, treedef = jax.tree.flatten(shapes, is_leaf=lambda x: isinstance(x, tuple))
+  params = jax.tree.unflatten(treedef, [0.02 * jax.random.normal(jax.random.key(i), s)
+                                        for i, s in enumerate(leaves)])
+  grads = jax.tree.map(lambda p: 1e-3 * jax.random.normal(jax.random.key(7), p.shape), params)
+  out = {}
+  for name, kw in {"m+v": {}, "v-only": {"compress_m": False}}.items():
+    ups = []
+    for impl in ("xla", "pallas"):
+      opt = turbo_adam(1e-3, implementation=impl, **kw)
+      u, _ = jax.jit(opt.update)(grads, opt.init(params), params)
+      ups.append(jnp.concatenate([x.ravel() for x in jax.tree.leaves(u)]))
+    out[name] = float(jnp.linalg.norm(ups[1] - ups[0]) / jnp.linalg.norm(ups[0]))
+  return out
+
+
+def run(argv: list[str]) -> dict:
+  """``holojax bench turbo_adam``: the harness entry (config, results, table)."""
+  import contextlib
+  import io
+  buf = io.StringIO()
+  with contextlib.redirect_stdout(buf):
+    result = main(argv)
+  return {"config": {"argv": argv}, "results": result, "table": buf.getvalue()}
+
+
 def main(argv=None) -> dict:
   ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   ap.add_argument("--tiny", action="store_true", help="tiny tree, few iterations (CPU smoke)")
@@ -134,7 +169,8 @@ def main(argv=None) -> dict:
   result = {"device": str(jax.devices()[0]), "jax": jax.__version__,
             "n_params": tree_size(abstract_params(shapes)),
             "bits_per_param": bits_table(gpt2_shapes()),  # always the 124M tree: no memory
-            "step": step_times(shapes, iters)}
+            "step": step_times(shapes, iters),
+            "pallas_vs_xla_rel_err": pallas_matches_xla(shapes)}
   print(f"device {result['device']}, jax {result['jax']}, step tree {result['n_params']:,} params")
   print(f"{'optimizer state (GPT-2 124M)':<32}{'bits/param':>12}")
   for k, v in result["bits_per_param"].items():
@@ -148,6 +184,9 @@ def main(argv=None) -> dict:
   f = result["step"]["floor"]
   print(f"f32 copy {f['copy_bandwidth_GBps']:.1f} GB/s; floor adamw {f['adamw_floor_ms']:.3f} ms,"
         f" turbo {f['turbo_floor_ms']:.3f} ms")
+  if result["pallas_vs_xla_rel_err"]:
+    print("pallas vs xla update, relative error:", {k: f"{v:.2e}" for k, v in
+                                                     result["pallas_vs_xla_rel_err"].items()})
   if args.out:
     with open(args.out, "w") as fh:
       json.dump(result, fh, indent=2)
