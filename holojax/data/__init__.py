@@ -1,0 +1,1 @@
+from holojax.data.spirals import make_spirals  # noqa: F401
