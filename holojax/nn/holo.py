@@ -1,4 +1,4 @@
-"""HOLO layers (seed 001): a fixed random basis with learned phase and amplitude.
+"""HOLO layers (seed 001): fixed random basis, learned phase and amplitude.
 
 ``HoloLinear`` computes
 
@@ -139,13 +139,22 @@ def holo_basis(harmonics: int, in_features: int, seed: int = 0) -> jax.Array:
 # Linear layers
 
 
+_AMP_INIT = {"variance": lambda h: math.sqrt(2.0 / h),
+             "seed": lambda h: 1.0 / h}
+
+
 class HoloLinear(nnx.Module):
   """Holographic linear layer ``y = x B^T (A (x) cos Phi)^T (+ b)``.
 
   A rank <= H linear map with fixed right factor ``B`` [H, in] and learned
-  left factor ``A (x) cos Phi`` [out, H]. Init as in the seed: ``Phi ~
-  N(0, 1) * 2 pi``, ``A = 1 / H``. Learned parameters ``2 * out * H`` (plus
-  ``out`` with a bias); the basis (``H * in`` numbers) is a ``HoloBasis``.
+  left factor ``A (x) cos Phi`` [out, H]. Phase init as in the seed, ``Phi
+  ~ N(0, 1) * 2 pi``. Amplitude init ``init="variance"`` (default): ``A =
+  sqrt(2 / H)``, so ``Var(A cos Phi) = 1 / H`` and the effective weight
+  ``W = C B`` has ``Var(W) = 1 / in`` (LeCun scale); ``init="seed"``:
+  ``A = 1 / H`` as in the seed, which shrinks activations by about
+  ``sqrt(2 H)`` per layer (the spiral net then stalls near 64% accuracy in
+  500 steps). Learned parameters ``2 * out * H`` (plus ``out`` with a
+  bias); the basis (``H * in`` numbers) is a ``HoloBasis``.
 
   Args:
     in_features: input width (> 0).
@@ -153,6 +162,7 @@ class HoloLinear(nnx.Module):
     harmonics: H, the number of basis rows (>= 1).
     use_bias: add a learned bias (the seed has none).
     basis_seed: seed of the fixed basis.
+    init: amplitude init, ``"variance"`` or ``"seed"`` (see above).
     rngs: randomness for phase init.
 
   Example:
@@ -165,17 +175,21 @@ class HoloLinear(nnx.Module):
 
   def __init__(self, in_features: int, out_features: int,
                harmonics: int = 32, *, use_bias: bool = False,
-               basis_seed: int = 0, rngs: nnx.Rngs):
+               basis_seed: int = 0, init: str = "variance", rngs: nnx.Rngs):
     self.in_features = _check_pos("in_features", in_features)
     self.out_features = _check_pos("out_features", out_features)
     self.harmonics = _check_pos("harmonics", harmonics)
+    if init not in _AMP_INIT:
+      raise ValueError(
+        f"init must be one of {sorted(_AMP_INIT)}, got {init!r}")
     self.basis_seed = int(basis_seed)
     self.basis_hi = HoloBasis(holo_basis(harmonics, in_features, basis_seed))
     key = rngs.params()
     self.phase_oh = nnx.Param(
       2 * math.pi * jax.random.normal(key, (out_features, harmonics)))
     self.amp_oh = nnx.Param(
-      jnp.full((out_features, harmonics), 1.0 / harmonics, jnp.float32))
+      jnp.full((out_features, harmonics), _AMP_INIT[init](harmonics),
+               jnp.float32))
     self.bias_o = (nnx.Param(jnp.zeros((out_features,), jnp.float32))
                    if use_bias else None)
 
