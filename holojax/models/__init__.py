@@ -1,0 +1,1 @@
+from holojax.models.holo_lm import HOLO_LM_PRESETS, HoloLM, HoloLMConfig  # noqa
