@@ -115,8 +115,9 @@ def _plot(models: dict, results: dict, x_n2, y_n, out_png: str) -> None:
   gx, gy = np.meshgrid(np.linspace(lo[0], hi[0], 200),
                        np.linspace(lo[1], hi[1], 200))
   grid_g2 = np.stack([gx.ravel(), gy.ravel()], -1).astype(np.float32)
-  fig, axes = plt.subplots(1, len(models), figsize=(5 * len(models), 4.6))
-  for ax, (name, model) in zip(axes, models.items()):
+  fig, axes = plt.subplots(1, len(models), figsize=(5 * len(models), 4.6),
+                           squeeze=False)
+  for ax, (name, model) in zip(axes[0], models.items()):
     p_g = np.asarray(jax.nn.sigmoid(model(jnp.asarray(grid_g2))[:, 0]))
     ax.contourf(gx, gy, p_g.reshape(gx.shape), levels=20, cmap="RdBu",
                 alpha=0.8)
@@ -132,7 +133,8 @@ def _plot(models: dict, results: dict, x_n2, y_n, out_png: str) -> None:
 
 def run_spiral(steps: int = 500, seed: int = 0, out_png: str | None = None,
                *, n: int = 1000, lr: float = 0.01, hidden: int = 64,
-               harmonics: int = 16, with_seed_init: bool = True) -> dict:
+               harmonics: int = 16, with_seed_init: bool = True,
+               nets: tuple[str, ...] = ("relu", "holo", "lowrank")) -> dict:
   """Train the three spiral classifiers; optionally plot their boundaries.
 
   Args:
@@ -144,6 +146,7 @@ def run_spiral(steps: int = 500, seed: int = 0, out_png: str | None = None,
     hidden: hidden width.
     harmonics: H of the holo net (and the rank budget of the low-rank one).
     with_seed_init: also train the holo net with the seed's ``A = 1 / H``.
+    nets: which of ``"relu"``, ``"holo"``, ``"lowrank"`` to train.
 
   Returns:
     ``{"relu"|"holo"|"lowrank"|"holo_seed_init": {"acc", "params", "final_loss",
@@ -159,6 +162,10 @@ def run_spiral(steps: int = 500, seed: int = 0, out_png: str | None = None,
   builders = {"relu": lambda r: relu_mlp(hidden, rngs=r),
               "holo": lambda r: holo_mlp(hidden, harmonics, rngs=r),
               "lowrank": lambda r: lowrank_mlp(hidden, harmonics, rngs=r)}
+  unknown = set(nets) - set(builders)
+  if unknown:
+    raise ValueError(f"nets has unknown names {sorted(unknown)}")
+  builders = {k: v for k, v in builders.items() if k in nets}
   if with_seed_init:
     builders["holo_seed_init"] = lambda r: holo_mlp(hidden, harmonics,
                                                     init="seed", rngs=r)
@@ -179,8 +186,8 @@ def run_spiral(steps: int = 500, seed: int = 0, out_png: str | None = None,
       results[name]["basis"] = basis
   results.update(steps=steps, seed=seed, n_points=2 * n)
   if out_png:
-    _plot({k: models[k] for k in ("relu", "holo", "lowrank")}, results, x_n2,
-          y_n, out_png)
+    _plot({k: models[k] for k in builders if k != "holo_seed_init"}, results,
+          x_n2, y_n, out_png)
   return results
 
 
@@ -240,13 +247,16 @@ def main(argv: list[str] | None = None) -> dict:
   p.add_argument("--lr", type=float, default=0.01)
   p.add_argument("--harmonics", type=int, default=16)
   p.add_argument("--out-png", default=None)
+  p.add_argument("--nets", default="relu,holo,lowrank",
+                 help="comma-separated subset of relu,holo,lowrank")
   p.add_argument("--no-seed-init", action="store_true",
                  help="skip the holo net with the seed's 1/H amplitude init")
   p.add_argument("--table", action="store_true",
                  help="also print the parameter table")
   a = p.parse_args(argv)
   res = run_spiral(a.steps, a.seed, a.out_png, n=a.n, lr=a.lr,
-                   harmonics=a.harmonics, with_seed_init=not a.no_seed_init)
+                   harmonics=a.harmonics, with_seed_init=not a.no_seed_init,
+                   nets=tuple(a.nets.split(",")))
   print(json.dumps(res, indent=2))
   if a.table:
     print(format_param_table(holo_param_table()))

@@ -122,7 +122,10 @@ def equal_param_rank(in_features: int, out_features: int,
 def holo_basis(harmonics: int, in_features: int, seed: int = 0) -> jax.Array:
   """The fixed basis ``B`` [H, in]: Gaussian rows scaled to unit L2 norm.
 
-  Deterministic in ``seed``, so a checkpoint may store it or regenerate it.
+  Drawn on the host with ``numpy.random.default_rng(seed)`` (float64, then
+  normalised and cast to float32): deterministic in ``seed`` on every
+  platform and independent of JAX's PRNG settings, so a checkpoint may
+  store it or regenerate it.
 
   >>> b_hi = holo_basis(4, 3, seed=0)
   >>> b_hi.shape
@@ -130,9 +133,9 @@ def holo_basis(harmonics: int, in_features: int, seed: int = 0) -> jax.Array:
   """
   _check_pos("harmonics", harmonics)
   _check_pos("in_features", in_features)
-  g_hi = jax.random.normal(jax.random.key(seed), (harmonics, in_features),
-                           jnp.float32)
-  return g_hi / jnp.linalg.norm(g_hi, axis=-1, keepdims=True)
+  g_hi = np.random.default_rng(seed).standard_normal((harmonics, in_features))
+  return jnp.asarray(g_hi / np.linalg.norm(g_hi, axis=-1, keepdims=True),
+                     jnp.float32)
 
 
 # ----------------------------------------------------------------------------
