@@ -195,7 +195,6 @@ def test_holo_attention_projections_use_distinct_bases():
   lambda: HoloTransformerBlock(16, 4, 8, rngs=nnx.Rngs(0)),
   lambda: HybridHoloBlock(16, 4, 8, rngs=nnx.Rngs(0)),
   lambda: LowRankTransformerBlock(16, 4, harmonics=8, rngs=nnx.Rngs(0)),
-  lambda: LowRankTransformerBlock(16, 4, 3, rngs=nnx.Rngs(0)),
 ])
 def test_blocks_shape_causal_and_trainable(make):
   blk = make()
