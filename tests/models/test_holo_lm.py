@@ -42,13 +42,19 @@ def test_forward_shape_dtype_and_causality(tiny):
 
 def test_max_seq_len_and_dtype_errors(tiny):
   cfg, model = tiny
-  model(jnp.zeros((1, cfg.max_seq_len), jnp.int32))  # T == max is fine
+  # Checks run at trace time, so abstract evaluation (no compile) suffices.
+  call = lambda shape, dtype=jnp.int32: nnx.eval_shape(
+    lambda m, t: m(t), model, jax.ShapeDtypeStruct(shape, dtype))
+  out = call((1, cfg.max_seq_len))  # T == max is fine
+  assert out.shape == (1, cfg.max_seq_len, cfg.vocab_size)
+  with pytest.raises(ValueError, match="max_seq_len"):
+    call((1, cfg.max_seq_len + 1))
   with pytest.raises(ValueError, match="max_seq_len"):
     model(jnp.zeros((1, cfg.max_seq_len + 1), jnp.int32))
   with pytest.raises(TypeError, match="integer"):
-    model(jnp.zeros((1, 4), jnp.float32))
+    call((1, 4), jnp.float32)
   with pytest.raises(ValueError, match=r"\[B, T\]"):
-    model(jnp.zeros((4,), jnp.int32))
+    call((4,))
 
 
 def test_presets_are_frozen_json_able_configs():
