@@ -36,9 +36,12 @@ class HoloLMConfig:
   ``block="holo" | "hybrid" | "lowrank"``; ``rank`` is used by ``"lowrank"``
   only (``None``: per projection, the rank whose parameter count matches a
   ``HoloLinear`` with ``harmonics``). ``omega`` is the sine frequency of the
-  MLP activation. Presets: ``*-tiny`` builds and runs a step in well under a
-  second on CPU (tests); ``*-small`` trains a byte model for a few CPU
-  minutes (loss well below the 5.5 nats of a uniform byte guess).
+  MLP activation. Presets: ``*-tiny`` (d 32, 2 layers, H 8, T 64) for
+  tests; ``*-small`` (d 128, 4 layers, H 32, T 128) trains on CPU in
+  minutes. Measured once (2 shared CPU cores, jax 0.10.2; adamw 3e-3, batch
+  16 x 128 bytes of CPython stdlib source, 300 steps, about 2.5 min each):
+  held-out loss 2.26 (hybrid, 477k params), 2.32 (holo, 346k), 2.31
+  (lowrank, 344k) nats/byte, from 5.9 at init (uniform: 5.55).
   """
 
   vocab_size: int = 256
