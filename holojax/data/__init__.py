@@ -1,7 +1,8 @@
 """Corpora and synthetic tasks."""
 
+from holojax.data.spirals import make_spirals
 from holojax.data.text import (VOCAB_SIZE, Corpus, PackedBatches, decode, default_corpus_path,
                                encode, eval_batches, load_corpus)
 
 __all__ = ["VOCAB_SIZE", "Corpus", "PackedBatches", "decode", "default_corpus_path", "encode",
-           "eval_batches", "load_corpus"]
+           "eval_batches", "load_corpus", "make_spirals"]
