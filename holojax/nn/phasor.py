@@ -26,6 +26,7 @@ References:
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import Literal, NamedTuple
 
@@ -157,6 +158,7 @@ def read_scale(t: jax.Array, scale: str) -> jax.Array:
   raise ValueError(f"scale={scale!r} must be 'sqrt_t' or 'none'")
 
 
+@functools.partial(jax.jit, static_argnames=("scale",))
 def phasor_memory_reference(v_bthd: jax.Array, k_bthd: jax.Array,
                             q_bthd: jax.Array, *,
                             scale: str = "sqrt_t") -> jax.Array:
