@@ -67,7 +67,7 @@ class HoloConfig:
   scale: str = "sqrt_t"
   freq_distribution: str = "uniform"
   freq_scale: float = 1.0
-  phase_init_scale: float = 2.0
+  phase_init_scale: float = 1.0
   pos_bandwidth_init: float = -5.0
   tie_embeddings: bool = False
   norm_eps: float = 1e-6

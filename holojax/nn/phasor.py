@@ -297,7 +297,7 @@ class PhasorAttention(nnx.Module):
                mode: str = "content", write_gate: bool = False,
                max_seq_len: int | None = None,
                freq_distribution: str = "uniform", freq_scale: float = 1.0,
-               phase_init_scale: float = 2.0, pos_bandwidth_init: float = -5.0,
+               phase_init_scale: float = 1.0, pos_bandwidth_init: float = -5.0,
                scale: str = "sqrt_t", implementation: Implementation = None,
                dtype=jnp.float32, param_dtype=jnp.float32, rngs: nnx.Rngs):
     if heads < 1 or hd_dim % heads != 0:
