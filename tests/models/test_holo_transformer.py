@@ -21,12 +21,17 @@ SMALL = HoloConfig(vocab_size=40, hidden_size=32, hd_dim=32,
                    max_seq_len=16, implementation="xla")
 
 
+@pytest.fixture(scope="module")
+def small_model():
+  return HoloForCausalLM(SMALL, rngs=nnx.Rngs(0))
+
+
 def _ids(shape, seed=0, vocab=40):
   return jax.random.randint(jax.random.key(seed), shape, 0, vocab, jnp.int32)
 
 
-def test_forward_and_shifted_loss():
-  model = HoloForCausalLM(SMALL, rngs=nnx.Rngs(0))
+def test_forward_and_shifted_loss(small_model):
+  model = small_model
   ids = _ids((2, 12))
   labels = ids.at[:, :5].set(-100)
   out = model(ids, labels=labels)
@@ -63,8 +68,8 @@ def test_recurrent_logits_equal_parallel(mode, write_gate, dtype):
   assert all(c.s_re.shape == (2, 4, 8) for c in cache)  # O(hd_dim) state
 
 
-def test_generate_greedy_matches_parallel_argmax():
-  model = HoloForCausalLM(SMALL, rngs=nnx.Rngs(2))
+def test_generate_greedy_matches_parallel_argmax(small_model):
+  model = small_model
   prompt = _ids((2, 4), seed=2)
   out = generate(model, prompt, 6)
   assert out.shape == (2, 10) and out.dtype == jnp.int32
@@ -86,12 +91,12 @@ def test_config_presets_and_json():
   assert HOLO_PRESETS["tiny"].max_seq_len >= 128
 
 
-def test_bad_input_names_the_argument():
+def test_bad_input_names_the_argument(small_model):
   with pytest.raises(ValueError, match="hd_dim"):
     dataclasses.replace(SMALL, hd_dim=30)
   with pytest.raises(ValueError, match="mode"):
     dataclasses.replace(SMALL, mode="rope")
-  model = HoloForCausalLM(SMALL, rngs=nnx.Rngs(0))
+  model = small_model
   with pytest.raises(ValueError, match="max_seq_len"):
     model(_ids((1, 17)))
   with pytest.raises(ValueError, match="labels"):
