@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import functools
 import math
+import os
 from typing import Literal, NamedTuple
 
 import jax
@@ -199,7 +200,8 @@ def phasor_memory(v_bthd: jax.Array, k_theta: jax.Array, q_theta: jax.Array,
     q_theta: query phases [B, T, H, D] (radians).
     scale: "sqrt_t" (the seed) or "none".
     implementation: "xla" (associative_scan reference), "pallas" (chunked
-      kernel, ``holojax.kernels.phasor``) or None: pallas on GPU, else xla.
+      kernel, ``holojax.kernels.phasor``) or None: the environment variable
+      HOLOJAX_PHASOR_IMPL if set, else pallas on GPU and xla elsewhere.
     interpret: run the Pallas kernel in interpret mode (CPU tests).
 
   Returns:
@@ -213,7 +215,8 @@ def phasor_memory(v_bthd: jax.Array, k_theta: jax.Array, q_theta: jax.Array,
   _check_memory_args(v_bthd, k_theta, q_theta)
   read_scale(0, scale)  # validates
   if implementation is None:
-    implementation = "pallas" if jax.default_backend() == "gpu" else "xla"
+    implementation = os.environ.get("HOLOJAX_PHASOR_IMPL") or (
+        "pallas" if jax.default_backend() == "gpu" else "xla")
   if implementation == "xla":
     return phasor_memory_reference(v_bthd, k_theta, q_theta, scale=scale)
   if implementation == "pallas":

@@ -140,7 +140,8 @@ def _scan(w, alpha, beta, mul, *, out_dtypes, reverse, write_scale,
       _scan_kernel, block_t=blocks.block_t, num_chunks=num_chunks,
       reverse=reverse, write_scale=write_scale, read_scale=read_scale,
       with_im=with_im, with_mul=mul is not None)
-  spec = pl.BlockSpec((None, t, None, bd), lambda i, j, k: (i, 0, j, k))
+  sq = getattr(pl, "squeezed", None)  # None means squeezed on older jax
+  spec = pl.BlockSpec((sq, t, sq, bd), lambda i, j, k: (i, 0, j, k))
   ins = (w, alpha, beta) + (() if mul is None else (mul,))
   kwargs = {}
   if not interpret:
