@@ -1,0 +1,401 @@
+"""Phasor (FHRR) memory: decay-free complex superposition in place of attention.
+
+The memory of Holo-Transformer / LongAttention (SPEC section 4). A value
+``v_s`` is *bound* to a key phase ``k_s`` by rotation, ``v_s e^{i k_s}``; the
+memory is the running sum of bound items (no decay); a read *unbinds* with the
+conjugate of the query phase and keeps the real part:
+
+  S_t = sum_{s<=t} v_s e^{i k_s}                (complex, per head and dim)
+  y_t = Re(S_t e^{-i q_t}) / sqrt(t + 1)        ("sqrt_t" scaling)
+      = sum_{s<=t} v_s cos(k_s - q_t) / sqrt(t + 1).
+
+Everything is element-wise over the hd dimension of a head: one dimension is
+one scalar holographic memory; the capacity comes from reading all dimensions
+of a head together (the output projection, or a clean-up by inner product).
+With N stored items, D dimensions and M candidate values, top-1 retrieval
+succeeds with probability p = int phi(h - s) Phi(h)^(M-1) dh, s = sqrt(2D/N)
+(Frady, Kleyko & Sommer 2017); see ``recall_probability``.
+
+Storage may be bfloat16; phases, the running sum and the read are float32.
+
+References:
+  Plate, "Holographic Reduced Representations", 1995 (FHRR).
+  Frady, Kleyko & Sommer, "A theory of sequence indexing and working memory
+  in recurrent neural networks", Neural Computation 2018 (arXiv:1803.00412).
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+import os
+from typing import Literal, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+Implementation = Literal["xla", "pallas"] | None
+
+_TWO_PI = 2.0 * math.pi
+
+
+# ----------------------------------------------------------------------------
+# Phasors, binding.
+
+
+def generate_random_phasors(key: jax.Array, n: int, d: int, *,
+                            distribution: str = "uniform",
+                            scale: float = 1.0) -> jax.Array:
+  """Random phase angles theta float32[n, d] of the phasors e^{i theta}.
+
+  ``"uniform"``: theta ~ U(-pi, pi) * scale (scale=1 gives FHRR codes, whose
+  mean cosine similarity is exactly 0 in expectation and ~1/sqrt(2d) in
+  spread). ``"normal"``: theta ~ N(0, scale^2) (the seed's research build drew
+  frequencies from N(0, 10^2)).
+
+  As frequencies (rad/token), a row gives random-Fourier positional phasors:
+  ``positional_phases(theta[0], t)`` = t * theta (see there).
+
+  Example:
+    >>> th = generate_random_phasors(jax.random.key(0), 4, 256)
+    >>> th.shape, bool(jnp.all(jnp.abs(th) <= jnp.pi))
+    ((4, 256), True)
+  """
+  if n < 1 or d < 1:
+    raise ValueError(f"n={n} and d={d} must be positive")
+  if distribution == "uniform":
+    u_nd = jax.random.uniform(key, (n, d), jnp.float32, -math.pi, math.pi)
+    return u_nd * scale
+  if distribution == "normal":
+    return jax.random.normal(key, (n, d), jnp.float32) * scale
+  raise ValueError(f"distribution={distribution!r} must be 'uniform' or "
+                   "'normal'")
+
+
+def rope_frequencies(d: int, *, base: float = 10000.0) -> jax.Array:
+  """RoPE angular frequencies float32[d]: omega_j = base^(-j/d), j < d.
+
+  One frequency per complex dimension (RoPE pairs 2d real dims into d complex
+  ones), the geometric ladder the seed replaces with random frequencies.
+
+  Example:
+    >>> rope_frequencies(4).shape
+    (4,)
+  """
+  j_d = jnp.arange(d, dtype=jnp.float32)
+  return jnp.asarray(base, jnp.float32) ** (-j_d / d)
+
+
+def positional_phases(freq_d: jax.Array, t: jax.Array) -> jax.Array:
+  """Phases (t * freq) mod 2 pi, float32[..., d], exact for integer t < 2^31.
+
+  ``t * freq`` in float32 loses ~0.03 rad at t = 1e5. Here each frequency is
+  rounded to a 24-bit fixed-point number of cycles per token, c = round(freq /
+  2 pi * 2^24), and the phase is 2 pi * ((t * c) mod 2^24) / 2^24 in integer
+  arithmetic (uint32 products wrap mod 2^32, a multiple of 2^24): exact.
+
+  Args:
+    freq_d: float32[d] angular frequencies (rad/token).
+    t: integer positions of any shape.
+
+  Returns:
+    float32[*t.shape, d] in [0, 2 pi).
+
+  Example:
+    >>> f_d = jnp.array([0.5, -1.0])
+    >>> positional_phases(f_d, jnp.arange(3)).shape
+    (3, 2)
+  """
+  one = 1 << 24
+  frac_d = jnp.mod(freq_d.astype(jnp.float32) / _TWO_PI, 1.0)
+  cyc_d = jnp.round(frac_d * one).astype(jnp.uint32) % jnp.uint32(one)
+  t_u = jnp.asarray(t).astype(jnp.uint32)[..., None]
+  cyc = cyc_d.reshape((1,) * (t_u.ndim - 1) + cyc_d.shape)
+  turns = (t_u * cyc) % jnp.uint32(one)
+  return turns.astype(jnp.float32) * jnp.float32(_TWO_PI / one)
+
+
+def bind(v: jax.Array, theta: jax.Array) -> jax.Array:
+  """Bind values to phases: v * e^{i theta}, complex64 (norm preserving).
+
+  Example:
+    >>> m = bind(jnp.ones(3), jnp.zeros(3))
+    >>> m.dtype
+    dtype('complex64')
+  """
+  v = v.astype(jnp.float32)
+  th = theta.astype(jnp.float32)
+  return jax.lax.complex(v * jnp.cos(th), v * jnp.sin(th))
+
+
+def unbind(m: jax.Array, theta: jax.Array) -> jax.Array:
+  """Unbind with the conjugate phase: m * e^{-i theta}, complex64.
+
+  ``unbind(bind(v, th), th).real == v`` up to float32 rounding; on a
+  superposition it returns the wanted item plus cross-talk.
+
+  Example:
+    >>> v = jnp.array([1.0, -2.0]); th = jnp.array([0.3, 2.0])
+    >>> bool(jnp.allclose(unbind(bind(v, th), th).real, v))
+    True
+  """
+  th = theta.astype(jnp.float32)
+  return m.astype(jnp.complex64) * jax.lax.complex(jnp.cos(th), -jnp.sin(th))
+
+
+# ----------------------------------------------------------------------------
+# The causal memory.
+
+
+def read_scale(t: jax.Array, scale: str) -> jax.Array:
+  """The read scale c_t: 1/sqrt(t+1) for "sqrt_t", 1 for "none"; float32."""
+  t = jnp.asarray(t, jnp.float32)
+  if scale == "sqrt_t":
+    return jax.lax.rsqrt(t + 1.0)
+  if scale == "none":
+    return jnp.ones_like(t)
+  raise ValueError(f"scale={scale!r} must be 'sqrt_t' or 'none'")
+
+
+@functools.partial(jax.jit, static_argnames=("scale",))
+def phasor_memory_reference(v_bthd: jax.Array, k_bthd: jax.Array,
+                            q_bthd: jax.Array, *,
+                            scale: str = "sqrt_t") -> jax.Array:
+  """Causal phasor memory via ``jax.lax.associative_scan`` (complex64 sum).
+
+  y_t = Re(sum_{s<=t} v_s e^{i k_s} e^{-i q_t}) * c_t. Output dtype = v's.
+  """
+  t_t = jnp.arange(v_bthd.shape[1])
+  m_bthd = bind(v_bthd, k_bthd)
+  s_bthd = jax.lax.associative_scan(jnp.add, m_bthd, axis=1)
+  y_bthd = unbind(s_bthd, q_bthd).real
+  c_t = read_scale(t_t, scale)
+  return (y_bthd * c_t[None, :, None, None]).astype(v_bthd.dtype)
+
+
+def _check_memory_args(v, k, q):
+  if v.ndim != 4:
+    raise ValueError(f"v must be [batch, time, heads, dim], got {v.shape=}")
+  if k.shape != v.shape:
+    raise ValueError(f"k_theta shape {k.shape} must equal v shape {v.shape}")
+  if q.shape != v.shape:
+    raise ValueError(f"q_theta shape {q.shape} must equal v shape {v.shape}")
+
+
+def phasor_memory(v_bthd: jax.Array, k_theta: jax.Array, q_theta: jax.Array,
+                  *, scale: str = "sqrt_t",
+                  implementation: Implementation = None,
+                  interpret: bool = False) -> jax.Array:
+  """Decay-free causal phasor memory, y_t = Re(S_t e^{-i q_t}) c_t.
+
+  S_t = sum_{s<=t} v_s e^{i k_s}, c_t = 1/sqrt(t+1) ("sqrt_t") or 1
+  ("none"); element-wise over heads and dims. Values may be bfloat16
+  (storage); phases and the sum are float32; y has v's dtype.
+
+  Args:
+    v_bthd: values [B, T, H, D].
+    k_theta: key phases [B, T, H, D] (radians).
+    q_theta: query phases [B, T, H, D] (radians).
+    scale: "sqrt_t" (the seed) or "none".
+    implementation: "xla" (associative_scan reference), "pallas" (chunked
+      kernel, ``holojax.kernels.phasor``) or None: the environment variable
+      HOLOJAX_PHASOR_IMPL if set, else pallas on GPU and xla elsewhere.
+    interpret: run the Pallas kernel in interpret mode (CPU tests).
+
+  Returns:
+    y [B, T, H, D] in v's dtype.
+
+  Example:
+    >>> v = jnp.ones((1, 3, 1, 2)); th = jnp.zeros((1, 3, 1, 2))
+    >>> phasor_memory(v, th, th)[0, :, 0, 0]   # (t+1)/sqrt(t+1)
+    Array([1.       , 1.4142135, 1.7320508], dtype=float32)
+  """
+  _check_memory_args(v_bthd, k_theta, q_theta)
+  read_scale(0, scale)  # validates
+  if implementation is None:
+    implementation = os.environ.get("HOLOJAX_PHASOR_IMPL") or (
+        "pallas" if jax.default_backend() == "gpu" else "xla")
+  if implementation == "xla":
+    return phasor_memory_reference(v_bthd, k_theta, q_theta, scale=scale)
+  if implementation == "pallas":
+    from holojax.kernels.phasor import phasor_memory_pallas  # noqa: PLC0415
+    return phasor_memory_pallas(v_bthd, k_theta, q_theta, scale=scale,
+                                interpret=interpret)
+  raise ValueError(f"implementation={implementation!r} must be 'xla', "
+                   "'pallas' or None")
+
+
+# ----------------------------------------------------------------------------
+# Capacity theory (numpy, for tests, notebook and benchmarks).
+
+
+def recall_probability(n_items: int | float, d: int, m: int, *,
+                       num: int = 4001) -> float:
+  """Top-1 retrieval probability p = int phi(h - s) Phi(h)^(M-1) dh.
+
+  s = sqrt(2 D / N): N stored items, D dims, M candidates (Frady et al.).
+  Trapezoid rule on a grid of ``num`` points; numpy and math.erf only.
+
+  Example:
+    >>> round(recall_probability(1, 4096, 2), 3)
+    1.0
+  """
+  s = math.sqrt(2.0 * d / n_items)
+  h = np.linspace(min(-8.0, s - 8.0), s + 8.0, num)
+  pdf = np.exp(-0.5 * (h - s) ** 2) / math.sqrt(2.0 * math.pi)
+  erf = np.vectorize(math.erf)
+  cdf = 0.5 * (1.0 + erf(h / math.sqrt(2.0)))
+  trapezoid = getattr(np, "trapezoid", None) or np.trapz
+  return float(trapezoid(pdf * cdf ** (m - 1), h))
+
+
+# ----------------------------------------------------------------------------
+# The layer.
+
+
+class PhasorFrequencies(nnx.Variable):
+  """Fixed random-Fourier frequencies (rad/token); not a trained Param."""
+
+
+class PhasorCache(NamedTuple):
+  """Recurrent state of one ``PhasorAttention``: O(hd_dim) per sequence."""
+
+  s_re: jax.Array    # [B, H, D] float32, Re of the running sum S_t
+  s_im: jax.Array    # [B, H, D] float32, Im of S_t
+  x_prev: jax.Array  # [B, dim], previous input (key conv); zeros at t=0
+  pos: jax.Array     # shape=(), int32, next position t
+
+
+class PhasorAttention(nnx.Module):
+  """Phasor attention: content-addressed, decay-free holographic memory.
+
+  Per head h and dim d (x_t the input, omega_d random frequencies):
+
+    v_t   = W_v x_t                         (gated: v_t *= sigmoid(w_g x_t))
+    k_t   = W_k x_t + W_k' x_{t-1} + lam_h omega_d t     (write phase)
+    q_t   = W_q x_t              + lam_h omega_d t       (read phase)
+    y_t   = Re(sum_{s<=t} v_s e^{i k_s} e^{-i q_t}) / sqrt(t+1)
+    out_t = W_o y_t
+
+  ``mode="content"``: as above. The key sees the previous token too (a
+  width-2 causal convolution, the shift of the seed's later
+  ``conj k_{s-1}`` build), so "a b ... a" can read b back. The random-Fourier
+  positional phasors (replacing RoPE) enter with a learned per-head bandwidth
+  lam_h = sigmoid(.) in (0, 1): near 0 the head is position-blind, near 1
+  positions are nearly orthogonal (sinc window of width ~1/lam_h).
+  ``mode="positional"``: the seed's research build, k_t = q_t = omega t with
+  fixed frequencies, a data-independent causal convolution (ablation).
+  ``write_gate=True``: a learned sigmoid input gate per head and token on
+  writes (not a decay), so filler tokens need not add noise.
+
+  Example:
+    >>> layer = PhasorAttention(16, 2, 8, rngs=nnx.Rngs(0))
+    >>> layer(jnp.ones((1, 5, 16))).shape
+    (1, 5, 16)
+  """
+
+  def __init__(self, dim: int, heads: int, hd_dim: int, *,
+               mode: str = "content", write_gate: bool = False,
+               max_seq_len: int | None = None,
+               freq_distribution: str = "uniform", freq_scale: float = 1.0,
+               phase_init_scale: float = 1.0, pos_bandwidth_init: float = -5.0,
+               scale: str = "sqrt_t", implementation: Implementation = None,
+               dtype=jnp.float32, param_dtype=jnp.float32, rngs: nnx.Rngs):
+    if heads < 1 or hd_dim % heads != 0:
+      raise ValueError(f"hd_dim={hd_dim} must be a multiple of heads={heads}")
+    if mode not in ("content", "positional"):
+      raise ValueError(f"mode={mode!r} must be 'content' or 'positional'")
+    if max_seq_len is not None and max_seq_len < 1:
+      raise ValueError(f"max_seq_len={max_seq_len} must be positive")
+    read_scale(0, scale)
+    self.dim, self.heads, self.hd_dim = dim, heads, hd_dim
+    self.head_dim = hd_dim // heads
+    self.mode, self.write_gate, self.max_seq_len = mode, write_gate, max_seq_len
+    self.scale, self.implementation, self.dtype = scale, implementation, dtype
+    lin = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+    phase_init = nnx.initializers.variance_scaling(
+        phase_init_scale ** 2, "fan_in", "normal")
+    self.v_proj = nnx.Linear(dim, hd_dim, use_bias=False, **lin)
+    self.o_proj = nnx.Linear(hd_dim, dim, use_bias=False, **lin)
+    if mode == "content":
+      self.k_proj = nnx.Linear(dim, hd_dim, kernel_init=phase_init, **lin)
+      self.k_prev = nnx.Linear(dim, hd_dim, use_bias=False,
+                               kernel_init=phase_init, **lin)
+      self.q_proj = nnx.Linear(dim, hd_dim, kernel_init=phase_init, **lin)
+      self.pos_bandwidth = nnx.Param(
+          jnp.full((heads,), pos_bandwidth_init, param_dtype))
+    if write_gate:
+      self.g_proj = nnx.Linear(dim, heads, **lin)
+    freq_hd = generate_random_phasors(
+        rngs.params(), heads, self.head_dim, distribution=freq_distribution,
+        scale=freq_scale)
+    self.freq = PhasorFrequencies(freq_hd)
+
+  def _check_len(self, t: int):
+    if self.max_seq_len is not None and t > self.max_seq_len:
+      raise ValueError(f"sequence length {t} exceeds max_seq_len="
+                       f"{self.max_seq_len}")
+
+  def _phases(self, x_btd, x_prev_btd, t_t):
+    """Write/read phases k, q float32[B, T, H, D] and values v [B, T, H, D]."""
+    b, t = x_btd.shape[:2]
+    hd = (b, t, self.heads, self.head_dim)
+    v_bthd = self.v_proj(x_btd).reshape(hd)
+    if self.write_gate:
+      g_bth = jax.nn.sigmoid(self.g_proj(x_btd).astype(jnp.float32))
+      v_bthd = (v_bthd * g_bth[..., None]).astype(v_bthd.dtype)
+    if self.mode == "positional":
+      p_thd = positional_phases(self.freq[...].reshape(-1), t_t)
+      p_bthd = jnp.broadcast_to(p_thd.reshape(1, t, self.heads, -1), hd)
+      return v_bthd, p_bthd, p_bthd
+    lam_h = jax.nn.sigmoid(self.pos_bandwidth[...].astype(jnp.float32))
+    w_hd = lam_h[:, None] * self.freq[...]
+    p_thd = t_t.astype(jnp.float32)[:, None, None] * w_hd[None]
+    k_bthd = (self.k_proj(x_btd) + self.k_prev(x_prev_btd)).reshape(hd)
+    q_bthd = self.q_proj(x_btd).reshape(hd)
+    k_bthd = k_bthd.astype(jnp.float32) + p_thd[None]
+    q_bthd = q_bthd.astype(jnp.float32) + p_thd[None]
+    return v_bthd, k_bthd, q_bthd
+
+  def __call__(self, x_btd: jax.Array, *, interpret: bool = False) -> jax.Array:
+    """Parallel (training) form over a whole sequence [B, T, dim]."""
+    if x_btd.ndim != 3 or x_btd.shape[-1] != self.dim:
+      raise ValueError(f"x must be [batch, time, {self.dim}], got "
+                       f"{x_btd.shape}")
+    b, t, _ = x_btd.shape
+    self._check_len(t)
+    x_btd = x_btd.astype(self.dtype)
+    x_prev_btd = jnp.pad(x_btd, ((0, 0), (1, 0), (0, 0)))[:, :-1]
+    v, k, q = self._phases(x_btd, x_prev_btd, jnp.arange(t))
+    y_bthd = phasor_memory(v, k, q, scale=self.scale,
+                           implementation=self.implementation,
+                           interpret=interpret)
+    return self.o_proj(y_bthd.reshape(b, t, self.hd_dim).astype(self.dtype))
+
+  def init_cache(self, batch: int) -> PhasorCache:
+    """Empty recurrent state for ``batch`` sequences."""
+    s = jnp.zeros((batch, self.heads, self.head_dim), jnp.float32)
+    return PhasorCache(s, s, jnp.zeros((batch, self.dim), self.dtype),
+                       jnp.zeros((), jnp.int32))
+
+  def step(self, x_bd: jax.Array, cache: PhasorCache
+           ) -> tuple[jax.Array, PhasorCache]:
+    """One recurrent step: y_t from x_t [B, dim]; equals the parallel form.
+
+    State per head: the complex sum S_t (2 * head_dim floats), the position
+    and the previous input (for the key convolution), so O(hd_dim).
+    """
+    x_bd = x_bd.astype(self.dtype)
+    b = x_bd.shape[0]
+    t_t = cache.pos[None]
+    v, k, q = self._phases(x_bd[:, None], cache.x_prev[:, None], t_t)
+    m = bind(v[:, 0], k[:, 0])
+    s_re = cache.s_re + m.real
+    s_im = cache.s_im + m.imag
+    y_bhd = unbind(jax.lax.complex(s_re, s_im), q[:, 0]).real
+    y_bhd = y_bhd * read_scale(cache.pos, self.scale)
+    y_bd = self.o_proj(y_bhd.astype(v.dtype).reshape(b, self.hd_dim)
+                       .astype(self.dtype))
+    return y_bd, PhasorCache(s_re, s_im, x_bd, cache.pos + 1)

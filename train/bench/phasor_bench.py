@@ -1,0 +1,287 @@
+"""Phasor memory benchmarks: positional orthogonality and speed / memory.
+
+(a) Orthogonality of position codes P_t = e^{i t omega} (d complex dims):
+    random uniform frequencies omega ~ U(-pi, pi) vs RoPE omega_j =
+    base^(-j/d). The similarity of two positions depends on the lag only,
+    sim(L) = (1/d) sum_j cos(L omega_j). Reported:
+      mean_abs_sim   mean |sim(t - t')| over all pairs t != t' < T
+      neighbour_sim  sim(1)
+      max_abs_sim    max_{L>=1} |sim(L)|
+      crosstalk_ratio = 1 / mean_abs_sim (self-similarity over cross-talk;
+                        random codes give ~sqrt(pi d))
+(b) Speed at bf16 storage: the causal phasor memory (Pallas kernel and
+    associative_scan reference), forward and forward+backward, against
+    ``jax.nn.dot_product_attention(implementation="cudnn", is_causal=True)``
+    on the same [B, T, H, D] shapes; peak memory (the compiled program's
+    temp + argument + output bytes, and the device's peak_bytes_in_use);
+    an HBM copy bandwidth measured in the same run and each phasor case's
+    achieved fraction of it (bytes the kernel must move / time / bandwidth).
+    Cases that run out of memory are recorded as "oom" and skipped.
+
+Usage (GPU):  python -m holojax.train.bench.phasor_bench --out $OUT/phasor.json
+CPU smoke:    python -m holojax.train.bench.phasor_bench --tiny --out /tmp/p.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import datetime
+import json
+import math
+import platform
+import statistics
+import sys
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from holojax.nn.phasor import (generate_random_phasors, phasor_memory,
+                               rope_frequencies)
+
+
+# ----------------------------------------------------------------------------
+# (a) orthogonality
+
+
+def lag_similarity(freq_d: np.ndarray, max_lag: int) -> np.ndarray:
+  """sim(L) = mean_j cos(L omega_j) for L = 0..max_lag (float64)."""
+  lags = np.arange(max_lag + 1, dtype=np.float64)[:, None]
+  return np.cos(lags * np.asarray(freq_d, np.float64)[None, :]).mean(-1)
+
+
+def orthogonality_metrics(freq_d: np.ndarray, num_pos: int) -> dict:
+  """Cross-talk metrics of position codes over positions 0..num_pos-1."""
+  sim = lag_similarity(freq_d, num_pos - 1)[1:]
+  weights = np.arange(num_pos - 1, 0, -1, dtype=np.float64)  # pairs per lag
+  mean_abs = float(np.sum(weights * np.abs(sim)) / np.sum(weights))
+  return {"mean_abs_sim": mean_abs, "neighbour_sim": float(sim[0]),
+          "max_abs_sim": float(np.max(np.abs(sim))),
+          "crosstalk_ratio": 1.0 / mean_abs}
+
+
+def run_orthogonality(dims, positions, seed=0) -> list[dict]:
+  rows = []
+  for d in dims:
+    rand = np.asarray(generate_random_phasors(jax.random.key(seed), 1, d)[0])
+    rope = np.asarray(rope_frequencies(d))
+    for t in positions:
+      for name, f in (("random_uniform", rand), ("rope", rope)):
+        rows.append({"codes": name, "d": d, "positions": t,
+                     **orthogonality_metrics(f, t)})
+  return rows
+
+
+# ----------------------------------------------------------------------------
+# (b) speed and memory
+
+
+def _time(f, *args, repeats: int) -> float:
+  """Median seconds of f(*args) after a warm-up call."""
+  jax.block_until_ready(f(*args))
+  times = []
+  for _ in range(repeats):
+    t0 = time.perf_counter()
+    jax.block_until_ready(f(*args))
+    times.append(time.perf_counter() - t0)
+  return statistics.median(times)
+
+
+def _compiled_bytes(f, *args) -> int | None:
+  try:
+    ma = f.lower(*args).compile().memory_analysis()
+    return int(ma.temp_size_in_bytes + ma.argument_size_in_bytes
+               + ma.output_size_in_bytes)
+  except Exception:  # noqa: BLE001 (not every backend reports it)
+    return None
+
+
+def _peak_bytes() -> int | None:
+  stats = jax.devices()[0].memory_stats() or {}
+  return stats.get("peak_bytes_in_use")
+
+
+def copy_bandwidth(num_bytes: int, repeats: int) -> float:
+  """HBM copy bandwidth in bytes/s (read + write) of an f32 array."""
+  x = jnp.arange(num_bytes // 4, dtype=jnp.float32)
+  f = jax.jit(lambda a: a * 1.5 + 1.0)
+  return 2 * x.nbytes / _time(f, x, repeats=repeats)
+
+
+def _is_oom(err: Exception) -> bool:
+  msg = str(err).lower()
+  return any(s in msg for s in ("resource_exhausted", "out of memory",
+                                "oom", "allocat"))
+
+
+@dataclasses.dataclass(frozen=True)
+class SpeedConfig:
+  batch: int = 4
+  heads: int = 16
+  head_dim: int = 128
+  seq_lens: tuple[int, ...] = (2048, 4096, 8192, 16384, 32768, 65536,
+                               131072)
+  repeats: int = 10
+  copy_bytes: int = 1 << 30
+  interpret: bool = False  # Pallas interpreter (CPU smoke runs)
+  attention: str | None = "cudnn"
+
+
+def _phasor_fns(impl: str, interpret: bool):
+  def fwd(v, k, q):
+    return phasor_memory(v, k, q, implementation=impl, interpret=interpret)
+
+  def loss(v, k, q, g):
+    return jnp.sum((fwd(v, k, q) * g).astype(jnp.float32))
+
+  grad = jax.grad(loss, argnums=(0, 1, 2))
+  return jax.jit(fwd), jax.jit(lambda v, k, q, g: grad(v, k, q, g))
+
+
+def _attn_fns(implementation):
+  def fwd(q, k, v):
+    return jax.nn.dot_product_attention(q, k, v, is_causal=True,
+                                        implementation=implementation)
+
+  def loss(q, k, v, g):
+    return jnp.sum((fwd(q, k, v) * g).astype(jnp.float32))
+
+  grad = jax.grad(loss, argnums=(0, 1, 2))
+  return jax.jit(fwd), jax.jit(lambda q, k, v, g: grad(q, k, v, g))
+
+
+def _min_bytes(n: int, impl: str, kind: str) -> int:
+  """Bytes the phasor memory must move: bf16 v, g, y; f32 phases.
+
+  fwd: read v k q, write y. fwd+bwd (Pallas): fwd also writes the f32
+  Im-residual; bwd reads g q k v Im and writes dv dk dq.
+  """
+  fwd = n * (2 + 4 + 4 + 2)
+  if kind == "fwd":
+    return fwd
+  return fwd + n * 4 + n * (2 + 4 + 4 + 2 + 4) + n * (2 + 4 + 4)
+
+
+def run_speed(cfg: SpeedConfig) -> dict:
+  bw = copy_bandwidth(cfg.copy_bytes, cfg.repeats)
+  rows, check = [], None
+  impls = ["pallas", "xla"]
+  for t in cfg.seq_lens:
+    shape = (cfg.batch, t, cfg.heads, cfg.head_dim)
+    n = math.prod(shape)
+    ks = jax.random.split(jax.random.key(t), 4)
+    v = jax.random.normal(ks[0], shape, jnp.bfloat16)
+    k = jax.random.uniform(ks[1], shape, jnp.float32, -math.pi, math.pi)
+    q = jax.random.uniform(ks[2], shape, jnp.float32, -math.pi, math.pi)
+    g = jax.random.normal(ks[3], shape, jnp.bfloat16)
+    if check is None:  # correctness first, on fresh random inputs
+      try:
+        fp, _ = _phasor_fns("pallas", cfg.interpret)
+        fx, _ = _phasor_fns("xla", False)
+        err = jnp.max(jnp.abs(fp(v, k, q).astype(jnp.float32)
+                              - fx(v, k, q).astype(jnp.float32)))
+        check = {"seq_len": t, "max_abs_err_pallas_vs_xla": float(err)}
+      except Exception as e:  # noqa: BLE001
+        check = {"seq_len": t, "error": repr(e)[:300]}
+    cases = [(f"phasor_{i}", i, kind) for i in impls
+             for kind in ("fwd", "fwd+bwd")]
+    if cfg.attention is not None or cfg.interpret:
+      cases += [("attention", cfg.attention, kind)
+                for kind in ("fwd", "fwd+bwd")]
+    for name, impl, kind in cases:
+      row = {"case": name, "implementation": impl or "xla", "kind": kind,
+             "seq_len": t, **dict(zip(
+          ("batch", "heads", "head_dim"), shape[:1] + shape[2:]))}
+      try:
+        if name == "attention":
+          fwd, fb = _attn_fns(impl)
+          qa = q.astype(jnp.bfloat16)
+          ka = k.astype(jnp.bfloat16)
+          args = (qa, ka, v) if kind == "fwd" else (qa, ka, v, g)
+        else:
+          fwd, fb = _phasor_fns(impl, cfg.interpret)
+          args = (v, k, q) if kind == "fwd" else (v, k, q, g)
+        f = fwd if kind == "fwd" else fb
+        row["ms"] = 1e3 * _time(f, *args, repeats=cfg.repeats)
+        row["compiled_bytes"] = _compiled_bytes(f, *args)
+        row["device_peak_bytes"] = _peak_bytes()
+        if name.startswith("phasor"):
+          by = _min_bytes(n, impl, kind)
+          row["min_bytes"] = by
+          row["bw_fraction"] = by / (row["ms"] * 1e-3) / bw
+      except Exception as e:  # noqa: BLE001
+        row["status"] = "oom" if _is_oom(e) else "error"
+        row["error"] = repr(e)[:300]
+      rows.append(row)
+      print(_fmt_row(row), flush=True)
+  return {"copy_bandwidth_Bps": bw, "check": check, "rows": rows}
+
+
+def _fmt_row(r: dict) -> str:
+  if "ms" not in r:
+    return (f"{r['case']:>14} {r['kind']:>8} T={r['seq_len']:>7} "
+            f"{r.get('status')}")
+  mem = r.get("compiled_bytes")
+  mem = "-" if mem is None else f"{mem / 2**20:.1f} MiB"
+  frac = r.get("bw_fraction")
+  frac = "" if frac is None else f"  bw_frac={frac:.2f}"
+  return (f"{r['case']:>14} {r['kind']:>8} T={r['seq_len']:>7} "
+          f"{r['ms']:10.3f} ms  mem={mem:>12}{frac}")
+
+
+def main(argv=None) -> dict:
+  p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+  p.add_argument("--tiny", action="store_true",
+                 help="CPU-sized smoke run (Pallas in interpret mode)")
+  p.add_argument("--out", default=None, help="write the JSON record here")
+  p.add_argument("--seq-lens", default=None,
+                 help="comma-separated T list (default 2k..128k)")
+  p.add_argument("--repeats", type=int, default=None)
+  p.add_argument("--skip-speed", action="store_true")
+  args = p.parse_args(argv)
+  if args.tiny:
+    cfg = SpeedConfig(batch=1, heads=2, head_dim=16, seq_lens=(64, 128),
+                      repeats=2, copy_bytes=1 << 22, interpret=True,
+                      attention=None if jax.default_backend() != "gpu"
+                      else "cudnn")
+    ortho = run_orthogonality((64,), (256,))
+  else:
+    cfg = SpeedConfig()
+    ortho = run_orthogonality((64, 128), (1024, 4096, 16384))
+  if args.seq_lens:
+    cfg = dataclasses.replace(
+        cfg, seq_lens=tuple(int(s) for s in args.seq_lens.split(",")))
+  if args.repeats:
+    cfg = dataclasses.replace(cfg, repeats=args.repeats)
+  print(f"{'codes':>15} {'d':>4} {'T':>6} {'mean|sim|':>10} "
+        f"{'sim(1)':>8} {'max|sim|':>9} {'ratio':>7}")
+  for r in ortho:
+    print(f"{r['codes']:>15} {r['d']:>4} {r['positions']:>6} "
+          f"{r['mean_abs_sim']:10.4f} {r['neighbour_sim']:8.4f} "
+          f"{r['max_abs_sim']:9.4f} {r['crosstalk_ratio']:7.2f}")
+  record = {
+      "benchmark": "phasor_bench",
+      "date": datetime.datetime.now(datetime.timezone.utc).isoformat(),
+      "device": str(jax.devices()[0]),
+      "device_kind": jax.devices()[0].device_kind,
+      "backend": jax.default_backend(),
+      "versions": {"jax": jax.__version__, "python": platform.python_version()},
+      "argv": list(sys.argv if argv is None else argv),
+      "config": dataclasses.asdict(cfg),
+      "orthogonality": ortho,
+  }
+  if not args.skip_speed:
+    print(f"\n{'case':>14} {'kind':>8} {'T':>9} {'time':>13}")
+    record["speed"] = run_speed(cfg)
+    print(f"copy bandwidth {record['speed']['copy_bandwidth_Bps'] / 1e9:.1f}"
+          f" GB/s; check {record['speed']['check']}")
+  if args.out:
+    with open(args.out, "w") as fh:
+      json.dump(record, fh, indent=1)
+  return record
+
+
+if __name__ == "__main__":
+  main()
