@@ -5,6 +5,7 @@
   holojax train ... --resume        # continue a killed run
   holojax bench gpt_throughput      # run a named benchmark, write its record
   holojax bench --report            # regenerate BENCHMARKS.md from records
+  holojax spiral --out-png s.png    # HOLO layers: the spiral demo
 
 Every ``TrainConfig`` field is a flag (``--batch-size``, ``--mesh-fsdp``, ...);
 optimizer-specific arguments go through ``--opt-arg name=value``.
@@ -139,12 +140,20 @@ def build_parser() -> argparse.ArgumentParser:
   p.add_argument("--no-save", action="store_true", help="print only, write no record")
   p.set_defaults(func=_cmd_bench)
 
+  sub.add_parser("spiral", help="the HOLO spiral demo: ReLU vs Holo vs low-rank MLP "
+                 "(see `holojax spiral --help`)")
+
   for kind in ("models", "optimizers"):
     sub.add_parser(kind, help=f"list registered {kind}").set_defaults(func=_cmd_list(kind))
   return parser
 
 
 def main(argv=None) -> int:
+  argv = sys.argv[1:] if argv is None else list(argv)
+  if argv[:1] == ["spiral"]:  # its own parser, flags and --help included
+    from holojax.train import spiral
+    spiral.main(argv[1:])
+    return 0
   args = build_parser().parse_args(argv)
   from holojax.train.loop import NonFiniteLossError
   try:

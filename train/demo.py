@@ -18,7 +18,8 @@ from pathlib import Path
 
 # Peak learning rates tuned by a short sweep on the small model (see README).
 # Later modules add their optimizers here.
-DEMO_OPTIMIZERS: dict[str, float] = {"adamw": 3e-3, "adafactor": 3e-3, "lion": 3e-4}
+DEMO_OPTIMIZERS: dict[str, float] = {"adamw": 3e-3, "adafactor": 3e-3, "lion": 3e-4,
+                                     "turbo_adam": 3e-3, "turbo_adam_v": 3e-3}
 DEMO_STEPS = 150
 
 
@@ -53,9 +54,10 @@ def plot(rows: list[dict], path: Path, title: str) -> None:
   fig, ax = plt.subplots(figsize=(7, 4.5))
   for r in rows:
     steps, losses = zip(*r["train_losses"])
-    (line,) = ax.plot(steps, losses, alpha=0.6, label=f"{r['optimizer']} (train)")
+    label = r.get("label", r["optimizer"])
+    (line,) = ax.plot(steps, losses, alpha=0.6, label=f"{label} (train)")
     steps, losses = zip(*r["eval_losses"])
-    ax.plot(steps, losses, "o--", color=line.get_color(), label=f"{r['optimizer']} (val)")
+    ax.plot(steps, losses, "o--", color=line.get_color(), label=f"{label} (val)")
   ax.set_xlabel("step")
   ax.set_ylabel("loss (nats/byte)")
   ax.set_title(title)

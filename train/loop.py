@@ -117,8 +117,12 @@ def init_state(cfg: TrainConfig, spec, tx, mesh):
 
 
 def loss_fn(model, batch_bt):
-  """Mean next-token cross-entropy (nats per byte)."""
-  logits_btv = model(batch_bt[:, :-1])
+  """Mean next-token cross-entropy (nats per byte).
+
+  ``model(tokens)`` may return logits or an output object with ``.logits``.
+  """
+  out = model(batch_bt[:, :-1])
+  logits_btv = getattr(out, "logits", out)
   return optax.softmax_cross_entropy_with_integer_labels(logits_btv, batch_bt[:, 1:]).mean()
 
 

@@ -1,13 +1,28 @@
 """Whole models and the model preset registry."""
 
+import dataclasses as _dc
+
 from holojax.models import registry
 from holojax.models.gpt import GPT, PRESETS as GPT_PRESETS, GPTConfig
 from holojax.models.holo_lm import HOLO_LM_PRESETS, HoloLM, HoloLMConfig
+from holojax.models.holo_transformer import (HOLO_PRESETS, CausalLMOutput, HoloConfig,
+                                             HoloForCausalLM, causal_lm_loss, generate)
+
+# Byte-level phasor models for `holojax train` (vocabulary 256, the corpus').
+PHASOR_PRESETS = {
+    "phasor-tiny": _dc.replace(HOLO_PRESETS["tiny"], vocab_size=256),
+    # Same width and depth as the `small` transformer.
+    "phasor-small": HoloConfig(vocab_size=256, hidden_size=128, hd_dim=256, num_hidden_layers=4,
+                               num_heads=4, mlp_ratio=4.0, max_seq_len=16384),
+}
 
 for _name, _cfg in GPT_PRESETS.items():
   registry.register(_name, _cfg, GPT)
 for _name, _cfg in HOLO_LM_PRESETS.items():  # holo-tiny, hybrid-small, lowrank-small, ...
   registry.register(_name, _cfg, HoloLM)
+for _name, _cfg in PHASOR_PRESETS.items():
+  registry.register(_name, _cfg, HoloForCausalLM)
 
-__all__ = ["GPT", "GPTConfig", "GPT_PRESETS", "HOLO_LM_PRESETS", "HoloLM", "HoloLMConfig",
-           "registry"]
+__all__ = ["GPT", "GPTConfig", "GPT_PRESETS", "HOLO_LM_PRESETS", "HOLO_PRESETS",
+           "PHASOR_PRESETS", "CausalLMOutput", "HoloConfig", "HoloForCausalLM", "HoloLM",
+           "HoloLMConfig", "causal_lm_loss", "generate", "registry"]

@@ -6,7 +6,13 @@ from holojax.nn.holo import (
   SineActivation, equal_param_rank, holo_basis, holo_basis_count,
   holo_param_count, lowrank_param_count)
 
+from holojax.nn.phasor import (
+  PhasorAttention, PhasorCache, bind, generate_random_phasors, phasor_memory,
+  positional_phases, recall_probability, rope_frequencies, unbind)
+
 __all__ = [
+  "PhasorAttention", "PhasorCache", "bind", "generate_random_phasors", "phasor_memory",
+  "positional_phases", "recall_probability", "rope_frequencies", "unbind",
   "DenseAttention", "HoloAttention", "HoloBasis", "HoloLinear",
   "HoloTransformerBlock", "HybridHoloBlock", "LowRankAttention",
   "LowRankLinear", "LowRankTransformerBlock", "SineActivation",

@@ -31,6 +31,10 @@ BENCHMARKS: dict[str, tuple[str, str]] = {
                        "Baseline transformer training throughput (tokens/s, MFU)"),
     "turbo_adam": ("holojax.train.bench.turbo_adam_bench",
                    "TurboAdam: state bits/param (GPT-2 124M tree) and optimizer step time"),
+    "phasor": ("holojax.train.bench.phasor_bench",
+               "Phasor memory: orthogonality of codes; speed vs cuDNN attention by length"),
+    "holo_layers": ("holojax.train.bench.holo_layers_bench",
+                    "HoloLinear / LowRankLinear vs nnx.Linear: forward+backward time"),
     "convergence": ("holojax.train.bench.convergence",
                     "Optimizers at equal steps on one model: final loss, gap to AdamW"),
     "demo": ("holojax.train.demo",
@@ -58,6 +62,16 @@ def environment() -> dict:
   }
 
 
+def _run_main(module, argv: list[str]) -> dict:
+  """Adapter for benchmarks written as ``main(argv) -> dict`` that print their table."""
+  import contextlib
+  import io
+  buf = io.StringIO()
+  with contextlib.redirect_stdout(buf):
+    results = module.main(argv)
+  return {"config": {"argv": argv}, "results": results, "table": buf.getvalue()}
+
+
 def _slug(text: str) -> str:
   return re.sub(r"[^A-Za-z0-9]+", "-", text).strip("-").lower()
 
@@ -67,7 +81,7 @@ def run(name: str, argv: list[str], *, save: bool = True, record_dir: Path = REC
   if name not in BENCHMARKS:
     raise ValueError(f"unknown benchmark {name!r}; choose one of {names()}")
   module = importlib.import_module(BENCHMARKS[name][0])
-  out = module.run(list(argv))
+  out = module.run(list(argv)) if hasattr(module, "run") else _run_main(module, list(argv))
   now = dt.datetime.now(dt.timezone.utc)
   env = environment()
   record = {"name": name, "description": BENCHMARKS[name][1],

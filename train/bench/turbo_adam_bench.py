@@ -147,16 +147,6 @@ def pallas_matches_xla(shapes) -> dict:
   return out
 
 
-def run(argv: list[str]) -> dict:
-  """``holojax bench turbo_adam``: the harness entry (config, results, table)."""
-  import contextlib
-  import io
-  buf = io.StringIO()
-  with contextlib.redirect_stdout(buf):
-    result = main(argv)
-  return {"config": {"argv": argv}, "results": result, "table": buf.getvalue()}
-
-
 def main(argv=None) -> dict:
   ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   ap.add_argument("--tiny", action="store_true", help="tiny tree, few iterations (CPU smoke)")
