@@ -39,8 +39,9 @@ class GPTConfig:
   ``dtype`` is the compute dtype (``"bfloat16"`` for mixed precision);
   parameters are always stored in ``param_dtype`` (float32 by default).
   ``attention`` picks the :func:`jax.nn.dot_product_attention`
-  implementation: ``None`` lets JAX choose (XLA on CPU), ``"cudnn"`` forces
-  cuDNN flash attention (GPU, bf16/fp16 only), ``"xla"`` forces XLA.
+  implementation: ``None`` means cuDNN flash attention on GPU with bf16
+  compute and XLA otherwise (JAX's own default is XLA, measured 1.7x slower
+  for gpt2-124m training on an H100), ``"cudnn"`` or ``"xla"`` force one.
   """
   vocab_size: int = 256
   d_model: int = 128
@@ -128,6 +129,14 @@ def rope(x_bthk, positions_t, base: float):
   return out.astype(x_bthk.dtype)
 
 
+def _attention_impl(cfg: GPTConfig) -> str | None:
+  if cfg.attention is not None:
+    return cfg.attention
+  if jax.default_backend() == "gpu" and cfg.dtype == "bfloat16":
+    return "cudnn"
+  return None
+
+
 def _dense(d_in, d_out, cfg: GPTConfig, rngs, std=None):
   std = std if std is not None else 1.0 / math.sqrt(d_in)
   return nnx.Linear(d_in, d_out, use_bias=False, dtype=_DTYPES[cfg.dtype],
@@ -158,7 +167,7 @@ class Block(nnx.Module):
     q_bthk = rope(q_bthk, positions_t, cfg.rope_base)
     k_bthk = rope(k_bthk, positions_t, cfg.rope_base)
     attn_bthk = jax.nn.dot_product_attention(q_bthk, k_bthk, v_bthk, is_causal=True,
-                                             implementation=cfg.attention)
+                                             implementation=_attention_impl(cfg))
     x_btd = x_btd + self.wo(attn_bthk.reshape(b, t, d))
     return x_btd + self.w2(jax.nn.gelu(self.w1(self.norm_mlp(x_btd))))
 

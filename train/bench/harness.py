@@ -66,7 +66,14 @@ def _run_main(module, argv: list[str]) -> dict:
   """Adapter for benchmarks written as ``main(argv) -> dict`` that print their table."""
   import contextlib
   import io
-  buf = io.StringIO()
+
+  class Tee(io.StringIO):  # keep the table, still show progress as it prints
+    def write(self, s):
+      sys.__stdout__.write(s)
+      sys.__stdout__.flush()
+      return super().write(s)
+
+  buf = Tee()
   with contextlib.redirect_stdout(buf):
     results = module.main(argv)
   return {"config": {"argv": argv}, "results": results, "table": buf.getvalue()}
@@ -89,7 +96,8 @@ def run(name: str, argv: list[str], *, save: bool = True, record_dir: Path = REC
             "command": "holojax bench " + " ".join(shlex.quote(a) for a in [name, *argv]),
             "environment": env, "config": out["config"], "results": out["results"],
             "table": out["table"]}
-  print(out["table"])
+  if hasattr(module, "run"):
+    print(out["table"])
   if save:
     fname = f"{name}--{_slug(env['device'])}--{now.strftime('%Y%m%d-%H%M%S')}.json"
     targets = [Path(record_dir) / fname]

@@ -105,7 +105,8 @@ def step_times(shapes, iters: int) -> dict:
     impls["turbo v-only pallas"] = turbo_adam(1e-3, compress_m=False, implementation="pallas")
   out = {}
   for name, opt in impls.items():
-    state = opt.init(params)
+    print(f"timing {name} ...", flush=True)
+    state = jax.jit(opt.init)(params)
     step = jax.jit(lambda g, s, p, opt=opt: opt.update(g, s, p), donate_argnums=1)
 
     def run(g, p, state=[state], step=step):  # state threaded through calls
@@ -141,7 +142,7 @@ def pallas_matches_xla(shapes) -> dict:
     ups = []
     for impl in ("xla", "pallas"):
       opt = turbo_adam(1e-3, implementation=impl, **kw)
-      u, _ = jax.jit(opt.update)(grads, opt.init(params), params)
+      u, _ = jax.jit(opt.update)(grads, jax.jit(opt.init)(params), params)
       ups.append(jnp.concatenate([x.ravel() for x in jax.tree.leaves(u)]))
     out[name] = float(jnp.linalg.norm(ups[1] - ups[0]) / jnp.linalg.norm(ups[0]))
   return out
