@@ -1,6 +1,5 @@
 """Execute notebooks/holo_layers.ipynb at tiny size (HOLOJAX_NB_TINY=1)."""
 
-import os
 import pathlib
 
 import nbformat

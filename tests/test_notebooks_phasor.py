@@ -1,6 +1,5 @@
 """Execute notebooks/phasor_memory.ipynb in tiny mode."""
 
-import os
 import pathlib
 import time
 

@@ -11,7 +11,7 @@ schedule. Later modules add their optimizers with :func:`register`::
 
 from __future__ import annotations
 
-from typing import Callable, Protocol
+from typing import Protocol
 
 import optax
 

@@ -29,3 +29,14 @@ def test_committed_records_are_in_the_report():
   text = harness.REPORT.read_text()
   for rec in records:  # BENCHMARKS.md was regenerated after the last record
     assert rec["command"] in text and rec["date"] in text
+
+
+@pytest.mark.parametrize("name,argv", [("holo_layers", ["--tiny"]),
+                                       ("phasor", ["--tiny", "--skip-speed"]),
+                                       ("convergence", ["--tiny", "--optimizers", "adamw"])])
+def test_other_benchmarks_write_records(tmp_path, monkeypatch, name, argv):
+  monkeypatch.setenv("OUT", str(tmp_path / "out"))
+  rec = harness.run(name, argv, record_dir=tmp_path)
+  assert rec["table"].strip() and rec["results"]
+  assert len(list(tmp_path.glob(f"{name}--*.json"))) == 1
+  assert len(list((tmp_path / "out").glob(f"{name}--*.json"))) == 1  # the GPU machine's copy

@@ -13,24 +13,13 @@ warm-up, random inputs).
 from __future__ import annotations
 
 import argparse
-import statistics
-import time
 
 import jax
 import jax.numpy as jnp
 from flax import nnx
 
 from holojax.nn import HoloLinear, LowRankLinear, equal_param_rank
-
-
-def _time(fn, *args, repeats: int) -> float:
-  jax.block_until_ready(fn(*args))
-  ts = []
-  for _ in range(repeats):
-    t = time.perf_counter()
-    jax.block_until_ready(fn(*args))
-    ts.append(time.perf_counter() - t)
-  return statistics.median(ts)
+from holojax.train.bench.timing import median_time
 
 
 def _fwd_bwd_ms(layer, x, repeats: int) -> float:
@@ -42,7 +31,7 @@ def _fwd_bwd_ms(layer, x, repeats: int) -> float:
       return jnp.sum(nnx.merge(graphdef, params, rest)(x).astype(jnp.float32) ** 2)
     return jax.grad(loss, argnums=(0, 1))(params, x)
 
-  return 1e3 * _time(step, params, x, repeats=repeats)
+  return 1e3 * median_time(step, params, x, repeats=repeats)
 
 
 def run(argv: list[str]) -> dict:

@@ -30,9 +30,7 @@ import datetime
 import json
 import math
 import platform
-import statistics
 import sys
-import time
 
 import jax
 import jax.numpy as jnp
@@ -40,6 +38,7 @@ import numpy as np
 
 from holojax.nn.phasor import (generate_random_phasors, phasor_memory,
                                rope_frequencies)
+from holojax.train.bench.timing import copy_bandwidth, median_time
 
 
 # ----------------------------------------------------------------------------
@@ -78,17 +77,6 @@ def run_orthogonality(dims, positions, seed=0) -> list[dict]:
 # (b) speed and memory
 
 
-def _time(f, *args, repeats: int) -> float:
-  """Median seconds of f(*args) after a warm-up call."""
-  jax.block_until_ready(f(*args))
-  times = []
-  for _ in range(repeats):
-    t0 = time.perf_counter()
-    jax.block_until_ready(f(*args))
-    times.append(time.perf_counter() - t0)
-  return statistics.median(times)
-
-
 def _compiled_bytes(f, *args) -> int | None:
   try:
     ma = f.lower(*args).compile().memory_analysis()
@@ -101,13 +89,6 @@ def _compiled_bytes(f, *args) -> int | None:
 def _peak_bytes() -> int | None:
   stats = jax.devices()[0].memory_stats() or {}
   return stats.get("peak_bytes_in_use")
-
-
-def copy_bandwidth(num_bytes: int, repeats: int) -> float:
-  """HBM copy bandwidth in bytes/s (read + write) of an f32 array."""
-  x = jnp.arange(num_bytes // 4, dtype=jnp.float32)
-  f = jax.jit(lambda a: a * 1.5 + 1.0)
-  return 2 * x.nbytes / _time(f, x, repeats=repeats)
 
 
 def _is_oom(err: Exception) -> bool:
@@ -204,7 +185,7 @@ def run_speed(cfg: SpeedConfig) -> dict:
           fwd, fb = _phasor_fns(impl, cfg.interpret)
           args = (v, k, q) if kind == "fwd" else (v, k, q, g)
         f = fwd if kind == "fwd" else fb
-        row["ms"] = 1e3 * _time(f, *args, repeats=cfg.repeats)
+        row["ms"] = 1e3 * median_time(f, *args, repeats=cfg.repeats)
         row["compiled_bytes"] = _compiled_bytes(f, *args)
         row["device_peak_bytes"] = _peak_bytes()
         if name.startswith("phasor"):

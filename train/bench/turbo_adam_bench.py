@@ -17,8 +17,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
-import time
 
 import jax
 import jax.numpy as jnp
@@ -26,6 +24,7 @@ import optax
 
 from holojax.kernels import turbo_adam as kernels
 from holojax.optim import state_bits_per_param, tree_size, turbo_adam
+from holojax.train.bench.timing import copy_bandwidth, median_time
 
 
 def gpt2_shapes(vocab=50304, d=768, layers=12, mlp=3072, ctx=1024) -> dict:
@@ -64,28 +63,6 @@ def bits_table(shapes) -> dict:
           for name, opt in configs().items()}
 
 
-def _median_time(fn, *args, warmup=3, iters=20) -> float:
-  out = None
-  for _ in range(warmup):
-    out = fn(*args)
-  jax.block_until_ready(out)
-  times = []
-  for _ in range(iters):
-    t0 = time.perf_counter()
-    out = fn(*args)
-    jax.block_until_ready(out)
-    times.append(time.perf_counter() - t0)
-  return statistics.median(times)
-
-
-def copy_bandwidth(n: int, iters: int) -> float:
-  """Measured f32 copy bandwidth, bytes/s (read + write)."""
-  x = jnp.ones((n,), jnp.float32)
-  f = jax.jit(lambda a: a * 1.0000001)
-  t = _median_time(f, x, iters=iters)
-  return 2 * 4 * n / t
-
-
 def step_times(shapes, iters: int) -> dict:
   # Random data, never constants (constants hide indexing bugs and make
   # block percentiles degenerate).
@@ -114,11 +91,11 @@ def step_times(shapes, iters: int) -> dict:
       return u
 
     try:
-      out[name] = {"ms": 1e3 * _median_time(run, grads, params, iters=iters),
+      out[name] = {"ms": 1e3 * median_time(run, grads, params, repeats=iters, warmup=3),
                    "backend": kernels.last_backend() if "turbo" in name else "xla"}
     except Exception as e:  # report, keep going (e.g. a kernel that fails to lower)
       out[name] = {"ms": None, "error": f"{type(e).__name__}: {e}"[:300]}
-  bw = copy_bandwidth(n, iters)
+  bw = copy_bandwidth(4 * n, iters)
   # Bytes a step must move: read g (4), write update (4), read+write state.
   adamw_state = 4 * 2 * 2
   turbo_state = 2 * (4.25 + 3.375) / 8
