@@ -74,6 +74,7 @@ def run(argv: list[str]) -> dict:
                  f"{r['tokens_per_s']:>11,.0f}{r['state_bits_per_param']:>11.2f}")
   if ok:
     out_dir = Path(os.environ.get("OUT") or Path(__file__).parent / "records")
+    out_dir.mkdir(parents=True, exist_ok=True)
     tag = "_".join(a.models) if len(a.models) <= 2 else f"{len(a.models)}models"
     for r in ok:
       r["label"] = r["optimizer"] if len(a.models) == 1 else f"{r['model']}/{r['optimizer']}"
