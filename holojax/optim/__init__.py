@@ -14,5 +14,5 @@ for _name, _preset in (("holo_adam", "balanced"), ("holo_adam_max", "max"),
   registry.register(_name, lambda learning_rate, weight_decay, _p=_preset, **kw: holo_adam(
       learning_rate, weight_decay=weight_decay, **{**HOLO_ADAM_PRESETS[_p], **kw}))
 
-__all__ = ["HOLO_ADAM_PRESETS", "holo_adam", "registry", "scale_by_holo_adam", "scale_by_turbo_adam", "state_bits_per_param", "tree_bytes",
-           "tree_size", "turbo_adam"]
+__all__ = ["HOLO_ADAM_PRESETS", "holo_adam", "registry", "scale_by_holo_adam",
+           "scale_by_turbo_adam", "state_bits_per_param", "tree_bytes", "tree_size", "turbo_adam"]

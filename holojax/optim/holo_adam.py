@@ -20,6 +20,20 @@ heads with independent keys average it down::
 The crosstalk is fixed by the keys, so it does *not* average out over steps
 (``m^`` is exactly the linear sketch of the exact EMA ``m``).
 
+Rank: retrieval is the adjoint of the sketch (``m^ = S^T S m / h``, positive
+semi-definite), and the sketch keeps ``2 heads h ~ 2 heads N / holo_ratio``
+real numbers, so ``m^`` lies in a *fixed* subspace of dimension at most
+``2 heads / holo_ratio`` of the parameter space (0.4 for the balanced
+preset, 0.08 for "max"). Updates built from ``m^`` alone never move the
+other directions: on a quadratic the original stalls with about that
+fraction of the loss left. The default therefore sketches only the history
+and uses the current gradient exactly (``exact_grad=True``)::
+
+  m_used = b1 m^_{t-1} + (1 - b1) g_t        (= m^_t + (1 - b1) (g_t - S^T S g_t / h))
+
+which is ``m^_t`` plus the part of ``g_t`` the sketch misses; every direction
+then moves at least like Adam without momentum, scaled by ``1 - b1``.
+
 Codebook: ``K[r, j] = exp(2 pi i u(seed, r * codebook_width + j))`` for
 ``r < codebook_size``, ``j < codebook_width``, ``u`` a counter-based uniform
 (:func:`holojax.optim.quant.uniform_from_index`). It is *computed inside the
@@ -38,14 +52,14 @@ Second moment: block means of ``g^2`` over ``v_block_size`` elements
 
 Resonance gate (default, scale-invariant; ``rms`` over the tensor)::
 
-  a     = g (x) m^ / (rms(g) rms(m^) + 1e-30)      (mean of a is cos(g, m^))
+  a     = g (x) m / (rms(g) rms(m) + 1e-30)        (mean of a is cos(g, m))
   gamma = 0.5 + 0.5 tanh(a)
   rf    = resonance_factor * min(t / warmup_steps, 1)
-  m_g   = m^ (x) (1 - rf + rf gamma)
+  m_g   = m_used (x) (1 - rf + rf gamma)     (gate computed with m_used)
   u     = (m_g / (1 - b1^t)) / (sqrt(repeat(sv) / (1 - b2^t)) + eps)
 
-``faithful=True`` reproduces the original formulas: a gain ``1/sqrt(n)`` on
-the trace (never undone), ``gamma = 0.5 + 0.5 tanh(5 g (x) m^)`` (not
+``faithful=True`` reproduces the original formulas: ``m_used = m^_t``, a
+gain ``1/sqrt(n)`` on the trace (never undone), ``gamma = 0.5 + 0.5 tanh(5 g (x) m^)`` (not
 scale-invariant: for small gradients ``gamma ~ 0.5``) and
 ``u = sqrt(1 - b2^t) / (1 - b1^t) * clip(m_g, -2, 2) / (sqrt(repeat(sv)) + eps)``.
 
@@ -99,7 +113,7 @@ from holojax.optim import quant
 # ``optax.inject_hyperparams(holo_adam, static_args=STATIC_ARGS)``. (``compress``
 # may be a callable, which inject_hyperparams would otherwise call as a schedule.)
 STATIC_ARGS = ("holo_ratio", "v_block_size", "heads", "min_compress_size", "codebook_size",
-               "codebook_width", "fft_chunk_size", "faithful", "compress", "seed")
+               "codebook_width", "fft_chunk_size", "faithful", "compress", "seed", "exact_grad")
 
 HOLO_ADAM_PRESETS: dict[str, dict[str, int]] = {
     "max": dict(holo_ratio=50, heads=2),
@@ -131,6 +145,7 @@ class HoloLayout:
   fft_chunk_size: int = 2_000_000
   faithful: bool = False
   seed: int = 0
+  exact_grad: bool = True
 
   def __post_init__(self):
     for f in dataclasses.fields(self):
@@ -146,8 +161,9 @@ class HoloLayout:
     _check_int("codebook_width", self.codebook_width, 1)
     _check_int("fft_chunk_size", self.fft_chunk_size, 1)
     _check_int("seed", self.seed, 0)
-    if not isinstance(self.faithful, (bool, np.bool_)):
-      raise ValueError(f"faithful={self.faithful!r} must be True or False")
+    for name in ("faithful", "exact_grad"):
+      if not isinstance(getattr(self, name), (bool, np.bool_)):
+        raise ValueError(f"{name}={getattr(self, name)!r} must be True or False")
     # Every tensor of more than 64 * holo_ratio elements has about holo_ratio
     # chunks; the exact count per tensor is checked again at init.
     if self.codebook_size < self.holo_ratio:
@@ -310,7 +326,10 @@ def _leaf_update(g, mu, nu, *, layout, b1, b2, eps, bc1, bc2, rf):
   hm = b1 * mu + (1.0 - b1) * trace
   sv = b2 * nu + (1.0 - b2) * block_mean_sq(flat, layout.v_block_size)
 
-  m_hat = retrieve(hm, n, n_chunks, layout)
+  if layout.exact_grad and not layout.faithful:
+    m_hat = b1 * retrieve(mu, n, n_chunks, layout) + (1.0 - b1) * flat
+  else:
+    m_hat = retrieve(hm, n, n_chunks, layout)
   gamma = resonance_gate(flat, m_hat, layout.faithful)
   m_g = m_hat * (1.0 - rf + rf * gamma)
   v_el = jnp.repeat(sv, layout.v_block_size, total_repeat_length=sv.size * layout.v_block_size)[:n]
@@ -326,8 +345,8 @@ def scale_by_holo_adam(b1: float = 0.9, b2: float = 0.999, eps: float = 1e-8,
                        resonance_factor: float = 0.4, warmup_steps: int = 1000,
                        min_compress_size: int = 8192, codebook_size: int = 256,
                        codebook_width: int = 8192, fft_chunk_size: int = 2_000_000,
-                       faithful: bool = False, compress: Any = None, seed: int = 0
-                       ) -> optax.GradientTransformationExtraArgs:
+                       faithful: bool = False, compress: Any = None, seed: int = 0,
+                       exact_grad: bool = True) -> optax.GradientTransformationExtraArgs:
   """Rescales updates by HoloAdam's sketched m and block-mean v (see module docstring).
 
   Args:
@@ -343,6 +362,8 @@ def scale_by_holo_adam(b1: float = 0.9, b2: float = 0.999, eps: float = 1e-8,
     compress: None (auto rule), bool, pytree prefix of bools, or callable
       ``params -> pytree of bools``: which tensors are sketched.
     seed: codebook seed (the codebook is recomputed, never stored).
+    exact_grad: use ``b1 m^_{t-1} + (1 - b1) g_t`` (sketched history, exact
+      current gradient) instead of ``m^_t`` (ignored when ``faithful``).
 
   Returns:
     An ``optax.GradientTransformationExtraArgs``. Shape-setting arguments
@@ -354,7 +375,7 @@ def scale_by_holo_adam(b1: float = 0.9, b2: float = 0.999, eps: float = 1e-8,
     TypeError: at ``init``, a parameter has a non-floating dtype.
   """
   layout = HoloLayout(holo_ratio, v_block_size, heads, min_compress_size, codebook_size,
-                      codebook_width, fft_chunk_size, faithful, seed)
+                      codebook_width, fft_chunk_size, faithful, seed, exact_grad)
   _check_real("b1", b1, 0.0, 1.0, hi_open=True)
   _check_real("b2", b2, 0.0, 1.0, hi_open=True)
   _check_real("eps", eps, 0.0, math.inf, hi_open=True)
@@ -412,7 +433,7 @@ def holo_adam(learning_rate: optax.ScalarOrSchedule = 1e-4, b1: float = 0.9,
               min_compress_size: int = 8192, codebook_size: int = 256,
               codebook_width: int = 8192, fft_chunk_size: int = 2_000_000,
               faithful: bool = False, compress: Any = None, seed: int = 0,
-              mask: Any = None) -> optax.GradientTransformationExtraArgs:
+              exact_grad: bool = True, mask: Any = None) -> optax.GradientTransformationExtraArgs:
   """HoloAdam(W): ``chain(scale_by_holo_adam, add_decayed_weights, -lr)``.
 
   See :func:`scale_by_holo_adam` for the arguments and the module docstring
@@ -432,6 +453,7 @@ def holo_adam(learning_rate: optax.ScalarOrSchedule = 1e-4, b1: float = 0.9,
                          resonance_factor=resonance_factor, warmup_steps=warmup_steps,
                          min_compress_size=min_compress_size, codebook_size=codebook_size,
                          codebook_width=codebook_width, fft_chunk_size=fft_chunk_size,
-                         faithful=faithful, compress=compress, seed=seed),
+                         faithful=faithful, compress=compress, seed=seed,
+                         exact_grad=exact_grad),
       optax.add_decayed_weights(weight_decay, mask),
       optax.scale_by_learning_rate(learning_rate))
