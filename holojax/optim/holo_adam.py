@@ -68,7 +68,10 @@ parameter is compressed iff ``ndim >= 2``, ``N >= min_compress_size`` and it
 is not embedding-like (2-D with ``shape[0] >= 8 * shape[1]``: a vocabulary
 table, whose gradient is row-sparse, so chunk crosstalk would smear the
 rows of the few tokens in a batch over all others). Dense parameters get
-exact Adam (float32 ``m`` and ``v`` of the parameter's shape).
+exact Adam (float32 ``m`` and ``v`` of the parameter's shape). The shape rule
+has false positives: tall projections such as GQA k/v ``(8192, 1024)`` of a
+70B Llama also stay dense (costs memory, not accuracy); an untied output
+head ``(d, vocab)`` is sketched. Pass ``compress`` to decide per tensor.
 
 Safeguards: gradients of any float dtype (bf16/fp16 included) are promoted
 to float32; updates come back in the gradient's dtype. A non-finite gradient
