@@ -294,3 +294,14 @@ def test_non_finite_grads_leave_state():
     for a, b in zip(jax.tree.leaves(s[0]._replace(skipped=0)),
                     jax.tree.leaves(s2[0]._replace(skipped=0))):
       np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
+def test_default_gate_is_scale_invariant_faithful_is_not():
+  g = jax.random.normal(jax.random.key(0), (4096,))
+  m = g + jax.random.normal(jax.random.key(1), (4096,))
+  for scale in (1e-4, 1.0, 1e3):
+    np.testing.assert_allclose(np.asarray(ha.resonance_gate(scale * g, scale * m, False)),
+                               np.asarray(ha.resonance_gate(g, m, False)), rtol=1e-5)
+  # Faithful: tanh(5 g m) with LLM-sized gradients is ~0 -> gamma ~ 0.5 everywhere.
+  small = ha.resonance_gate(1e-3 * g, 1e-3 * m, True)
+  assert float(jnp.max(jnp.abs(small - 0.5))) < 1e-4
