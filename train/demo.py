@@ -19,7 +19,8 @@ from pathlib import Path
 # Peak learning rates tuned by a short sweep on the small model (see README).
 # Later modules add their optimizers here.
 DEMO_OPTIMIZERS: dict[str, float] = {"adamw": 3e-3, "adafactor": 3e-3, "lion": 3e-4,
-                                     "turbo_adam": 3e-3, "turbo_adam_v": 3e-3}
+                                     "turbo_adam": 3e-3, "turbo_adam_v": 3e-3,
+                                     "holo_adam": 3e-3}
 DEMO_STEPS = 150
 
 

@@ -2,12 +2,17 @@
 
 from holojax.optim import registry
 from holojax.optim.accounting import state_bits_per_param, tree_bytes, tree_size
+from holojax.optim.holo_adam import HOLO_ADAM_PRESETS, holo_adam, scale_by_holo_adam
 from holojax.optim.turbo_adam import scale_by_turbo_adam, turbo_adam
 
 registry.register("turbo_adam", lambda learning_rate, weight_decay, **kw: turbo_adam(
     learning_rate, weight_decay=weight_decay, **kw))
 registry.register("turbo_adam_v", lambda learning_rate, weight_decay, **kw: turbo_adam(
     learning_rate, weight_decay=weight_decay, **{"compress_m": False, **kw}))
+for _name, _preset in (("holo_adam", "balanced"), ("holo_adam_max", "max"),
+                      ("holo_adam_conservative", "conservative")):
+  registry.register(_name, lambda learning_rate, weight_decay, _p=_preset, **kw: holo_adam(
+      learning_rate, weight_decay=weight_decay, **{**HOLO_ADAM_PRESETS[_p], **kw}))
 
-__all__ = ["registry", "scale_by_turbo_adam", "state_bits_per_param", "tree_bytes",
-           "tree_size", "turbo_adam"]
+__all__ = ["HOLO_ADAM_PRESETS", "holo_adam", "registry", "scale_by_holo_adam",
+           "scale_by_turbo_adam", "state_bits_per_param", "tree_bytes", "tree_size", "turbo_adam"]

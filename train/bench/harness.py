@@ -31,6 +31,8 @@ BENCHMARKS: dict[str, tuple[str, str]] = {
                        "Baseline transformer training throughput (tokens/s, MFU)"),
     "turbo_adam": ("holojax.train.bench.turbo_adam_bench",
                    "TurboAdam: state bits/param (GPT-2 124M tree) and optimizer step time"),
+    "holo_adam": ("holojax.train.bench.holo_adam_bench",
+                  "HoloAdam: state bits/param per preset, projected table, step time"),
     "phasor": ("holojax.train.bench.phasor_bench",
                "Phasor memory: orthogonality of codes; speed vs cuDNN attention by length"),
     "holo_layers": ("holojax.train.bench.holo_layers_bench",
