@@ -34,10 +34,15 @@ _HELP = {
 
 
 def _parse_value(text: str):
+  """JSON or Python literals (``0.9``, ``true``/``True``, ``[1, 2]``), else the string."""
+  import ast
   try:
     return json.loads(text)
   except json.JSONDecodeError:
-    return text
+    try:
+      return ast.literal_eval(text)
+    except (ValueError, SyntaxError):
+      return text
 
 
 def _add_config_flags(p: argparse.ArgumentParser, skip=()):

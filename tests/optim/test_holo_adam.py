@@ -1,6 +1,5 @@
 """HoloAdam: the optax contract plus its own claims (exactness, fidelity, gain, bits)."""
 
-import functools
 import importlib
 import math
 

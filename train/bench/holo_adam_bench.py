@@ -25,12 +25,12 @@ import argparse
 import json
 
 import jax
-import jax.numpy as jnp
 import optax
 
 from holojax.optim import HOLO_ADAM_PRESETS, holo_adam, state_bits_per_param, tree_bytes
 from holojax.optim import tree_size
-from holojax.train.bench.turbo_adam_bench import _median_time, abstract_params, gpt2_shapes
+from holojax.train.bench.timing import optimizer_step_ms
+from holojax.train.bench.turbo_adam_bench import abstract_params, gpt2_shapes
 
 # name -> (vocab, d_model, layers, mlp, kv_dim, tied): public Llama-family shapes.
 LLAMA_SIZES = {
@@ -94,18 +94,11 @@ def step_times(shapes, iters: int) -> dict:
     impls[f"holo {name}"] = holo_adam(1e-3, **preset)
   out = {}
   for name, opt in impls.items():
-    print(f"timing {name} ...", flush=True)
-    state = jax.jit(opt.init)(params)
-    step = jax.jit(lambda g, s, p, opt=opt: opt.update(g, s, p), donate_argnums=1)
-
-    def run(g, p, state=[state], step=step):  # state threaded through calls
-      u, state[0] = step(g, state[0], p)
-      return u
-
     try:
-      out[name] = {"ms": 1e3 * _median_time(run, grads, params, iters=iters)}
+      out[name] = {"ms": optimizer_step_ms(opt, grads, params, repeats=iters)}
     except Exception as e:  # report, keep going
       out[name] = {"ms": None, "error": f"{type(e).__name__}: {e}"[:300]}
+    print(f"timed {name}: {out[name]}", flush=True)
   base = out["optax.adamw"]["ms"]
   for v in out.values():
     if v["ms"] is not None and base:

@@ -26,3 +26,15 @@ def copy_bandwidth(num_bytes: int, repeats: int = 20) -> float:
   x = jax.random.normal(jax.random.key(0), (num_bytes // 4,), jnp.float32)
   f = jax.jit(lambda a: a * 1.0000001)
   return 2 * x.nbytes / median_time(f, x, repeats=repeats)
+
+
+def optimizer_step_ms(opt, grads, params, *, repeats: int = 20, warmup: int = 3) -> float:
+  """Median ms of one jitted ``opt.update`` (state donated and threaded through calls)."""
+  step = jax.jit(opt.update, donate_argnums=1)
+  state = [jax.jit(opt.init)(params)]
+
+  def run(g, p):
+    u, state[0] = step(g, state[0], p)
+    return u
+
+  return 1e3 * median_time(run, grads, params, repeats=repeats, warmup=warmup)

@@ -25,7 +25,7 @@ import optax
 
 from holojax.kernels import turbo_adam as kernels
 from holojax.optim import state_bits_per_param, tree_size, turbo_adam
-from holojax.train.bench.timing import copy_bandwidth, median_time
+from holojax.train.bench.timing import copy_bandwidth, optimizer_step_ms
 
 
 def gpt2_shapes(vocab=50304, d=768, layers=12, mlp=3072, ctx=1024) -> dict:
@@ -84,15 +84,8 @@ def step_times(shapes, iters: int, pallas: bool = False) -> dict:
   out = {}
   for name, opt in impls.items():
     t0 = time.perf_counter()
-    state = jax.jit(opt.init)(params)
-    step = jax.jit(lambda g, s, p, opt=opt: opt.update(g, s, p), donate_argnums=1)
-
-    def run(g, p, state=[state], step=step):  # state threaded through calls
-      u, state[0] = step(g, state[0], p)
-      return u
-
     try:
-      out[name] = {"ms": 1e3 * median_time(run, grads, params, repeats=iters, warmup=3),
+      out[name] = {"ms": optimizer_step_ms(opt, grads, params, repeats=iters),
                    "backend": kernels.last_backend() if "turbo" in name else "xla"}
     except Exception as e:  # report, keep going (e.g. a kernel that fails to lower)
       out[name] = {"ms": None, "error": f"{type(e).__name__}: {e}"[:300]}
