@@ -55,12 +55,21 @@ def _adamw(learning_rate, weight_decay, **kw):
 
 
 def _adafactor(learning_rate, weight_decay, **kw):
-  # Without parameter-scale multiplication Adafactor's step is RMS-normalised
-  # like Adam's, so the same learning rates apply (optax's default scales the
-  # step by each parameter's RMS, which stalls small-init models at AdamW
-  # learning rates). `weight_decay_rate` is decoupled like AdamW's.
+  """Adafactor with AdamW-style decoupled weight decay (-lr * (u + wd * p)).
+
+  optax.adafactor adds ``weight_decay_rate * p`` *after* its learning-rate
+  scaling, so its decay is not multiplied by the learning rate: 0.01 there
+  shrinks every weight by 1% a step and wrecks training. Here the decay goes
+  before the learning rate, as in AdamW. Without parameter-scale
+  multiplication the step is RMS-normalised like Adam's, so the same
+  learning rates apply (optax's default scales each step by the parameter's
+  RMS, which stalls small-init models at AdamW learning rates).
+  """
   kw.setdefault("multiply_by_parameter_scale", False)
-  return optax.adafactor(learning_rate, weight_decay_rate=weight_decay or None, **kw)
+  return optax.chain(optax.adafactor(learning_rate=None, **kw),
+                     optax.scale(-1.0),  # optax.adafactor ends with a sign flip
+                     optax.add_decayed_weights(weight_decay),
+                     optax.scale_by_learning_rate(learning_rate))
 
 
 def _lion(learning_rate, weight_decay, **kw):

@@ -34,3 +34,12 @@ def test_state_bits_per_param_counts_real_bytes():
   assert state_bits_per_param(state, params) == pytest.approx(8 * 12004 / 2000)
   key_state = {"key": jax.random.key(0)}
   assert tree_bytes(key_state) == 8  # a threefry key is two uint32
+
+
+@pytest.mark.parametrize("name", ["adamw", "adafactor", "lion"])
+def test_weight_decay_is_scaled_by_the_learning_rate(name):
+  # Zero gradients: the whole step is decoupled decay, -lr * wd * p.
+  params = {"w": jnp.full((8, 8), 2.0)}
+  tx = registry.get(name, 1e-3, 0.01)
+  updates, _ = tx.update({"w": jnp.zeros((8, 8))}, tx.init(params), params)
+  assert jnp.allclose(updates["w"], -1e-3 * 0.01 * 2.0, rtol=1e-4)

@@ -130,6 +130,7 @@ def write_report(directory: Path = RECORDS, path: Path = REPORT) -> Path:
               f"- device: {env['device']} x{env['device_count']} ({env['platform']}), "
               f"date: {rec['date']}",
               f"- versions: python {env['python']}, jax {env['jax']}, flax {env['flax']}, "
-              f"optax {env['optax']}", "", "```", rec["table"].rstrip(), "```", ""]
+              f"optax {env['optax']}", *[f"- note: {n}" for n in rec.get("notes", [])],
+              "", "```", rec["table"].rstrip(), "```", ""]
   path.write_text("\n".join(lines))
   return path
