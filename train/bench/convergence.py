@@ -75,7 +75,8 @@ def run(argv: list[str]) -> dict:
   if ok:
     out_dir = Path(os.environ.get("OUT") or Path(__file__).parent / "records")
     out_dir.mkdir(parents=True, exist_ok=True)
-    tag = "_".join(a.models) if len(a.models) <= 2 else f"{len(a.models)}models"
+    tag = ("_".join(a.models) if len(a.models) <= 2 else f"{len(a.models)}models") + \
+        f"_{len(a.optimizers)}opt"
     for r in ok:
       r["label"] = r["optimizer"] if len(a.models) == 1 else f"{r['model']}/{r['optimizer']}"
     plot(ok, out_dir / f"convergence_{tag}.png",
