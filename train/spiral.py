@@ -265,3 +265,24 @@ def main(argv: list[str] | None = None) -> dict:
 
 if __name__ == "__main__":
   main()
+
+
+def run(argv: list[str]) -> dict:
+  """``holojax bench spiral``: spiral accuracies and the parameter table as a record."""
+  p = argparse.ArgumentParser(prog="holojax bench spiral")
+  p.add_argument("--steps", type=int, default=500)
+  p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+  a = p.parse_args(argv)
+  runs = {s: run_spiral(a.steps, s) for s in a.seeds}
+  nets = ("relu", "holo", "lowrank", "holo_seed_init")
+  lines = [f"spiral: 2000 points, {a.steps} full-batch Adam steps; training accuracy per seed",
+           f"{'net':<16}{'learned params':>15}" + "".join(f"{f'seed {s}':>9}" for s in a.seeds)]
+  for net in nets:
+    r0 = runs[a.seeds[0]][net]
+    lines.append(f"{net:<16}{r0['params']:>15,}" +
+                 "".join(f"{runs[s][net]['acc']:>9.3f}" for s in a.seeds))
+  table = holo_param_table()
+  lines += ["", "parameter table (holo = learned 2*out*H; basis = fixed H*in, counted apart)",
+            format_param_table(table)]
+  return {"config": vars(a), "results": {"spiral": runs, "param_table": table},
+          "table": "\n".join(lines)}

@@ -39,6 +39,8 @@ BENCHMARKS: dict[str, tuple[str, str]] = {
                     "HoloLinear / LowRankLinear vs nnx.Linear: forward+backward time"),
     "convergence": ("holojax.train.bench.convergence",
                     "Optimizers at equal steps on one model: final loss, gap to AdamW"),
+    "spiral": ("holojax.train.spiral",
+               "HOLO layers: spiral accuracy (ReLU / Holo / low-rank) and the parameter table"),
     "demo": ("holojax.train.demo",
              "`holojax demo`: optimizers on the small model, equal steps (CPU)"),
 }
