@@ -230,10 +230,11 @@ def train(cfg: TrainConfig, *, bar_position: int = 0,
   done = start  # optimizer steps completed
 
   def drain(pending):
+    """Host copy of a step's metrics; raises if they are not finite."""
     step, m = pending
     m = {k: float(v) for k, v in jax.device_get(m).items()}
     _check_finite(step, m)
-    return step, m
+    return m
 
   try:
     for step in range(start + 1, cfg.steps + 1):
@@ -247,7 +248,8 @@ def train(cfg: TrainConfig, *, bar_position: int = 0,
         bar.update(1)
       last = step == cfg.steps
       if step % cfg.log_every == 0 or last:
-        _, m = drain(pending)
+        m = drain(pending)
+        pending = None  # read already
         now = time.perf_counter()
         rate = tokens_per_step * (step - step_last) / (now - t_last)
         if step_last > start:  # the first interval includes compilation
@@ -265,7 +267,9 @@ def train(cfg: TrainConfig, *, bar_position: int = 0,
         log({"step": step, "eval/loss": loss})
         t_last = time.perf_counter()  # do not count eval time as training time
       if mngr is not None and (step % cfg.ckpt_every == 0 or last):
-        drain(pending)  # never checkpoint a non-finite state
+        if pending is not None:
+          drain(pending)  # never checkpoint a non-finite state
+          pending = None
         ckpt.save(mngr, step, state, meta(step), force=last)
       if stop_after is not None and step >= stop_after:
         break

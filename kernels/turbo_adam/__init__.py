@@ -4,9 +4,9 @@
 ``"xla"`` (the reference, fused by XLA), ``"pallas"`` (Triton-lowered Pallas
 on GPU, ``interpret=True`` elsewhere) or ``None`` (auto: XLA). The kernel is
 opt-in: it launches one ``pallas_call`` per parameter tensor, and on an H100
-compiling those for the GPT-2 124M tree took minutes (a 20-iteration timing
-did not finish in 200 s, compile included), while XLA's fused path compiles
-in seconds. Batching all tensors' blocks into one launch is the fix. :func:`last_backend` says which one
+compiling and timing it for the GPT-2 124M tree did not finish within two
+benchmark time limits (minutes), while the XLA path compiled and timed in
+about 100 s. Batching all tensors' blocks into one launch is the fix. :func:`last_backend` says which one
 the most recent trace used.
 
 Example::

@@ -191,14 +191,13 @@ def check_orbax_roundtrip(make_opt, tmp_path):
     np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
 
 
+# The checks that take only ``make_opt``: parametrise an optimizer's test over these.
+CHECKS = (check_parabola, check_rosenbrock, check_no_recompile, check_multisteps, check_masked,
+          check_chain, check_dtypes, check_state_sharding)
+
+
 def run_contract(make_opt, tmp_path):
   """Every check above (inject_hyperparams needs a factory: call it yourself)."""
-  check_parabola(make_opt)
-  check_rosenbrock(make_opt)
-  check_no_recompile(make_opt)
-  check_multisteps(make_opt)
-  check_masked(make_opt)
-  check_chain(make_opt)
-  check_dtypes(make_opt)
-  check_state_sharding(make_opt)
+  for check in CHECKS:
+    check(make_opt)
   check_orbax_roundtrip(make_opt, tmp_path)

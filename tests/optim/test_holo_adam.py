@@ -27,10 +27,7 @@ def test_contract_params_are_compressed():
   assert s.mu["b"].dtype == jnp.float32 and s.mu["b"].shape == (10,)
 
 
-@pytest.mark.parametrize("check", [
-    contract.check_parabola, contract.check_rosenbrock, contract.check_no_recompile,
-    contract.check_multisteps, contract.check_masked, contract.check_chain,
-    contract.check_dtypes, contract.check_state_sharding])
+@pytest.mark.parametrize("check", contract.CHECKS, ids=lambda c: c.__name__)
 def test_contract(check):
   check(make)
 

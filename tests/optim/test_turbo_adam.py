@@ -21,10 +21,7 @@ def make(lr, **kw):
   return turbo_adam(lr, **{**SMALL_M, **kw})
 
 
-@pytest.mark.parametrize("check", [
-    contract.check_parabola, contract.check_rosenbrock, contract.check_no_recompile,
-    contract.check_multisteps, contract.check_masked, contract.check_chain,
-    contract.check_dtypes, contract.check_state_sharding])
+@pytest.mark.parametrize("check", contract.CHECKS, ids=lambda c: c.__name__)
 def test_contract(check):
   check(make)
 

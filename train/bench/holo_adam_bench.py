@@ -29,7 +29,7 @@ import optax
 
 from holojax.optim import HOLO_ADAM_PRESETS, holo_adam, state_bits_per_param, tree_bytes
 from holojax.optim import tree_size
-from holojax.train.bench.timing import optimizer_step_ms
+from holojax.train.bench.timing import random_params_and_grads, time_optimizers
 from holojax.train.bench.turbo_adam_bench import abstract_params, gpt2_shapes
 
 # name -> (vocab, d_model, layers, mlp, kv_dim, tied): public Llama-family shapes.
@@ -83,27 +83,11 @@ def projected_table() -> dict:
 
 
 def step_times(shapes, iters: int) -> dict:
-  leaves, treedef = jax.tree.flatten(shapes, is_leaf=lambda x: isinstance(x, tuple))
-  keys = jax.random.split(jax.random.key(0), 2 * len(leaves))
-  params = jax.tree.unflatten(treedef, [0.02 * jax.random.normal(k, s)
-                                        for k, s in zip(keys[::2], leaves)])
-  grads = jax.tree.unflatten(treedef, [1e-3 * jax.random.normal(k, s)
-                                       for k, s in zip(keys[1::2], leaves)])
+  params, grads = random_params_and_grads(shapes)
   impls = {"optax.adamw": optax.adamw(1e-3)}
   for name, preset in HOLO_ADAM_PRESETS.items():
     impls[f"holo {name}"] = holo_adam(1e-3, **preset)
-  out = {}
-  for name, opt in impls.items():
-    try:
-      out[name] = {"ms": optimizer_step_ms(opt, grads, params, repeats=iters)}
-    except Exception as e:  # report, keep going
-      out[name] = {"ms": None, "error": f"{type(e).__name__}: {e}"[:300]}
-    print(f"timed {name}: {out[name]}", flush=True)
-  base = out["optax.adamw"]["ms"]
-  for v in out.values():
-    if v["ms"] is not None and base:
-      v["x_adamw"] = v["ms"] / base
-  return out
+  return time_optimizers(impls, grads, params, repeats=iters)
 
 
 def main(argv=None) -> dict:

@@ -38,3 +38,42 @@ def optimizer_step_ms(opt, grads, params, *, repeats: int = 20, warmup: int = 3)
     return u
 
   return 1e3 * median_time(run, grads, params, repeats=repeats, warmup=warmup)
+
+
+def random_params_and_grads(shapes, seed: int = 0):
+  """Random f32 params (std 0.02) and grads (1e-3, per-column scales over ~3 decades).
+
+  ``shapes`` is a pytree whose leaves are shape tuples. Random data, never
+  constants: constants hide indexing bugs and make block statistics degenerate.
+  """
+  leaves, treedef = jax.tree.flatten(shapes, is_leaf=lambda x: isinstance(x, tuple))
+  keys = jax.random.split(jax.random.key(seed), 2 * len(leaves))
+  params = [0.02 * jax.random.normal(k, s) for k, s in zip(keys[::2], leaves)]
+  grads = [1e-3 * jax.random.normal(k, s) * jnp.exp(jax.random.normal(jax.random.fold_in(k, 1),
+                                                                       s[-1:]))
+           for k, s in zip(keys[1::2], leaves)]
+  return jax.tree.unflatten(treedef, params), jax.tree.unflatten(treedef, grads)
+
+
+def time_optimizers(impls: dict, grads, params, *, repeats: int, extra=None) -> dict:
+  """Step time of each optimizer in ``impls`` (name -> transformation), in one run.
+
+  Per name: ``ms`` (median step), ``wall_s_incl_compile``, ``x_adamw`` (ratio to
+  the ``optax.adamw`` entry, if any) and ``extra(name)`` fields; a failure is
+  recorded as ``error`` and the others still run. Prints each row as it is timed.
+  """
+  out = {}
+  for name, opt in impls.items():
+    t0 = time.perf_counter()
+    try:
+      out[name] = {"ms": optimizer_step_ms(opt, grads, params, repeats=repeats),
+                   **(extra(name) if extra else {})}
+    except Exception as e:  # report, keep going (e.g. a kernel that fails to lower)
+      out[name] = {"ms": None, "error": f"{type(e).__name__}: {e}"[:300]}
+    out[name]["wall_s_incl_compile"] = time.perf_counter() - t0
+    print(f"timed {name}: {out[name]}", flush=True)
+  base = out.get("optax.adamw", {}).get("ms")
+  for v in out.values():
+    if v["ms"] is not None and base:
+      v["x_adamw"] = v["ms"] / base
+  return out

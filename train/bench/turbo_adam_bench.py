@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import time
 
 import jax
 import jax.numpy as jnp
@@ -25,7 +24,7 @@ import optax
 
 from holojax.kernels import turbo_adam as kernels
 from holojax.optim import state_bits_per_param, tree_size, turbo_adam
-from holojax.train.bench.timing import copy_bandwidth, optimizer_step_ms
+from holojax.train.bench.timing import copy_bandwidth, random_params_and_grads, time_optimizers
 
 
 def gpt2_shapes(vocab=50304, d=768, layers=12, mlp=3072, ctx=1024) -> dict:
@@ -65,15 +64,7 @@ def bits_table(shapes) -> dict:
 
 
 def step_times(shapes, iters: int, pallas: bool = False) -> dict:
-  # Random data, never constants (constants hide indexing bugs and make
-  # block percentiles degenerate).
-  leaves, treedef = jax.tree.flatten(shapes, is_leaf=lambda x: isinstance(x, tuple))
-  keys = jax.random.split(jax.random.key(0), 2 * len(leaves))
-  params = jax.tree.unflatten(treedef, [0.02 * jax.random.normal(k, s)
-                                        for k, s in zip(keys[::2], leaves)])
-  grads = jax.tree.unflatten(treedef, [1e-3 * jax.random.normal(k, s) * jnp.exp(
-      jax.random.normal(jax.random.fold_in(k, 1), s[-1:]))  # per-column scales
-                                       for k, s in zip(keys[1::2], leaves)])
+  params, grads = random_params_and_grads(shapes)
   n = tree_size(params)
   impls = {"optax.adamw": optax.adamw(1e-3),
            "turbo xla": turbo_adam(1e-3, implementation="xla"),
@@ -81,16 +72,8 @@ def step_times(shapes, iters: int, pallas: bool = False) -> dict:
   if pallas and jax.default_backend() == "gpu":
     impls["turbo pallas"] = turbo_adam(1e-3, implementation="pallas")
     impls["turbo v-only pallas"] = turbo_adam(1e-3, compress_m=False, implementation="pallas")
-  out = {}
-  for name, opt in impls.items():
-    t0 = time.perf_counter()
-    try:
-      out[name] = {"ms": optimizer_step_ms(opt, grads, params, repeats=iters),
-                   "backend": kernels.last_backend() if "turbo" in name else "xla"}
-    except Exception as e:  # report, keep going (e.g. a kernel that fails to lower)
-      out[name] = {"ms": None, "error": f"{type(e).__name__}: {e}"[:300]}
-    out[name]["wall_s_incl_compile"] = time.perf_counter() - t0
-    print(f"timed {name}: {out[name]}", flush=True)
+  out = time_optimizers(impls, grads, params, repeats=iters, extra=lambda name: {
+      "backend": kernels.last_backend() if "turbo" in name else "xla"})
   bw = copy_bandwidth(4 * n, iters)
   # Bytes a step must move: read g (4), write update (4), read+write state.
   adamw_state = 4 * 2 * 2
@@ -106,10 +89,7 @@ def pallas_matches_xla(shapes) -> dict:
   """One update of the pallas and xla paths on the same random inputs."""
   if jax.default_backend() != "gpu":
     return {}
-  leaves, treedef = jax.tree.flatten(shapes, is_leaf=lambda x: isinstance(x, tuple))
-  params = jax.tree.unflatten(treedef, [0.02 * jax.random.normal(jax.random.key(i), s)
-                                        for i, s in enumerate(leaves)])
-  grads = jax.tree.map(lambda p: 1e-3 * jax.random.normal(jax.random.key(7), p.shape), params)
+  params, grads = random_params_and_grads(shapes)
   out = {}
   for name, kw in {"m+v": {}, "v-only": {"compress_m": False}}.items():
     ups = []
