@@ -159,52 +159,70 @@ def read_scale(t: jax.Array, scale: str) -> jax.Array:
   raise ValueError(f"scale={scale!r} must be 'sqrt_t' or 'none'")
 
 
+def _with_positions(theta_bthd, freq_hd, t_t):
+  """theta + t f in float32 (f None: theta as float32)."""
+  th = theta_bthd.astype(jnp.float32)
+  if freq_hd is None:
+    return th
+  p_thd = t_t.astype(jnp.float32)[:, None, None] * freq_hd.astype(
+      jnp.float32)[None]
+  return th + p_thd[None]
+
+
 @functools.partial(jax.jit, static_argnames=("scale",))
 def phasor_memory_reference(v_bthd: jax.Array, k_bthd: jax.Array,
-                            q_bthd: jax.Array, *,
+                            q_bthd: jax.Array,
+                            freq_hd: jax.Array | None = None, *,
                             scale: str = "sqrt_t") -> jax.Array:
   """Causal phasor memory via ``jax.lax.associative_scan`` (complex64 sum).
 
-  y_t = Re(sum_{s<=t} v_s e^{i k_s} e^{-i q_t}) * c_t. Output dtype = v's.
+  y_t = Re(sum_{s<=t} v_s e^{i k'_s} e^{-i q'_t}) * c_t with k' = k + t f,
+  q' = q + t f (f = freq_hd, zero if None). Output dtype = v's.
   """
   t_t = jnp.arange(v_bthd.shape[1])
-  m_bthd = bind(v_bthd, k_bthd)
+  m_bthd = bind(v_bthd, _with_positions(k_bthd, freq_hd, t_t))
   s_bthd = jax.lax.associative_scan(jnp.add, m_bthd, axis=1)
-  y_bthd = unbind(s_bthd, q_bthd).real
+  y_bthd = unbind(s_bthd, _with_positions(q_bthd, freq_hd, t_t)).real
   c_t = read_scale(t_t, scale)
   return (y_bthd * c_t[None, :, None, None]).astype(v_bthd.dtype)
 
 
-def _check_memory_args(v, k, q):
+def _check_memory_args(v, k, q, f):
   if v.ndim != 4:
     raise ValueError(f"v must be [batch, time, heads, dim], got {v.shape=}")
   if k.shape != v.shape:
     raise ValueError(f"k_theta shape {k.shape} must equal v shape {v.shape}")
   if q.shape != v.shape:
     raise ValueError(f"q_theta shape {q.shape} must equal v shape {v.shape}")
+  if f is not None and f.shape != v.shape[2:]:
+    raise ValueError(f"freq_hd shape {f.shape} must be (heads, dim) = "
+                     f"{v.shape[2:]}")
 
 
 def phasor_memory(v_bthd: jax.Array, k_theta: jax.Array, q_theta: jax.Array,
-                  *, scale: str = "sqrt_t",
+                  *, freq_hd: jax.Array | None = None, scale: str = "sqrt_t",
                   implementation: Implementation = None,
                   interpret: bool = False) -> jax.Array:
-  """Decay-free causal phasor memory, y_t = Re(S_t e^{-i q_t}) c_t.
+  """Decay-free causal phasor memory, y_t = Re(S_t e^{-i q'_t}) c_t.
 
-  S_t = sum_{s<=t} v_s e^{i k_s}, c_t = 1/sqrt(t+1) ("sqrt_t") or 1
-  ("none"); element-wise over heads and dims. Values may be bfloat16
-  (storage); phases and the sum are float32; y has v's dtype.
+  S_t = sum_{s<=t} v_s e^{i k'_s}, c_t = 1/sqrt(t+1) ("sqrt_t") or 1
+  ("none"); element-wise over heads and dims. Positional phases may come
+  as frequencies: k' = k + t f, q' = q + t f, computed in float32 inside the
+  memory, so content phases can be stored in bfloat16 (positions t f reach
+  thousands of radians, which bfloat16 cannot hold). Values may be bfloat16;
+  phases and the sum are float32; y has v's dtype.
 
   Args:
     v_bthd: values [B, T, H, D].
     k_theta: key phases [B, T, H, D] (radians).
     q_theta: query phases [B, T, H, D] (radians).
+    freq_hd: optional positional frequencies [H, D] (rad/token).
     scale: "sqrt_t" (the seed) or "none".
     implementation: "xla" (associative_scan reference), "pallas" (chunked
       kernel, ``holojax.kernels.phasor``) or None: the environment variable
-      HOLOJAX_PHASOR_IMPL if set, else xla. XLA is the default on GPU too:
-      on an H100 the associative_scan path measured 3-4x faster than the
-      current Pallas kernel at every length from 2k to 128k (record
-      ``train/bench/records/phasor--*``), so the kernel is opt-in.
+      HOLOJAX_PHASOR_IMPL if set, else "pallas" on GPU and "xla"
+      elsewhere (see ``train/bench/records/phasor--*`` for the measured
+      speeds of both).
     interpret: run the Pallas kernel in interpret mode (CPU tests).
 
   Returns:
@@ -215,16 +233,18 @@ def phasor_memory(v_bthd: jax.Array, k_theta: jax.Array, q_theta: jax.Array,
     >>> phasor_memory(v, th, th)[0, :, 0, 0]   # (t+1)/sqrt(t+1)
     Array([1.       , 1.4142135, 1.7320508], dtype=float32)
   """
-  _check_memory_args(v_bthd, k_theta, q_theta)
+  _check_memory_args(v_bthd, k_theta, q_theta, freq_hd)
   read_scale(0, scale)  # validates
   if implementation is None:
-    implementation = os.environ.get("HOLOJAX_PHASOR_IMPL") or "xla"
+    implementation = os.environ.get("HOLOJAX_PHASOR_IMPL") or (
+        "pallas" if jax.default_backend() == "gpu" else "xla")
   if implementation == "xla":
-    return phasor_memory_reference(v_bthd, k_theta, q_theta, scale=scale)
+    return phasor_memory_reference(v_bthd, k_theta, q_theta, freq_hd,
+                                   scale=scale)
   if implementation == "pallas":
     from holojax.kernels.phasor import phasor_memory_pallas  # noqa: PLC0415
-    return phasor_memory_pallas(v_bthd, k_theta, q_theta, scale=scale,
-                                interpret=interpret)
+    return phasor_memory_pallas(v_bthd, k_theta, q_theta, freq_hd=freq_hd,
+                                scale=scale, interpret=interpret)
   raise ValueError(f"implementation={implementation!r} must be 'xla', "
                    "'pallas' or None")
 
@@ -341,7 +361,12 @@ class PhasorAttention(nnx.Module):
                        f"{self.max_seq_len}")
 
   def _phases(self, x_btd, x_prev_btd, t_t):
-    """Write/read phases k, q float32[B, T, H, D] and values v [B, T, H, D]."""
+    """Values v, phases k, q [B, T, H, D] and positional frequencies f.
+
+    Content mode: k, q are the content phases (compute dtype) and f =
+    lam_h omega float32[H, D]; the memory adds t f in float32. Positional
+    mode: k = q = (omega t) mod 2 pi exactly, f = None.
+    """
     b, t = x_btd.shape[:2]
     hd = (b, t, self.heads, self.head_dim)
     v_bthd = self.v_proj(x_btd).reshape(hd)
@@ -351,15 +376,12 @@ class PhasorAttention(nnx.Module):
     if self.mode == "positional":
       p_thd = positional_phases(self.freq[...].reshape(-1), t_t)
       p_bthd = jnp.broadcast_to(p_thd.reshape(1, t, self.heads, -1), hd)
-      return v_bthd, p_bthd, p_bthd
+      return v_bthd, p_bthd, p_bthd, None
     lam_h = jax.nn.sigmoid(self.pos_bandwidth[...].astype(jnp.float32))
     w_hd = lam_h[:, None] * self.freq[...]
-    p_thd = t_t.astype(jnp.float32)[:, None, None] * w_hd[None]
     k_bthd = (self.k_proj(x_btd) + self.k_prev(x_prev_btd)).reshape(hd)
     q_bthd = self.q_proj(x_btd).reshape(hd)
-    k_bthd = k_bthd.astype(jnp.float32) + p_thd[None]
-    q_bthd = q_bthd.astype(jnp.float32) + p_thd[None]
-    return v_bthd, k_bthd, q_bthd
+    return v_bthd, k_bthd, q_bthd, w_hd
 
   def __call__(self, x_btd: jax.Array, *, interpret: bool = False) -> jax.Array:
     """Parallel (training) form over a whole sequence [B, T, dim]."""
@@ -370,8 +392,8 @@ class PhasorAttention(nnx.Module):
     self._check_len(t)
     x_btd = x_btd.astype(self.dtype)
     x_prev_btd = jnp.pad(x_btd, ((0, 0), (1, 0), (0, 0)))[:, :-1]
-    v, k, q = self._phases(x_btd, x_prev_btd, jnp.arange(t))
-    y_bthd = phasor_memory(v, k, q, scale=self.scale,
+    v, k, q, w_hd = self._phases(x_btd, x_prev_btd, jnp.arange(t))
+    y_bthd = phasor_memory(v, k, q, freq_hd=w_hd, scale=self.scale,
                            implementation=self.implementation,
                            interpret=interpret)
     return self.o_proj(y_bthd.reshape(b, t, self.hd_dim).astype(self.dtype))
@@ -392,7 +414,9 @@ class PhasorAttention(nnx.Module):
     x_bd = x_bd.astype(self.dtype)
     b = x_bd.shape[0]
     t_t = cache.pos[None]
-    v, k, q = self._phases(x_bd[:, None], cache.x_prev[:, None], t_t)
+    v, k, q, w_hd = self._phases(x_bd[:, None], cache.x_prev[:, None], t_t)
+    k = _with_positions(k, w_hd, t_t)
+    q = _with_positions(q, w_hd, t_t)
     m = bind(v[:, 0], k[:, 0])
     s_re = cache.s_re + m.real
     s_im = cache.s_im + m.imag

@@ -41,6 +41,32 @@ def test_forward_and_grads_match_reference(scale):
     np.testing.assert_allclose(d, d_ref, rtol=tol, atol=tol, err_msg=name)
 
 
+@pytest.mark.parametrize("phase_dtype", [jnp.float32, jnp.bfloat16])
+def test_positional_frequencies_and_their_gradient(phase_dtype):
+  """k' = k + t f in-kernel: forward and d/dv, dk, dq, df match reference."""
+  v, k, q, g = _inputs(seed=2)
+  k, q = k.astype(phase_dtype), q.astype(phase_dtype)
+  f_hd = jax.random.uniform(jax.random.key(3), SHAPE[2:], minval=-0.3,
+                            maxval=0.3)
+
+  def pallas(v, k, q, f):
+    return phasor_memory_pallas(v, k, q, freq_hd=f, blocks=BLOCKS,
+                                interpret=True)
+
+  y, vjp = jax.vjp(jax.jit(pallas), v, k, q, f_hd)
+  y_ref, vjp_ref = jax.vjp(phasor_memory_reference, v, k, q, f_hd)
+  np.testing.assert_allclose(y, y_ref, rtol=1e-5, atol=1e-5)
+  grads, grads_ref = vjp(g), vjp_ref(g)
+  assert grads[1].dtype == phase_dtype and grads[3].shape == f_hd.shape
+  for name, d, d_ref in zip("vkqf", grads, grads_ref):
+    d, d_ref = np.asarray(d, np.float32), np.asarray(d_ref, np.float32)
+    tol = 2e-2 if phase_dtype == jnp.bfloat16 and name in "kq" else 1e-4
+    np.testing.assert_allclose(d, d_ref, rtol=tol, atol=tol * (
+        1 + np.abs(d_ref).max()), err_msg=name)
+  with pytest.raises(ValueError, match="freq_hd"):
+    phasor_memory_pallas(v, k, q, freq_hd=f_hd[:1], interpret=True)
+
+
 def test_bf16_storage():
   v, k, q, g = _inputs(jnp.bfloat16, seed=1)
   y, vjp = jax.vjp(_pallas("sqrt_t"), v, k, q)

@@ -15,10 +15,14 @@
     on the same [B, T, H, D] shapes; peak memory (the compiled program's
     temp + argument + output bytes, and the device's peak_bytes_in_use);
     an HBM copy bandwidth measured in the same run and each phasor case's
-    achieved fraction of it (bytes the kernel must move / time / bandwidth).
+    achieved fraction of it (``min_bytes``, the bytes any implementation
+    must move, / time / bandwidth). The phasor inputs are the layer's:
+    bf16 values and content phases plus float32[H, D] positional
+    frequencies added inside the memory (``--phase-dtype float32`` for
+    float32 phases).
     Cases that run out of memory are recorded as "oom" and skipped.
 
-Usage (GPU):  python -m holojax.train.bench.phasor_bench --out $OUT/phasor.json
+Usage (GPU):  python -m holojax.train.bench.phasor_bench --tune --out $OUT/phasor.json
 CPU smoke:    python -m holojax.train.bench.phasor_bench --tiny --out /tmp/p.json
 """
 
@@ -36,6 +40,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from holojax.kernels.phasor import PhasorBlocks, phasor_memory_pallas
 from holojax.nn.phasor import (generate_random_phasors, phasor_memory,
                                rope_frequencies)
 from holojax.train.bench.timing import copy_bandwidth, median_time
@@ -99,6 +104,14 @@ def _is_oom(err: Exception) -> bool:
 
 @dataclasses.dataclass(frozen=True)
 class SpeedConfig:
+  """Shapes and options of the speed part.
+
+  The phasor inputs are what ``PhasorAttention`` passes: bf16 values, content
+  phases in ``phase_dtype`` and positional frequencies float32[H, D] added
+  inside the memory. ``tune`` times the kernel's tile configurations at the
+  first length (forward+backward) and keeps the fastest.
+  """
+
   batch: int = 4
   heads: int = 16
   head_dim: int = 128
@@ -108,17 +121,28 @@ class SpeedConfig:
   copy_bytes: int = 1 << 30
   interpret: bool = False  # Pallas interpreter (CPU smoke runs)
   attention: str | None = "cudnn"
+  phase_dtype: str = "bfloat16"
+  tune: bool = False
+  tune_len: int = 16384  # tiles are tuned here (or at the first length)
 
 
-def _phasor_fns(impl: str, interpret: bool):
-  def fwd(v, k, q):
-    return phasor_memory(v, k, q, implementation=impl, interpret=interpret)
+TUNE_BLOCKS = tuple(
+    PhasorBlocks(block_t=bt, block_d=bd, num_warps=w)
+    for bt in (32, 64, 128) for bd in (64, 128) for w in (4, 8))
 
-  def loss(v, k, q, g):
-    return jnp.sum((fwd(v, k, q) * g).astype(jnp.float32))
 
-  grad = jax.grad(loss, argnums=(0, 1, 2))
-  return jax.jit(fwd), jax.jit(lambda v, k, q, g: grad(v, k, q, g))
+def _phasor_fns(impl: str, interpret: bool, blocks: PhasorBlocks | None):
+  def fwd(v, k, q, f):
+    if impl == "pallas":
+      return phasor_memory_pallas(v, k, q, freq_hd=f, blocks=blocks,
+                                  interpret=interpret)
+    return phasor_memory(v, k, q, freq_hd=f, implementation=impl)
+
+  def loss(v, k, q, f, g):
+    return jnp.sum((fwd(v, k, q, f) * g).astype(jnp.float32))
+
+  grad = jax.grad(loss, argnums=(0, 1, 2, 3))
+  return jax.jit(fwd), jax.jit(grad)
 
 
 def _attn_fns(implementation):
@@ -133,63 +157,107 @@ def _attn_fns(implementation):
   return jax.jit(fwd), jax.jit(lambda q, k, v, g: grad(q, k, v, g))
 
 
-def _min_bytes(n: int, impl: str, kind: str) -> int:
-  """Bytes the phasor memory must move: bf16 v, g, y; f32 phases.
+def min_bytes(n: int, kind: str, *, value_bytes: int = 2,
+              phase_bytes: int = 2) -> int:
+  """Bytes any implementation must move for n = B T H D elements.
 
-  fwd: read v k q, write y. fwd+bwd (Pallas): fwd also writes the f32
-  Im-residual; bwd reads g q k v Im and writes dv dk dq.
+  fwd: read v, k, q; write y. fwd+bwd adds the backward: read g, v, k, q;
+  write dv, dk, dq (the frequencies and chunk carries are negligible).
+  The kernel itself moves more (it reads v, k and g, q once more for the
+  chunk totals: 30 vs 22 bytes with bf16), so 1.0 is out of its reach.
   """
-  fwd = n * (2 + 4 + 4 + 2)
+  fwd = n * (2 * value_bytes + 2 * phase_bytes)
   if kind == "fwd":
     return fwd
-  return fwd + n * 4 + n * (2 + 4 + 4 + 2 + 4) + n * (2 + 4 + 4)
+  return fwd + n * (2 * value_bytes + 2 * phase_bytes) + n * (
+      value_bytes + 2 * phase_bytes)
+
+
+def _inputs(cfg: SpeedConfig, t: int):
+  shape = (cfg.batch, t, cfg.heads, cfg.head_dim)
+  ks = jax.random.split(jax.random.key(t), 5)
+  pdt = jnp.dtype(cfg.phase_dtype)
+  v = jax.random.normal(ks[0], shape, jnp.bfloat16)
+  k = jax.random.uniform(ks[1], shape, jnp.float32, -math.pi, math.pi)
+  q = jax.random.uniform(ks[2], shape, jnp.float32, -math.pi, math.pi)
+  f = jax.random.uniform(ks[3], shape[2:], jnp.float32, -0.05, 0.05)
+  g = jax.random.normal(ks[4], shape, jnp.bfloat16)
+  return v, k.astype(pdt), q.astype(pdt), f, g
+
+
+def check_against_xla(cfg: SpeedConfig, t: int, blocks) -> dict:
+  """Max |pallas - xla| of y and of each gradient, relative to max |xla|."""
+  v, k, q, f, g = _inputs(cfg, t)
+  out = {"seq_len": t}
+  fp, gp = _phasor_fns("pallas", cfg.interpret, blocks)
+  fx, gx = _phasor_fns("xla", False, None)
+  pairs = [("y", fp(v, k, q, f), fx(v, k, q, f))]
+  pairs += list(zip(("dv", "dk", "dq", "df"), gp(v, k, q, f, g),
+                    gx(v, k, q, f, g)))
+  for name, a, b in pairs:
+    a, b = a.astype(jnp.float32), b.astype(jnp.float32)
+    out[f"{name}_rel_err"] = float(jnp.max(jnp.abs(a - b))
+                                   / jnp.max(jnp.abs(b)))
+  return out
+
+
+def tune_blocks(cfg: SpeedConfig, t: int) -> tuple[PhasorBlocks, list]:
+  """Fastest PhasorBlocks for fwd+bwd at length t (and every timing)."""
+  v, k, q, f, g = _inputs(cfg, t)
+  rows = []
+  for blocks in TUNE_BLOCKS:
+    try:
+      _, fb = _phasor_fns("pallas", cfg.interpret, blocks)
+      ms = 1e3 * median_time(fb, v, k, q, f, g, repeats=cfg.repeats)
+    except Exception as e:  # noqa: BLE001 (a tile that fails to compile)
+      ms = None
+      print(f"  {blocks}: {repr(e)[:120]}", flush=True)
+    rows.append({**dataclasses.asdict(blocks), "fwd_bwd_ms": ms})
+    print(f"  tune {blocks}: {ms}", flush=True)
+  best = min((r for r in rows if r["fwd_bwd_ms"] is not None),
+             key=lambda r: r["fwd_bwd_ms"])
+  best = {k: v for k, v in best.items() if k != "fwd_bwd_ms"}
+  return PhasorBlocks(**best), rows
 
 
 def run_speed(cfg: SpeedConfig) -> dict:
   bw = copy_bandwidth(cfg.copy_bytes, cfg.repeats)
-  rows, check = [], None
-  impls = ["pallas", "xla"]
+  print(f"copy bandwidth {bw / 1e9:.1f} GB/s", flush=True)
+  blocks, tuning = PhasorBlocks(), []
+  if cfg.tune:
+    t_tune = cfg.tune_len if cfg.tune_len in cfg.seq_lens else cfg.seq_lens[0]
+    blocks, tuning = tune_blocks(cfg, t_tune)
+    print(f"best tiles {blocks}", flush=True)
+  check = check_against_xla(cfg, cfg.seq_lens[0], blocks)
+  print(f"check {check}", flush=True)
+  pbytes = jnp.dtype(cfg.phase_dtype).itemsize
+  rows = []
   for t in cfg.seq_lens:
-    shape = (cfg.batch, t, cfg.heads, cfg.head_dim)
-    n = math.prod(shape)
-    ks = jax.random.split(jax.random.key(t), 4)
-    v = jax.random.normal(ks[0], shape, jnp.bfloat16)
-    k = jax.random.uniform(ks[1], shape, jnp.float32, -math.pi, math.pi)
-    q = jax.random.uniform(ks[2], shape, jnp.float32, -math.pi, math.pi)
-    g = jax.random.normal(ks[3], shape, jnp.bfloat16)
-    if check is None:  # correctness first, on fresh random inputs
-      try:
-        fp, _ = _phasor_fns("pallas", cfg.interpret)
-        fx, _ = _phasor_fns("xla", False)
-        err = jnp.max(jnp.abs(fp(v, k, q).astype(jnp.float32)
-                              - fx(v, k, q).astype(jnp.float32)))
-        check = {"seq_len": t, "max_abs_err_pallas_vs_xla": float(err)}
-      except Exception as e:  # noqa: BLE001
-        check = {"seq_len": t, "error": repr(e)[:300]}
-    cases = [(f"phasor_{i}", i, kind) for i in impls
+    v, k, q, f, g = _inputs(cfg, t)
+    n = v.size
+    cases = [(f"phasor_{i}", i, kind) for i in ("pallas", "xla")
              for kind in ("fwd", "fwd+bwd")]
     if cfg.attention is not None or cfg.interpret:
       cases += [("attention", cfg.attention, kind)
                 for kind in ("fwd", "fwd+bwd")]
     for name, impl, kind in cases:
       row = {"case": name, "implementation": impl or "xla", "kind": kind,
-             "seq_len": t, **dict(zip(
-          ("batch", "heads", "head_dim"), shape[:1] + shape[2:]))}
+             "seq_len": t, "batch": cfg.batch, "heads": cfg.heads,
+             "head_dim": cfg.head_dim}
       try:
         if name == "attention":
           fwd, fb = _attn_fns(impl)
-          qa = q.astype(jnp.bfloat16)
-          ka = k.astype(jnp.bfloat16)
+          qa, ka = q.astype(jnp.bfloat16), k.astype(jnp.bfloat16)
           args = (qa, ka, v) if kind == "fwd" else (qa, ka, v, g)
         else:
-          fwd, fb = _phasor_fns(impl, cfg.interpret)
-          args = (v, k, q) if kind == "fwd" else (v, k, q, g)
-        f = fwd if kind == "fwd" else fb
-        row["ms"] = 1e3 * median_time(f, *args, repeats=cfg.repeats)
-        row["compiled_bytes"] = _compiled_bytes(f, *args)
+          fwd, fb = _phasor_fns(impl, cfg.interpret, blocks)
+          args = (v, k, q, f) if kind == "fwd" else (v, k, q, f, g)
+        fn = fwd if kind == "fwd" else fb
+        row["ms"] = 1e3 * median_time(fn, *args, repeats=cfg.repeats)
+        row["compiled_bytes"] = _compiled_bytes(fn, *args)
         row["device_peak_bytes"] = _peak_bytes()
         if name.startswith("phasor"):
-          by = _min_bytes(n, impl, kind)
+          by = min_bytes(n, kind, phase_bytes=pbytes)
           row["min_bytes"] = by
           row["bw_fraction"] = by / (row["ms"] * 1e-3) / bw
       except Exception as e:  # noqa: BLE001
@@ -197,7 +265,21 @@ def run_speed(cfg: SpeedConfig) -> dict:
         row["error"] = repr(e)[:300]
       rows.append(row)
       print(_fmt_row(row), flush=True)
-  return {"copy_bandwidth_Bps": bw, "check": check, "rows": rows}
+  return {"copy_bandwidth_Bps": bw, "blocks": dataclasses.asdict(blocks),
+          "tuning": tuning, "check": check, "rows": rows,
+          "speedup_vs_attention": _speedups(rows)}
+
+
+def _speedups(rows: list[dict]) -> list[dict]:
+  """attention ms / phasor ms per (length, kind, implementation)."""
+  ms = {(r["case"], r["kind"], r["seq_len"]): r.get("ms") for r in rows}
+  out = []
+  for (case, kind, t), m in ms.items():
+    att = ms.get(("attention", kind, t))
+    if case.startswith("phasor") and m and att:
+      out.append({"case": case, "kind": kind, "seq_len": t,
+                  "speedup": att / m})
+  return out
 
 
 def _fmt_row(r: dict) -> str:
@@ -221,6 +303,10 @@ def main(argv=None) -> dict:
                  help="comma-separated T list (default 2k..128k)")
   p.add_argument("--repeats", type=int, default=None)
   p.add_argument("--skip-speed", action="store_true")
+  p.add_argument("--tune", action="store_true",
+                 help="time the kernel's tile configurations first")
+  p.add_argument("--phase-dtype", default=None,
+                 choices=("bfloat16", "float32"))
   args = p.parse_args(argv)
   if args.tiny:
     cfg = SpeedConfig(batch=1, heads=2, head_dim=16, seq_lens=(64, 128),
@@ -236,6 +322,10 @@ def main(argv=None) -> dict:
         cfg, seq_lens=tuple(int(s) for s in args.seq_lens.split(",")))
   if args.repeats:
     cfg = dataclasses.replace(cfg, repeats=args.repeats)
+  if args.tune:
+    cfg = dataclasses.replace(cfg, tune=True)
+  if args.phase_dtype:
+    cfg = dataclasses.replace(cfg, phase_dtype=args.phase_dtype)
   print(f"{'codes':>15} {'d':>4} {'T':>6} {'mean|sim|':>10} "
         f"{'sim(1)':>8} {'max|sim|':>9} {'ratio':>7}")
   for r in ortho:
@@ -256,8 +346,9 @@ def main(argv=None) -> dict:
   if not args.skip_speed:
     print(f"\n{'case':>14} {'kind':>8} {'T':>9} {'time':>13}")
     record["speed"] = run_speed(cfg)
-    print(f"copy bandwidth {record['speed']['copy_bandwidth_Bps'] / 1e9:.1f}"
-          f" GB/s; check {record['speed']['check']}")
+    for r in record["speed"]["speedup_vs_attention"]:
+      print(f"{r['case']:>14} {r['kind']:>8} T={r['seq_len']:>7} "
+            f"{r['speedup']:7.2f}x faster than attention")
   if args.out:
     with open(args.out, "w") as fh:
       json.dump(record, fh, indent=1)
