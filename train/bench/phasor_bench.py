@@ -128,7 +128,8 @@ class SpeedConfig:
 
 TUNE_BLOCKS = tuple(
     PhasorBlocks(block_t=bt, block_d=bd, num_warps=w)
-    for bt in (32, 64, 128) for bd in (64, 128) for w in (4, 8))
+    for bt in (16, 32, 64) for bd in (32, 64, 128) for w in (2, 4)) + (
+        PhasorBlocks(fast_trig=False),)
 
 
 def _phasor_fns(impl: str, interpret: bool, blocks: PhasorBlocks | None):
@@ -224,11 +225,11 @@ def run_speed(cfg: SpeedConfig) -> dict:
   bw = copy_bandwidth(cfg.copy_bytes, cfg.repeats)
   print(f"copy bandwidth {bw / 1e9:.1f} GB/s", flush=True)
   blocks, tuning = PhasorBlocks(), []
+  t_tune = cfg.tune_len if cfg.tune_len in cfg.seq_lens else cfg.seq_lens[0]
   if cfg.tune:
-    t_tune = cfg.tune_len if cfg.tune_len in cfg.seq_lens else cfg.seq_lens[0]
     blocks, tuning = tune_blocks(cfg, t_tune)
     print(f"best tiles {blocks}", flush=True)
-  check = check_against_xla(cfg, cfg.seq_lens[0], blocks)
+  check = check_against_xla(cfg, t_tune, blocks)
   print(f"check {check}", flush=True)
   pbytes = jnp.dtype(cfg.phase_dtype).itemsize
   rows = []
