@@ -54,7 +54,11 @@ from jax.experimental import pallas as pl
 class PhasorBlocks:
   """Tile sizes of the phasor kernels.
 
-  block_t: rows of T per chunk (= per program; power of two, >= 16).
+  block_t: rows of T per chunk, the unit of the in-chunk prefix sum (power
+    of two, >= 16).
+  chunks: chunks per program (power of two): a program walks a segment of
+    block_t * chunks rows, carrying its running sum, so the carries that
+    XLA sums between programs number T / (block_t * chunks).
   block_d: head-dim columns per program (power of two); capped at the head
     dim's largest power-of-two divisor.
   num_warps, num_stages: Triton launch parameters.
@@ -64,13 +68,14 @@ class PhasorBlocks:
   """
 
   block_t: int = 32
+  chunks: int = 1
   block_d: int = 64
   num_warps: int = 4
   num_stages: int = 1
   fast_trig: bool = True
 
   def __post_init__(self):
-    for name in ("block_t", "block_d"):
+    for name in ("block_t", "chunks", "block_d"):
       val = getattr(self, name)
       if val < 1 or val & (val - 1):
         raise ValueError(f"{name}={val} must be a power of two")
@@ -80,17 +85,16 @@ class PhasorBlocks:
       raise ValueError(f"num_warps={self.num_warps} and num_stages="
                        f"{self.num_stages} must be positive")
 
+  @property
+  def segment(self) -> int:
+    return self.block_t * self.chunks
+
 
 # ----------------------------------------------------------------------------
-# Kernel bodies. Every ref is one program's tile: [block_t, bd] rows of T,
-# [bd] chunk carries / frequencies.
-
-
-def _rows(block_t):
-  """Positions t float32[block_t, 1] of this program's chunk."""
-  t0 = pl.program_id(1) * block_t
-  return (t0 + jnp.arange(block_t)).astype(jnp.float32)[:, None]
-
+# Kernel bodies. A program owns one segment of ``chunks`` chunks of
+# ``block_t`` rows and ``bd`` dims: "rows" refs are [segment, bd] tiles,
+# "seg" refs one [bd] carry, "chunk" refs [chunks, bd] (a carry per chunk),
+# "freq" refs [bd].
 
 _TWO_PI_HI = 6.2831855  # float32(2 pi)
 _TWO_PI_LO = -1.7484555e-07  # 2 pi - float32(2 pi)
@@ -102,20 +106,22 @@ def _cos_sin(x, fast):
   fast: reduce x to [-pi, pi] (x - 2 pi n in two steps, error ~ ulp(x)),
   then the GPU's hardware ``cos.approx`` / ``sin.approx`` (absolute error
   <= 2^-20.5 on [-pi, pi]): two special-function instructions instead of
-  two libdevice calls of ~30 instructions each with their own range
-  reductions. The kernels are bandwidth-bound only once the trigonometry is
-  this cheap. Not fast (interpreter): ``jnp.cos`` / ``jnp.sin``.
+  two libdevice calls of ~30 instructions each. Not fast (interpreter):
+  ``jnp.cos`` / ``jnp.sin``.
   """
   if not fast:
     return jnp.cos(x), jnp.sin(x)
   from jax.experimental.pallas import triton as plt  # noqa: PLC0415
   n = jnp.floor(x * (1.0 / _TWO_PI_HI) + 0.5)
   r = (x - n * _TWO_PI_HI) - n * _TWO_PI_LO
-  out = jax.ShapeDtypeStruct(r.shape, jnp.float32)
-  c, s = plt.elementwise_inline_asm(
-      "cos.approx.f32 $0, $2;\n\tsin.approx.f32 $1, $2;", args=[r],
-      constraints="=f,=f,f", pack=1, result_shape_dtypes=[out, out])
-  return c, s
+  out = [jax.ShapeDtypeStruct(r.shape, jnp.float32)]
+
+  def asm(op):
+    return plt.elementwise_inline_asm(
+        f"{op}.approx.f32 $0, $1;", args=[r], constraints="=f,f", pack=1,
+        result_shape_dtypes=out)[0]
+
+  return asm("cos"), asm("sin")
 
 
 def _read_scale(t_r1, kind):
@@ -124,54 +130,96 @@ def _read_scale(t_r1, kind):
   return jnp.ones_like(t_r1)
 
 
-def _totals_kernel(w_ref, a_ref, f_ref, re_ref, im_ref, *, block_t, scale,
+def _chunk(blocks, t_seg, i):
+  """Rows of chunk i of the segment starting at position t_seg, and their
+  positions t float32[block_t, 1]."""
+  rows = pl.ds(i * blocks.block_t, blocks.block_t)
+  t0 = t_seg + i * blocks.block_t
+  t_r1 = (t0 + jnp.arange(blocks.block_t)).astype(jnp.float32)[:, None]
+  return rows, t_r1
+
+
+def _phase(ref, rows, t_r1, f_1d, fast):
+  return _cos_sin(ref[rows, :].astype(jnp.float32) + t_r1 * f_1d, fast)
+
+
+def _totals_kernel(w_ref, a_ref, f_ref, re_ref, im_ref, *, blocks, scale,
                    fast):
-  """Chunk sum of w c e^{i(a + t f)} (c = 1 or the read scale)."""
-  t_r1 = _rows(block_t)
-  w = w_ref[...].astype(jnp.float32) * _read_scale(t_r1, scale)
-  ca, sa = _cos_sin(a_ref[...].astype(jnp.float32) + t_r1 * f_ref[...][None, :],
-                    fast)
-  re_ref[...] = jnp.sum(w * ca, axis=0)
-  im_ref[...] = jnp.sum(w * sa, axis=0)
-
-
-def _fwd_kernel(v_ref, k_ref, q_ref, f_ref, cre_ref, cim_ref, y_ref, *,
-                block_t, scale, fast):
-  t_r1 = _rows(block_t)
+  """Segment sum of w c e^{i(a + t f)} (c = 1 or the read scale)."""
   f_1d = f_ref[...][None, :]
-  v = v_ref[...].astype(jnp.float32)
-  ck, sk = _cos_sin(k_ref[...].astype(jnp.float32) + t_r1 * f_1d, fast)
-  s_re = jnp.cumsum(v * ck, axis=0) + cre_ref[...][None, :]
-  s_im = jnp.cumsum(v * sk, axis=0) + cim_ref[...][None, :]
-  cq, sq = _cos_sin(q_ref[...].astype(jnp.float32) + t_r1 * f_1d, fast)
-  y = _read_scale(t_r1, scale) * (s_re * cq + s_im * sq)
-  y_ref[...] = y.astype(y_ref.dtype)
+  t_seg = pl.program_id(1) * blocks.segment  # (outside loops: interpreter)
+
+  def body(i, acc):
+    rows, t_r1 = _chunk(blocks, t_seg, i)
+    w = w_ref[rows, :].astype(jnp.float32) * _read_scale(t_r1, scale)
+    ca, sa = _phase(a_ref, rows, t_r1, f_1d, fast)
+    return acc[0] + jnp.sum(w * ca, axis=0), acc[1] + jnp.sum(w * sa, axis=0)
+
+  zero = jnp.zeros(f_ref.shape, jnp.float32)
+  re_ref[...], im_ref[...] = jax.lax.fori_loop(0, blocks.chunks, body,
+                                               (zero, zero))
+
+
+def _fwd_kernel(v_ref, k_ref, q_ref, f_ref, cre_ref, cim_ref, y_ref, *rest,
+                blocks, scale, fast):
+  """y over the segment; with ``rest`` also each chunk's carry-in S."""
+  f_1d = f_ref[...][None, :]
+  t_seg = pl.program_id(1) * blocks.segment  # (outside loops: interpreter)
+
+  def body(i, carry):
+    rows, t_r1 = _chunk(blocks, t_seg, i)
+    if rest:  # save S entering chunk i for the backward
+      rest[0][pl.ds(i, 1), :] = carry[0][None, :]
+      rest[1][pl.ds(i, 1), :] = carry[1][None, :]
+    v = v_ref[rows, :].astype(jnp.float32)
+    ck, sk = _phase(k_ref, rows, t_r1, f_1d, fast)
+    x_re, x_im = v * ck, v * sk
+    s_re = jnp.cumsum(x_re, axis=0) + carry[0][None, :]
+    s_im = jnp.cumsum(x_im, axis=0) + carry[1][None, :]
+    cq, sq = _phase(q_ref, rows, t_r1, f_1d, fast)
+    y = _read_scale(t_r1, scale) * (s_re * cq + s_im * sq)
+    y_ref[rows, :] = y.astype(y_ref.dtype)
+    return (carry[0] + jnp.sum(x_re, axis=0),
+            carry[1] + jnp.sum(x_im, axis=0))
+
+  jax.lax.fori_loop(0, blocks.chunks, body, (cre_ref[...], cim_ref[...]))
 
 
 def _bwd_kernel(v_ref, k_ref, q_ref, g_ref, f_ref, sre_ref, sim_ref, rre_ref,
-                rim_ref, dv_ref, dk_ref, dq_ref, df_ref, *, block_t, scale,
+                rim_ref, dv_ref, dk_ref, dq_ref, df_ref, *, blocks, scale,
                 fast):
-  t_r1 = _rows(block_t)
+  """Walks the segment backwards: R from the carry-in of later segments,
+  S from the forward's saved per-chunk carries."""
   f_1d = f_ref[...][None, :]
-  v = v_ref[...].astype(jnp.float32)
-  ck, sk = _cos_sin(k_ref[...].astype(jnp.float32) + t_r1 * f_1d, fast)
-  cq, sq = _cos_sin(q_ref[...].astype(jnp.float32) + t_r1 * f_1d, fast)
-  # dq needs the forward state S_t, rebuilt from the chunk's carry-in.
-  s_re = jnp.cumsum(v * ck, axis=0) + sre_ref[...][None, :]
-  s_im = jnp.cumsum(v * sk, axis=0) + sim_ref[...][None, :]
-  w = g_ref[...].astype(jnp.float32) * _read_scale(t_r1, scale)
-  dq = w * (s_im * cq - s_re * sq)
-  # R_s = sum_{t>=s} w_t e^{i q'_t}: reverse in-chunk sum plus carry-in.
-  x_re, x_im = w * cq, w * sq
-  r_re = (jnp.sum(x_re, axis=0)[None, :] - jnp.cumsum(x_re, axis=0) + x_re
-          + rre_ref[...][None, :])
-  r_im = (jnp.sum(x_im, axis=0)[None, :] - jnp.cumsum(x_im, axis=0) + x_im
-          + rim_ref[...][None, :])
-  dk = v * (r_im * ck - r_re * sk)
-  dv_ref[...] = (r_re * ck + r_im * sk).astype(dv_ref.dtype)
-  dk_ref[...] = dk.astype(dk_ref.dtype)
-  dq_ref[...] = dq.astype(dq_ref.dtype)
-  df_ref[...] = jnp.sum(t_r1 * (dk + dq), axis=0)
+  t_seg = pl.program_id(1) * blocks.segment  # (outside loops: interpreter)
+
+  def body(j, carry):
+    r_in_re, r_in_im, df = carry
+    i = blocks.chunks - 1 - j
+    rows, t_r1 = _chunk(blocks, t_seg, i)
+    v = v_ref[rows, :].astype(jnp.float32)
+    ck, sk = _phase(k_ref, rows, t_r1, f_1d, fast)
+    cq, sq = _phase(q_ref, rows, t_r1, f_1d, fast)
+    # dq needs the forward state S_t, rebuilt from the chunk's carry-in.
+    s_re = jnp.cumsum(v * ck, axis=0) + sre_ref[pl.ds(i, 1), :]
+    s_im = jnp.cumsum(v * sk, axis=0) + sim_ref[pl.ds(i, 1), :]
+    w = g_ref[rows, :].astype(jnp.float32) * _read_scale(t_r1, scale)
+    dq = w * (s_im * cq - s_re * sq)
+    # R_s = sum_{t>=s} w_t e^{i q'_t}: reverse in-chunk sum plus carry-in.
+    x_re, x_im = w * cq, w * sq
+    tot_re, tot_im = jnp.sum(x_re, axis=0), jnp.sum(x_im, axis=0)
+    r_re = (tot_re + r_in_re)[None, :] - jnp.cumsum(x_re, axis=0) + x_re
+    r_im = (tot_im + r_in_im)[None, :] - jnp.cumsum(x_im, axis=0) + x_im
+    dk = v * (r_im * ck - r_re * sk)
+    dv_ref[rows, :] = (r_re * ck + r_im * sk).astype(dv_ref.dtype)
+    dk_ref[rows, :] = dk.astype(dk_ref.dtype)
+    dq_ref[rows, :] = dq.astype(dq_ref.dtype)
+    return (r_in_re + tot_re, r_in_im + tot_im,
+            df + jnp.sum(t_r1 * (dk + dq), axis=0))
+
+  zero = jnp.zeros(f_ref.shape, jnp.float32)
+  df_ref[...] = jax.lax.fori_loop(
+      0, blocks.chunks, body, (rre_ref[...], rim_ref[...], zero))[2]
 
 
 # ----------------------------------------------------------------------------
@@ -187,36 +235,41 @@ def _block_d(d: int, cap: int) -> int:
 
 def _launch(body, ins, kinds, out_dtypes, out_kinds, *, name, shape,
             blocks: PhasorBlocks, interpret: bool, **static):
-  """pallas_call over grid (B, T/C, H * D/bd).
+  """pallas_call over grid (B, T / segment, H * D / bd).
 
   ``kinds`` / ``out_kinds`` say how each operand is tiled: "rows" ([B, T, H,
-  D], a [C, bd] tile), "chunk" ([B, T/C, H, D], a [bd] carry) or "freq"
-  ([H, D], a [bd] slice).
+  D], a [segment, bd] tile), "seg" ([B, T / segment, H, D], a [bd] carry),
+  "chunk" ([B, T / block_t, H, D], a [chunks, bd] tile) or "freq" ([H, D],
+  a [bd] slice).
   """
   b, t, h, d = shape
   bd = _block_d(d, blocks.block_d)
   nd = d // bd
-  nc = t // blocks.block_t
+  ns = t // blocks.segment
   sq = pl.squeezed
+
+  def index(i, c, j):
+    return (i, c, j // nd, j % nd)
+
   specs = {
-      "rows": pl.BlockSpec((sq, blocks.block_t, sq, bd),
-                           lambda i, c, j: (i, c, j // nd, j % nd)),
-      "chunk": pl.BlockSpec((sq, sq, sq, bd),
-                            lambda i, c, j: (i, c, j // nd, j % nd)),
+      "rows": pl.BlockSpec((sq, blocks.segment, sq, bd), index),
+      "seg": pl.BlockSpec((sq, sq, sq, bd), index),
+      "chunk": pl.BlockSpec((sq, blocks.chunks, sq, bd), index),
       "freq": pl.BlockSpec((sq, bd), lambda i, c, j: (j // nd, j % nd)),
   }
-  shapes = {"rows": shape, "chunk": (b, nc, h, d)}
+  shapes = {"rows": shape, "seg": (b, ns, h, d),
+            "chunk": (b, t // blocks.block_t, h, d)}
   kwargs = {}
   if not interpret:
     from jax.experimental.pallas import triton as plt  # noqa: PLC0415
     kwargs["compiler_params"] = plt.CompilerParams(
         num_warps=blocks.num_warps, num_stages=blocks.num_stages)
   return pl.pallas_call(
-      functools.partial(body, block_t=blocks.block_t,
+      functools.partial(body, blocks=blocks,
                         fast=blocks.fast_trig and not interpret, **static),
       out_shape=tuple(jax.ShapeDtypeStruct(shapes[kd], dt)
                       for kd, dt in zip(out_kinds, out_dtypes)),
-      grid=(b, nc, h * nd),
+      grid=(b, ns, h * nd),
       in_specs=[specs[kd] for kd in kinds],
       out_specs=tuple(specs[kd] for kd in out_kinds),
       interpret=interpret,
@@ -226,10 +279,10 @@ def _launch(body, ins, kinds, out_dtypes, out_kinds, *, name, shape,
 
 
 def _carries(w, a, f, *, scale, reverse, blocks, interpret):
-  """Exclusive chunk carries (re, im) float32[B, T/C, H, D]."""
+  """Exclusive segment carries (re, im) float32[B, T / segment, H, D]."""
   f32 = jnp.float32
   tot = _launch(_totals_kernel, (w, a, f), ("rows", "rows", "freq"),
-                (f32, f32), ("chunk", "chunk"), name="phasor_totals",
+                (f32, f32), ("seg", "seg"), name="phasor_totals",
                 shape=w.shape, blocks=blocks, interpret=interpret,
                 scale=scale)
   if reverse:
@@ -237,23 +290,26 @@ def _carries(w, a, f, *, scale, reverse, blocks, interpret):
   return tuple(jnp.cumsum(x, 1) - x for x in tot)
 
 
-def _forward(v, k, q, f, scale, blocks, interpret):
-  s_re, s_im = _carries(v, k, f, scale="none", reverse=False, blocks=blocks,
+def _forward(v, k, q, f, scale, blocks, interpret, *, save):
+  c_re, c_im = _carries(v, k, f, scale="none", reverse=False, blocks=blocks,
                         interpret=interpret)
-  (y,) = _launch(_fwd_kernel, (v, k, q, f, s_re, s_im),
-                 ("rows",) * 3 + ("freq", "chunk", "chunk"), (v.dtype,),
-                 ("rows",), name="phasor_fwd", shape=v.shape, blocks=blocks,
-                 interpret=interpret, scale=scale)
-  return y, (s_re, s_im)
+  f32 = jnp.float32
+  outs = _launch(_fwd_kernel, (v, k, q, f, c_re, c_im),
+                 ("rows",) * 3 + ("freq", "seg", "seg"),
+                 (v.dtype,) + (f32, f32) * save,
+                 ("rows",) + ("chunk", "chunk") * save, name="phasor_fwd",
+                 shape=v.shape, blocks=blocks, interpret=interpret,
+                 scale=scale)
+  return outs[0], outs[1:]
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(4, 5, 6))
 def _memory(v, k, q, f, scale, blocks, interpret):
-  return _forward(v, k, q, f, scale, blocks, interpret)[0]
+  return _forward(v, k, q, f, scale, blocks, interpret, save=False)[0]
 
 
 def _memory_fwd(v, k, q, f, scale, blocks, interpret):
-  y, (s_re, s_im) = _forward(v, k, q, f, scale, blocks, interpret)
+  y, (s_re, s_im) = _forward(v, k, q, f, scale, blocks, interpret, save=True)
   return y, (v, k, q, f, s_re, s_im)
 
 
@@ -263,9 +319,9 @@ def _memory_bwd(scale, blocks, interpret, res, g):
                         interpret=interpret)
   dv, dk, dq, df = _launch(
       _bwd_kernel, (v, k, q, g, f, s_re, s_im, r_re, r_im),
-      ("rows",) * 4 + ("freq",) + ("chunk",) * 4,
+      ("rows",) * 4 + ("freq", "chunk", "chunk", "seg", "seg"),
       (v.dtype, k.dtype, q.dtype, jnp.float32),
-      ("rows", "rows", "rows", "chunk"), name="phasor_bwd", shape=v.shape,
+      ("rows", "rows", "rows", "seg"), name="phasor_bwd", shape=v.shape,
       blocks=blocks, interpret=interpret, scale=scale)
   return dv, dk, dq, jnp.sum(df, axis=(0, 1)).astype(f.dtype)
 
@@ -323,9 +379,11 @@ def phasor_memory_pallas(v_bthd: jax.Array, k_theta: jax.Array,
         f"default backend is {jax.default_backend()!r}. Use "
         "implementation='xla' (or None for automatic), or interpret=True.")
   blocks = blocks or PhasorBlocks()
+  while blocks.chunks > 1 and blocks.segment // 2 >= t:  # short sequences
+    blocks = dataclasses.replace(blocks, chunks=blocks.chunks // 2)
   f_hd = (jnp.zeros((h, d), jnp.float32) if freq_hd is None
           else freq_hd.astype(jnp.float32))
-  pad = (-t) % blocks.block_t
+  pad = (-t) % blocks.segment
   if pad:
     widths = ((0, 0), (0, pad), (0, 0), (0, 0))
     v_bthd, k_theta, q_theta = (jnp.pad(a, widths)

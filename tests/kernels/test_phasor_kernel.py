@@ -1,5 +1,7 @@
 """Pallas phasor kernel (interpret mode) against the associative_scan reference."""
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -9,10 +11,10 @@ from holojax.kernels.phasor import (PhasorBlocks, phasor_memory_pallas,
                                     phasor_memory_reference)
 from holojax.nn.phasor import phasor_memory
 
-# T = 50 is not a multiple of block_t (padding path), 4 chunks; D = 8 in two
-# dim blocks; B, H > 1 exercise the grid.
+# T = 50 is not a multiple of the 32-row segment (padding path): 2 segments
+# of 2 chunks; D = 8 in two dim blocks; B, H > 1 exercise the grid.
 SHAPE = (2, 50, 3, 8)
-BLOCKS = PhasorBlocks(block_t=16, block_d=4)
+BLOCKS = PhasorBlocks(block_t=16, chunks=2, block_d=4)
 
 
 def _inputs(dtype=jnp.float32, seed=0):
@@ -29,10 +31,13 @@ def _pallas(scale):
       v, k, q, scale=scale, blocks=BLOCKS, interpret=True))
 
 
-@pytest.mark.parametrize("scale", ["sqrt_t", "none"])
-def test_forward_and_grads_match_reference(scale):
+@pytest.mark.parametrize("scale,chunks", [("sqrt_t", 2), ("none", 2),
+                                          ("sqrt_t", 1), ("sqrt_t", 4)])
+def test_forward_and_grads_match_reference(scale, chunks):
   v, k, q, g = _inputs()
-  y, vjp = jax.vjp(_pallas(scale), v, k, q)
+  blocks = dataclasses.replace(BLOCKS, chunks=chunks)
+  y, vjp = jax.vjp(jax.jit(lambda v, k, q: phasor_memory_pallas(
+      v, k, q, scale=scale, blocks=blocks, interpret=True)), v, k, q)
   y_ref, vjp_ref = jax.vjp(
       lambda *a: phasor_memory_reference(*a, scale=scale), v, k, q)
   tol = 1e-5 if scale == "sqrt_t" else 1e-4  # unscaled sums grow ~sqrt(T)
@@ -94,5 +99,7 @@ def test_dispatch_and_errors():
     PhasorBlocks(block_t=48)
   with pytest.raises(ValueError, match="block_t"):
     PhasorBlocks(block_t=8)
+  with pytest.raises(ValueError, match="chunks"):
+    PhasorBlocks(chunks=3)
   with pytest.raises(ValueError, match="shape"):
     phasor_memory_pallas(v, k[:, :3], q, interpret=True)

@@ -127,9 +127,10 @@ class SpeedConfig:
 
 
 TUNE_BLOCKS = tuple(
-    PhasorBlocks(block_t=bt, block_d=bd, num_warps=w)
-    for bt in (16, 32, 64) for bd in (32, 64, 128) for w in (2, 4)) + (
-        PhasorBlocks(fast_trig=False),)
+    PhasorBlocks(block_t=bt, chunks=c, block_d=bd, num_warps=w)
+    for bt in (16, 32) for c in (1, 4, 16) for bd in (32, 64)
+    for w in (2, 4)) + (PhasorBlocks(fast_trig=False),
+                        PhasorBlocks(chunks=4, fast_trig=False))
 
 
 def _phasor_fns(impl: str, interpret: bool, blocks: PhasorBlocks | None):
