@@ -127,10 +127,9 @@ class SpeedConfig:
 
 
 TUNE_BLOCKS = tuple(
-    PhasorBlocks(block_t=bt, chunks=c, block_d=bd, num_warps=w)
-    for bt in (16, 32) for c in (1, 4, 16) for bd in (32, 64)
-    for w in (2, 4)) + (PhasorBlocks(fast_trig=False),
-                        PhasorBlocks(chunks=4, fast_trig=False))
+    PhasorBlocks(block_t=16, chunks=c, block_d=bd, num_warps=w, num_stages=s)
+    for c in (16, 32, 64) for bd in (32, 64) for w in (2, 4) for s in (1, 3)
+) + (PhasorBlocks(block_t=32, chunks=16), PhasorBlocks(fast_trig=False))
 
 
 def _phasor_fns(impl: str, interpret: bool, blocks: PhasorBlocks | None):
