@@ -400,8 +400,10 @@ class PhasorAttention(nnx.Module):
 
   def init_cache(self, batch: int) -> PhasorCache:
     """Empty recurrent state for ``batch`` sequences."""
-    s = jnp.zeros((batch, self.heads, self.head_dim), jnp.float32)
-    return PhasorCache(s, s, jnp.zeros((batch, self.dim), self.dtype),
+    shape = (batch, self.heads, self.head_dim)
+    return PhasorCache(jnp.zeros(shape, jnp.float32),
+                       jnp.zeros(shape, jnp.float32),
+                       jnp.zeros((batch, self.dim), self.dtype),
                        jnp.zeros((), jnp.int32))
 
   def step(self, x_bd: jax.Array, cache: PhasorCache
