@@ -37,6 +37,8 @@ BENCHMARKS: dict[str, tuple[str, str]] = {
                "Phasor memory: orthogonality of codes; speed vs cuDNN attention by length"),
     "holo_layers": ("holojax.train.bench.holo_layers_bench",
                     "HoloLinear / LowRankLinear vs nnx.Linear: forward+backward time"),
+    "long_context": ("holojax.train.bench.long_context_bench",
+                     "Phasor LM vs RoPE transformer at 4k/16k; recurrent decode memory to 1M"),
     "convergence": ("holojax.train.bench.convergence",
                     "Optimizers at equal steps on one model: final loss, gap to AdamW"),
     "spiral": ("holojax.train.spiral",

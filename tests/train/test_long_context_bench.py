@@ -1,0 +1,123 @@
+"""long_context bench: the --tiny run end to end on CPU, and its pieces."""
+
+import json
+import math
+
+import numpy as np
+import pytest
+
+from holojax import data as hdata
+from holojax.train.bench import harness
+from holojax.train.bench import long_context_bench as lc
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+  """One --tiny run through the harness: (harness record, partial JSON from --out)."""
+  tmp = tmp_path_factory.mktemp("long_context")
+  with pytest.MonkeyPatch.context() as mp:
+    mp.delenv("OUT", raising=False)
+    rec = harness.run("long_context", ["--tiny", "--out", str(tmp / "partial.json")],
+                      record_dir=tmp)
+  (path,) = tmp.glob("long_context--*.json")
+  assert json.loads(path.read_text()) == rec
+  return rec, json.loads((tmp / "partial.json").read_text())
+
+
+@pytest.mark.slow
+def test_record_structure(tiny):
+  rec, partial = tiny
+  assert rec["name"] == "long_context" and set(rec["results"]) == {"lm", "decode"}
+  assert partial["results"] == rec["results"]  # written after the last part too
+  assert rec["config"]["parts"] == ["lm", "decode"]
+  table = rec["table"]
+  assert "| phasor |" in table and "| gpt_rope |" in table
+  assert "val@64" in table and "val@256" in table and "computed, not measured" in table
+
+
+@pytest.mark.slow
+def test_lm_same_steps_tokens_and_finite_losses(tiny):
+  lm = tiny[0]["results"]["lm"]
+  cfg = lc.TINY
+  rows = {r["arch"]: r for r in lm["rows"]}
+  assert set(rows) == {"phasor", "gpt_rope"}
+  for r in rows.values():
+    assert r["steps"] == lm["steps"] == cfg.steps
+    assert r["tokens"] == cfg.steps * cfg.batch_size * cfg.train_len
+    assert r["finite"] and r["num_params"] > 0
+    assert len(r["train_curve"]) >= 2
+    for n in cfg.eval_lens:
+      assert math.isfinite(r["val"][str(n)])
+      assert r["val"][str(n)] < math.log(256)  # learned something over uniform bytes
+    first, last = r["train_curve"][0][1], r["train_curve"][-1][1]
+    assert last < first
+  # same width and depth: parameter counts within 40% (tiny heads make it loose)
+  ratio = rows["phasor"]["num_params"] / rows["gpt_rope"]["num_params"]
+  assert 0.7 < ratio < 1.4
+  assert lm["eval_tokens"] > 0 and lm["eval_tokens"] % max(cfg.eval_lens) == 0
+
+
+@pytest.mark.slow
+def test_decode_state_is_flat(tiny):
+  d = tiny[0]["results"]["decode"]
+  cfg = lc.TINY
+  assert d["weights"] == "trained in part lm" and d["stopped"] is None
+  rows = d["rows"]
+  ctx = [r["context"] for r in rows]
+  assert ctx == lc.decode_milestones(cfg.decode_tokens, cfg.decode_chunk) == [256, 1024, 4096]
+  assert len({r["state_bytes"] for r in rows}) == 1  # identical at every milestone
+  for r in rows:
+    assert r["pos"] == r["context"]  # the cache really advanced that far
+    assert r["all_finite"] and r["us_per_token"] > 0
+    assert r["kv_bytes_computed"] == lc.kv_cache_bytes(cfg.layers, cfg.width, r["context"])
+  assert rows[-1]["kv_bytes_computed"] > rows[-1]["state_bytes"]
+  # per layer: S (2 float32 [B, H, D]) + x_prev [B, width] + pos
+  hd, w = cfg.hd_dim, cfg.width
+  assert rows[0]["state_bytes"] == cfg.layers * (2 * 4 * hd + 4 * w + 4)
+  assert d["sample_start"] and d["sample_end"]
+
+
+@pytest.mark.slow
+def test_decode_budget_stops_and_is_recorded(tmp_path):
+  out = tmp_path / "d.json"
+  rec = lc.run(["--tiny", "--parts", "decode", "--decode-max-minutes", "1e-9",
+                "--out", str(out)])
+  d = rec["results"]["decode"]
+  assert "lm" not in rec["results"] and d["weights"] == "random init"
+  assert [r["context"] for r in d["rows"]] == [256, 512]  # stopped inside segment 2
+  assert d["stopped"] and "STOPPED" in rec["table"]
+  assert json.loads(out.read_text())["results"]["decode"]["stopped"] == d["stopped"]
+
+
+def test_eval_sets_cover_the_same_bytes():
+  val = np.arange(5000, dtype=np.int64).astype(np.uint8)
+  sets = lc.eval_sets(val, (64, 256), n_tokens=4096, batch_tokens=1024)
+  targets = {n: np.concatenate([b[:, 1:].ravel() for b in bs]) for n, bs in sets.items()}
+  np.testing.assert_array_equal(targets[64], targets[256])
+  np.testing.assert_array_equal(targets[64], val[1:4097].astype(np.int32))
+  short = lc.eval_sets(val[:2100], (64, 256), n_tokens=4096, batch_tokens=1024)
+  assert sum(len(b) for b in short[256]) * 256 == 2048  # cut to whole batches
+
+
+def test_helpers():
+  assert lc.decode_milestones(2**20, 1024) == [1024, 4096, 16384, 65536, 262144, 2**20]
+  assert lc.decode_milestones(3072, 1024) == [1024, 3072]
+  assert lc.kv_cache_bytes(4, 256, 2**20) == 4 * 2**30
+  lrs = [lc.lr_at(s, 100, peak=1.0, warmup=10) for s in range(100)]
+  assert lrs[9] == 1.0 and abs(lrs[-1] - 0.1) < 1e-3 and max(lrs) == 1.0
+  h, g = lc.model_configs(lc.LongContextConfig())
+  assert (h.hidden_size, h.num_hidden_layers, h.num_heads) == (256, 4, 4)
+  assert (g.d_model, g.n_layers, g.n_heads) == (256, 4, 4)
+  assert h.max_seq_len >= 16384 and g.max_seq_len >= 16384 and h.vocab_size == hdata.VOCAB_SIZE
+
+
+def test_bad_arguments():
+  with pytest.raises(ValueError, match="--parts"):
+    lc.parse(["--parts", "lm,nope"])
+  with pytest.raises(ValueError, match="calib_steps"):
+    lc.parse(["--calib-steps", "2"])
+  with pytest.raises(ValueError, match="decode_chunk"):
+    lc.parse(["--decode-tokens", "1000"])
+  cfg, parts, out = lc.parse(["--tiny", "--max-minutes", "0", "--eval-lens", "64", "128"])
+  assert cfg.max_minutes is None and cfg.eval_lens == (64, 128) and parts == ["lm", "decode"]
+  assert "long_context" in harness.BENCHMARKS

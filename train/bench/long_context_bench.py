@@ -1,0 +1,547 @@
+"""Long context (issue #5): phasor LM vs a RoPE transformer, and 1M-token decoding.
+
+Part ``lm``: a phasor ``HoloForCausalLM`` and the baseline ``GPT`` (RoPE,
+cuDNN flash attention on GPU) of the same width and depth train on the same
+batches of the default byte corpus (the stdlib source) at sequence length
+``train_len`` (4096), bf16 compute, for the same number of steps N; then both
+are evaluated on the same held-out bytes cut into windows of each
+``eval_lens`` (4096 and 16384):
+
+  val@L = mean over windows w of length L, over t < L, of
+          -log p(x_{w,t+1} | x_{w,<=t})                     (nats/byte)
+
+Every byte of the eval span is a target exactly once at every L, so the
+numbers at 4096 and 16384 differ only in how much context each byte sees.
+The transformer was trained at 4096 positions only: past that its RoPE
+angles were never seen, and it may degrade; that is what is reported.
+
+N comes from the budget: the first ``calib_steps`` steps of each model
+(inside the learning-rate warm-up, which does not depend on N) are timed,
+then N = min(steps, calib_steps + floor(budget left / (t_phasor + t_gpt))).
+The learning rate is fed per step from the host (linear warm-up, cosine to
+10% at N), so choosing N late costs no recompilation.
+
+Part ``decode``: the phasor model's recurrent decoding (``init_cache`` /
+``step``; per layer the complex sum S_t, the previous input and t) runs
+greedily on its own output (``argmax`` of each step's logits, starting from a
+newline byte) in a jitted ``lax.scan`` of ``decode_chunk`` steps, called
+until ``decode_tokens`` (2^20) of context. At each milestone (1k, 4k, 16k,
+64k, 256k, 1M) it records the time per token of the segment since the last
+milestone, the cache bytes (from the cache pytree), the device's
+``bytes_in_use`` / ``peak_bytes_in_use`` where the backend reports them, and,
+computed and not measured, the KV cache a softmax transformer of the same
+width and depth would hold at that context:
+
+  kv_bytes(T) = 2 (K and V) * layers * T * width * batch * 2 (bf16 bytes).
+
+The host waits for every chunk (one sync per ``decode_chunk`` steps), so a
+time budget can stop the decode between chunks; a stop is recorded. The
+memory checks: the cache pytree's bytes are the same at every milestone and
+its position counter equals the context; ``bytes_in_use`` should stay flat
+(``peak_bytes_in_use`` counts from process start, so after part ``lm`` it is
+the training peak).
+
+  holojax bench long_context                  # GPU: both parts, ~6 min on an H100
+  holojax bench long_context --parts decode --decode-tokens 65536
+  holojax bench long_context --tiny --no-save # CPU smoke run, < 1 min
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import functools
+import gc
+import json
+import math
+import time
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax import nnx
+
+from holojax import data as hdata
+from holojax.models.gpt import GPT, GPTConfig
+from holojax.models.holo_transformer import HoloConfig, HoloForCausalLM
+from holojax.train.loop import loss_fn
+
+PARTS = ("lm", "decode")
+
+
+@dataclasses.dataclass(frozen=True)
+class LongContextConfig:
+  """What the benchmark trains, evaluates and decodes.
+
+  Defaults (GPU): width 256, 4 layers, heads of 64, bf16 compute; 8 x 4096
+  bytes per step, N fitted to ``max_minutes`` = 2 of training (compiles
+  included; at most ``steps``); eval on 262,144 held-out bytes at 4096 and
+  16384; decode to 2^20 tokens, batch 1, stopped by ``decode_max_minutes``
+  = 3 if slower than ~170 us/token. Estimated (not yet measured) on one
+  H100: ~3 min for ``lm``, ~2-3 min for ``decode``. ``TINY`` runs on a
+  2-core CPU in about 20 s.
+
+  ``hd_ratio``: phasor width hd_dim = hd_ratio * width. 1 keeps the two
+  models' parameter counts within ~10% at equal width and depth (the phasor
+  has 5 width x hd_dim projections per layer, attention has 4 width^2); the
+  seed's "capacity" choice is 2. ``max_minutes`` / ``decode_max_minutes``:
+  wall-clock budgets (None: no limit).
+  """
+
+  width: int = 256
+  layers: int = 4
+  head_dim: int = 64
+  hd_ratio: float = 1.0
+  dtype: str = "bfloat16"
+  train_len: int = 4096
+  eval_lens: tuple[int, ...] = (4096, 16384)
+  batch_size: int = 8
+  steps: int = 3000
+  max_minutes: float | None = 2.0
+  warmup: int = 50
+  calib_steps: int = 10
+  learning_rate: float = 2e-3
+  weight_decay: float = 0.01
+  eval_tokens: int = 262_144
+  eval_batch_tokens: int = 65_536
+  corpus_max_bytes: int | None = None
+  seed: int = 0
+  decode_tokens: int = 2**20
+  decode_chunk: int = 1024
+  decode_batch: int = 1
+  decode_max_minutes: float | None = 3.0
+
+  def __post_init__(self):
+    for name in ("width", "layers", "head_dim", "train_len", "batch_size", "steps",
+                 "calib_steps", "eval_tokens", "eval_batch_tokens", "decode_tokens",
+                 "decode_chunk", "decode_batch"):
+      if getattr(self, name) < 1:
+        raise ValueError(f"{name}={getattr(self, name)} must be positive")
+    if self.width % self.head_dim:
+      raise ValueError(f"width={self.width} must be a multiple of head_dim={self.head_dim}")
+    if self.hd_dim % self.heads:
+      raise ValueError(f"hd_dim={self.hd_dim} must be a multiple of heads={self.heads}")
+    if not 3 <= self.calib_steps <= min(self.warmup, self.steps):
+      raise ValueError(f"calib_steps={self.calib_steps} must be >= 3 (2 compile steps, then "
+                       f"timed ones), <= warmup={self.warmup} and <= steps={self.steps} "
+                       "(calibration runs inside the warm-up)")
+    lmax = max(self.eval_lens)
+    if self.eval_batch_tokens % lmax or self.eval_tokens % self.eval_batch_tokens:
+      raise ValueError(f"eval_batch_tokens={self.eval_batch_tokens} must be a multiple of "
+                       f"the longest eval length {lmax}, and eval_tokens={self.eval_tokens} "
+                       "a multiple of eval_batch_tokens")
+    if any(lmax % n for n in self.eval_lens):
+      raise ValueError(f"eval_lens={self.eval_lens} must divide the longest one")
+    if self.decode_tokens % self.decode_chunk:
+      raise ValueError(f"decode_tokens={self.decode_tokens} must be a multiple of "
+                       f"decode_chunk={self.decode_chunk}")
+
+  @property
+  def heads(self) -> int:
+    return self.width // self.head_dim
+
+  @property
+  def hd_dim(self) -> int:
+    return int(round(self.hd_ratio * self.width))
+
+
+TINY = LongContextConfig(
+    width=32, layers=2, head_dim=16, dtype="float32", train_len=64, eval_lens=(64, 256),
+    batch_size=8, steps=24, max_minutes=None, warmup=8, calib_steps=4, learning_rate=3e-3,
+    eval_tokens=8192, eval_batch_tokens=2048, corpus_max_bytes=1_000_000,
+    decode_tokens=2**12, decode_chunk=256, decode_max_minutes=None)
+
+
+def model_configs(cfg: LongContextConfig) -> tuple[HoloConfig, GPTConfig]:
+  """The phasor and transformer configs: equal width, depth, heads and MLP.
+
+  Both accept ``max(eval_lens)`` tokens, so they can be evaluated past the
+  training length.
+
+  Example:
+    >>> h, g = model_configs(TINY)
+    >>> (h.hidden_size, h.num_hidden_layers) == (g.d_model, g.n_layers)
+    True
+  """
+  max_len = max(cfg.train_len, *cfg.eval_lens)
+  holo = HoloConfig(vocab_size=hdata.VOCAB_SIZE, hidden_size=cfg.width, hd_dim=cfg.hd_dim,
+                    num_hidden_layers=cfg.layers, num_heads=cfg.heads, mlp_ratio=4.0,
+                    max_seq_len=max_len, dtype=cfg.dtype)
+  gpt = GPTConfig(vocab_size=hdata.VOCAB_SIZE, d_model=cfg.width, n_layers=cfg.layers,
+                  n_heads=cfg.heads, d_ff=4 * cfg.width, max_seq_len=max_len, dtype=cfg.dtype)
+  return holo, gpt
+
+
+def kv_cache_bytes(layers: int, width: int, context: int, *, batch: int = 1,
+                   bytes_per_value: int = 2) -> int:
+  """KV-cache bytes of a softmax transformer (computed, not measured).
+
+  kv = 2 (K and V) * layers * context * width * batch * bytes_per_value
+  (all heads cached, no grouped-query sharing; bf16 = 2 bytes).
+
+  Example:
+    >>> kv_cache_bytes(4, 256, 2**20) / 2**30   # GiB at 1M tokens
+    4.0
+  """
+  return 2 * layers * context * width * batch * bytes_per_value
+
+
+def tree_bytes(tree) -> int:
+  """Bytes of every array leaf of a pytree."""
+  return sum(int(x.nbytes) for x in jax.tree.leaves(tree))
+
+
+def lr_at(step: int, total: int, *, peak: float, warmup: int) -> float:
+  """Learning rate at ``step`` (0-based): linear warm-up, cosine to 10% at ``total``.
+
+  lr = peak (s + 1) / W for s < W, else peak (0.1 + 0.45 (1 + cos(pi p))),
+  p = (s - W) / max(total - W, 1). Before ``total`` is known only s < W is
+  asked for, and the warm-up does not depend on it.
+
+  Example:
+    >>> lr_at(0, 100, peak=1.0, warmup=10), lr_at(10, 100, peak=1.0, warmup=10)
+    (0.1, 1.0)
+  """
+  if step < warmup:
+    return peak * (step + 1) / warmup
+  p = min((step - warmup) / max(total - warmup, 1), 1.0)
+  return peak * (0.1 + 0.45 * (1.0 + math.cos(math.pi * p)))
+
+
+def decode_milestones(total: int, first: int) -> list[int]:
+  """Contexts first * 4^k up to ``total``, and ``total`` itself.
+
+  Example:
+    >>> decode_milestones(2**20, 1024)
+    [1024, 4096, 16384, 65536, 262144, 1048576]
+  """
+  out, m = [], first
+  while m < total:
+    out.append(m)
+    m *= 4
+  return out + [total]
+
+
+def eval_sets(val: np.ndarray, lens, *, n_tokens: int, batch_tokens: int
+              ) -> dict[int, list[np.ndarray]]:
+  """The same held-out bytes at each length: ``{L: [int32[batch_tokens / L, L + 1]]}``.
+
+  Windows j of length L cover val[j L : (j + 1) L + 1], so at every L the
+  targets are exactly val[1 : n + 1], n = n_tokens (cut to what ``val``
+  holds, in whole batches).
+  """
+  n_tokens = min(n_tokens, (len(val) - 1) // batch_tokens * batch_tokens)
+  if n_tokens < batch_tokens:
+    raise ValueError(f"the validation split ({len(val)} bytes) is shorter than one eval "
+                     f"batch of {batch_tokens} bytes")
+  out = {}
+  for n in lens:
+    out[n] = hdata.eval_batches(val, seq_len=n, batch_size=batch_tokens // n,
+                                num_batches=n_tokens // batch_tokens)
+    assert sum(b[:, 1:].size for b in out[n]) == n_tokens
+  return out
+
+
+# ----------------------------------------------------------------------------
+# Part lm.
+
+
+def _make_steps(graphdef, tx):
+  """Jitted (train step with params and optimizer state donated, eval step)."""
+
+  @functools.partial(jax.jit, donate_argnums=(0, 1))
+  def train_step(params, opt_state, rest, batch_bt, lr):
+    loss, grads = jax.value_and_grad(
+        lambda p: loss_fn(nnx.merge(graphdef, p, rest), batch_bt))(params)
+    updates, opt_state = tx.update(grads, opt_state, params)
+    params = jax.tree.map(lambda p, u: p - lr * u, params, updates)
+    return params, opt_state, loss
+
+  @jax.jit
+  def eval_step(params, rest, batch_bt):
+    return loss_fn(nnx.merge(graphdef, params, rest), batch_bt)
+
+  return train_step, eval_step
+
+
+def _build(arch: str, mcfg, tx, seed: int) -> dict:
+  """One training arm: the model split into params / rest, optimizer state, steps."""
+  cls = HoloForCausalLM if arch == "phasor" else GPT
+  graphdef, params, rest = nnx.split(cls(mcfg, rngs=nnx.Rngs(seed)), nnx.Param, ...)
+  train_step, eval_step = _make_steps(graphdef, tx)
+  return {"arch": arch, "config": dataclasses.asdict(mcfg), "graphdef": graphdef,
+          "params": params, "rest": rest, "opt": tx.init(params), "train_step": train_step,
+          "eval_step": eval_step, "losses": [],
+          "num_params": sum(int(x.size) for x in jax.tree.leaves(params))}
+
+
+def _train(arm: dict, data, start: int, stop: int, total: int, cfg, say=None) -> float:
+  """Steps [start, stop) of ``arm`` in place; returns the wall seconds (blocked)."""
+  t0 = time.perf_counter()
+  every = max((stop - start) // 8, 1)
+  for s in range(start, stop):
+    lr = jnp.float32(lr_at(s, total, peak=cfg.learning_rate, warmup=cfg.warmup))
+    arm["params"], arm["opt"], loss = arm["train_step"](
+        arm["params"], arm["opt"], arm["rest"], jnp.asarray(data.batch(s)), lr)
+    arm["losses"].append(loss)
+    if say is not None and (s + 1 - start) % every == 0:
+      say(f"  {arm['arch']:>8} step {s + 1}/{total}  loss {float(loss):.4f}")
+  jax.block_until_ready(arm["params"])
+  return time.perf_counter() - t0
+
+
+def run_lm(cfg: LongContextConfig, corpus, say) -> tuple[dict, nnx.Module]:
+  """Part ``lm``: returns (results, the trained phasor model)."""
+  holo_cfg, gpt_cfg = model_configs(cfg)
+  data = hdata.PackedBatches(corpus.train, seq_len=cfg.train_len, batch_size=cfg.batch_size,
+                             seed=cfg.seed)
+  tx = optax.chain(optax.clip_by_global_norm(1.0), optax.scale_by_adam(b2=0.95),
+                   optax.add_decayed_weights(cfg.weight_decay))
+  t_start = time.perf_counter()
+  arms = [_build("phasor", holo_cfg, tx, cfg.seed), _build("gpt_rope", gpt_cfg, tx, cfg.seed)]
+  for arm in arms:
+    say(f"{arm['arch']}: {arm['num_params']:,} params; compiling and calibrating")
+    c = cfg.calib_steps
+    first = _train(arm, data, 0, 2, c, cfg)  # includes the compile
+    arm["calib_step_s"] = _train(arm, data, 2, c, c, cfg) / (c - 2)
+    arm["compile_s"] = first
+    say(f"{arm['arch']}: first steps (compile) {first:.1f} s, "
+        f"{1e3 * arm['calib_step_s']:.1f} ms/step")
+  steps = cfg.steps
+  if cfg.max_minutes is not None:
+    left = 60 * cfg.max_minutes - (time.perf_counter() - t_start)
+    per_step = 1.05 * sum(a["calib_step_s"] for a in arms)
+    steps = max(cfg.calib_steps, min(steps, cfg.calib_steps + int(left / per_step)))
+  say(f"training both for {steps} steps of {cfg.batch_size} x {cfg.train_len} bytes")
+  for arm in arms:
+    dt = _train(arm, data, cfg.calib_steps, steps, steps, cfg, say)
+    n = steps - cfg.calib_steps
+    arm["tokens_per_s"] = n * cfg.batch_size * cfg.train_len / dt if n else None
+    arm["train_s"] = dt
+  say(f"training took {time.perf_counter() - t_start:.1f} s; evaluating")
+  sets = eval_sets(corpus.val, cfg.eval_lens, n_tokens=cfg.eval_tokens,
+                   batch_tokens=cfg.eval_batch_tokens)
+  rows = []
+  for arm in arms:
+    losses = [float(x) for x in jax.device_get(arm["losses"])]
+    val = {}
+    for n, batches in sets.items():
+      ls = [arm["eval_step"](arm["params"], arm["rest"], jnp.asarray(b)) for b in batches]
+      val[str(n)] = float(np.mean(jax.device_get(ls)))
+      say(f"{arm['arch']}: val@{n} = {val[str(n)]:.4f} nats/byte")
+    keep = sorted(set(range(0, len(losses), max(len(losses) // 50, 1))) | {len(losses) - 1})
+    rows.append({"arch": arm["arch"], "num_params": arm["num_params"], "steps": steps,
+                 "tokens": steps * cfg.batch_size * cfg.train_len,
+                 "compile_s": arm["compile_s"], "calib_step_s": arm["calib_step_s"],
+                 "train_s": arm["train_s"], "tokens_per_s": arm["tokens_per_s"],
+                 "final_train_loss": losses[-1], "finite": bool(np.all(np.isfinite(losses))),
+                 "val": val, "train_curve": [[i + 1, losses[i]] for i in keep],
+                 "model_config": arm["config"]})
+  n_eval = sum(b[:, 1:].size for b in sets[cfg.eval_lens[0]])
+  phasor = arms[0]
+  model = nnx.merge(phasor["graphdef"], phasor["params"], phasor["rest"])
+  results = {"steps": steps, "tokens_per_model": steps * cfg.batch_size * cfg.train_len,
+             "eval_tokens": n_eval, "wall_s": time.perf_counter() - t_start, "rows": rows}
+  return results, model
+
+
+# ----------------------------------------------------------------------------
+# Part decode.
+
+
+@functools.partial(jax.jit, static_argnums=(0, 1), donate_argnums=(3,))
+def decode_chunk(graphdef, n: int, state, carry):
+  """``n`` greedy recurrent steps; carry = (cache, logits float32[B, V]).
+
+  Each step feeds tok = argmax(logits) and keeps the new logits, so the only
+  per-step work is the model's own ``step`` and one argmax. Returns the new
+  carry and the fed tokens int32[n, B].
+  """
+  model = nnx.merge(graphdef, state)
+
+  def body(carry, _):
+    cache, logits_bv = carry
+    tok_b = jnp.argmax(logits_bv, axis=-1).astype(jnp.int32)
+    logits_bv, cache = model.step(tok_b, cache)
+    return (cache, logits_bv), tok_b
+
+  return jax.lax.scan(body, carry, length=n)
+
+
+@jax.jit
+def _all_finite(tree) -> jax.Array:
+  return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)
+                            if jnp.issubdtype(x.dtype, jnp.floating)]))
+
+
+def _memory() -> dict:
+  stats = jax.devices()[0].memory_stats() or {}
+  return {k: stats.get(k) for k in ("bytes_in_use", "peak_bytes_in_use")}
+
+
+def run_decode(cfg: LongContextConfig, model: HoloForCausalLM, say) -> dict:
+  """Part ``decode``: time and memory per token up to ``decode_tokens`` of context."""
+  graphdef, state = nnx.split(model)
+  b, n = cfg.decode_batch, cfg.decode_chunk
+
+  def fresh():
+    """Empty cache (copied: init_cache shares one zeros array, and the carry is
+    donated) and logits whose argmax is a newline byte."""
+    cache = jax.tree.map(jnp.array, model.init_cache(b))
+    logits_v = jax.nn.one_hot(ord("\n"), model.config.vocab_size, dtype=jnp.float32)
+    return cache, jnp.tile(logits_v, (b, 1))
+
+  t0 = time.perf_counter()
+  jax.block_until_ready(decode_chunk(graphdef, n, state, fresh()))  # compile + warm-up
+  carry = fresh()
+  jax.block_until_ready(_all_finite(carry))
+  compile_s = time.perf_counter() - t0
+  mem_start = _memory()
+  say(f"decode: compiled a {n}-step scan in {compile_s:.1f} s; memory {mem_start}")
+  rows, done, seg_start, first_toks = [], 0, 0, None
+  t_seg = t_begin = time.perf_counter()
+  budget = None if cfg.decode_max_minutes is None else 60 * cfg.decode_max_minutes
+  stopped = None
+  for m in decode_milestones(cfg.decode_tokens, n):
+    while done < m:
+      carry, toks_nb = decode_chunk(graphdef, n, state, carry)
+      jax.block_until_ready(carry)
+      done += n
+      if first_toks is None:
+        first_toks = np.asarray(toks_nb)[:, 0]  # host slice: no compile in the timing
+      if budget is not None and done < m and time.perf_counter() - t_begin > budget:
+        stopped = f"decode_max_minutes={cfg.decode_max_minutes} reached at {done} tokens"
+        break
+    dt = time.perf_counter() - t_seg
+    cache = carry[0]
+    row = {"context": done, "us_per_step": 1e6 * dt / (done - seg_start),
+           "us_per_token": 1e6 * dt / ((done - seg_start) * b),
+           "state_bytes": tree_bytes(cache), "pos": int(cache[0].pos),
+           "all_finite": bool(_all_finite(carry)), **_memory(),
+           "kv_bytes_computed": kv_cache_bytes(cfg.layers, cfg.width, done, batch=b)}
+    rows.append(row)
+    say(f"decode: context {done:>9,}  {row['us_per_token']:8.1f} us/token  "
+        f"state {row['state_bytes']:,} B  in use {row['bytes_in_use']}  "
+        f"(attention KV would be {row['kv_bytes_computed']:,} B)")
+    seg_start, t_seg = done, time.perf_counter()
+    if stopped:
+      say(f"decode: stopped, {stopped}")
+      break
+  last_toks = np.asarray(toks_nb)[:, 0]
+  return {"batch": b, "chunk": n, "compile_s": compile_s, "memory_at_start": mem_start,
+          "wall_s": time.perf_counter() - t_begin, "tokens": done, "stopped": stopped,
+          "tokens_fed": "greedy argmax of the model's own logits, from a newline byte",
+          "sample_start": hdata.decode(first_toks[:160]),
+          "sample_end": hdata.decode(last_toks[-160:]), "rows": rows}
+
+
+# ----------------------------------------------------------------------------
+# Table, CLI.
+
+
+def format_table(cfg: LongContextConfig, results: dict) -> str:
+  lines = []
+  if "lm" in results:
+    lm = results["lm"]
+    ls = [str(n) for n in cfg.eval_lens]
+    lines += [f"LM: {lm['steps']} steps x {cfg.batch_size} x {cfg.train_len} bytes each "
+              f"({lm['tokens_per_model']:,} tokens), {cfg.dtype}; val nats/byte on the same "
+              f"{lm['eval_tokens']:,} held-out bytes at each length",
+              "| arch | params | " + " | ".join(f"val@{n}" for n in ls) + " |",
+              "|---|---|" + "---|" * len(ls)]
+    for r in lm["rows"]:
+      lines.append(f"| {r['arch']} | {r['num_params']:,} | "
+                   + " | ".join(f"{r['val'][n]:.4f}" for n in ls) + " |")
+    lines.append("")
+  if "decode" in results:
+    d = results["decode"]
+    lines += [f"Decode: phasor recurrent step, batch {d['batch']}, greedy, scan of "
+              f"{d['chunk']} steps" + (f"; STOPPED: {d['stopped']}" if d["stopped"] else ""),
+              "| context | us/token | state bytes | device bytes in use | "
+              "attn KV bytes (computed, not measured) |", "|---|---|---|---|---|"]
+    for r in d["rows"]:
+      in_use = "n/a" if r["bytes_in_use"] is None else f"{r['bytes_in_use']:,}"
+      lines.append(f"| {r['context']:,} | {r['us_per_token']:.1f} | {r['state_bytes']:,} | "
+                   f"{in_use} | {r['kv_bytes_computed']:,} |")
+  return "\n".join(lines)
+
+
+def parse(argv: list[str]) -> tuple[LongContextConfig, list[str], str | None]:
+  p = argparse.ArgumentParser(prog="holojax bench long_context", description=__doc__,
+                              formatter_class=argparse.RawDescriptionHelpFormatter)
+  p.add_argument("--tiny", action="store_true", help="tiny models, short lengths (CPU)")
+  p.add_argument("--parts", default="lm,decode", help="comma list of: lm, decode")
+  p.add_argument("--out", default=None, help="JSON written after each part")
+  p.add_argument("--max-minutes", type=float, default=argparse.SUPPRESS,
+                 help="training budget, both models, compiles included (<= 0: none)")
+  p.add_argument("--decode-max-minutes", type=float, default=argparse.SUPPRESS,
+                 help="decode budget (<= 0: none)")
+  for f in dataclasses.fields(LongContextConfig):
+    if f.name in ("max_minutes", "decode_max_minutes"):
+      continue
+    kind = type(f.default) if f.default is not None else int
+    if f.name == "eval_lens":
+      p.add_argument("--eval-lens", type=int, nargs="+", default=argparse.SUPPRESS)
+    else:
+      p.add_argument("--" + f.name.replace("_", "-"), type=kind, default=argparse.SUPPRESS)
+  a = vars(p.parse_args(argv))
+  tiny, parts, out = a.pop("tiny"), a.pop("parts").split(","), a.pop("out")
+  for k in ("max_minutes", "decode_max_minutes"):
+    if k in a and a[k] <= 0:
+      a[k] = None
+  if "eval_lens" in a:
+    a["eval_lens"] = tuple(a["eval_lens"])
+  bad = [x for x in parts if x not in PARTS]
+  if bad or not parts:
+    raise ValueError(f"--parts {','.join(parts)}: choose from {PARTS}")
+  return dataclasses.replace(TINY if tiny else LongContextConfig(), **a), parts, out
+
+
+def run(argv: list[str]) -> dict:
+  cfg, parts, out = parse(argv)
+  t0 = time.perf_counter()
+
+  def say(msg):
+    print(f"[long_context {time.perf_counter() - t0:7.1f} s] {msg}", flush=True)
+
+  say(f"device {jax.devices()[0]}, parts {parts}, config {dataclasses.asdict(cfg)}")
+  results, model = {}, None
+  config = {**dataclasses.asdict(cfg), "eval_lens": list(cfg.eval_lens), "parts": parts,
+            "heads": cfg.heads, "hd_dim": cfg.hd_dim}
+
+  def save():
+    if out:
+      rec = {"benchmark": "long_context", "config": config, "results": results,
+             "table": format_table(cfg, results)}
+      Path(out).parent.mkdir(parents=True, exist_ok=True)
+      Path(out).write_text(json.dumps(rec, indent=1) + "\n")
+      say(f"wrote {out}")
+
+  if "lm" in parts:
+    corpus = hdata.load_corpus(max_bytes=cfg.corpus_max_bytes)
+    say(f"corpus {corpus.source}: {len(corpus.train):,} train / {len(corpus.val):,} val bytes")
+    results["lm"], model = run_lm(cfg, corpus, say)
+    del corpus
+    gc.collect()  # the transformer's arrays go before the decode measures memory
+    save()
+  if "decode" in parts:
+    weights = "trained in part lm" if model is not None else "random init"
+    if model is None:
+      model = HoloForCausalLM(model_configs(cfg)[0], rngs=nnx.Rngs(cfg.seed))
+    results["decode"] = {"weights": weights, **run_decode(cfg, model, say)}
+    save()
+  say("done")
+  return {"config": config, "results": results, "table": format_table(cfg, results)}
+
+
+def main(argv: list[str] | None = None) -> dict:
+  import sys
+  rec = run(sys.argv[1:] if argv is None else argv)
+  print(rec["table"], flush=True)
+  return rec
+
+
+if __name__ == "__main__":
+  main()
