@@ -169,6 +169,11 @@ class HoloBlock(nnx.Module):
     x_btd = x_btd + self.attn(self.norm1(x_btd))
     return x_btd + self.mlp(x_btd)
 
+  def prefill(self, x_btd: jax.Array):
+    y_btd, cache = self.attn.prefill(self.norm1(x_btd))
+    x_btd = x_btd + y_btd
+    return x_btd + self.mlp(x_btd), cache
+
   def step(self, x_bd: jax.Array, cache: PhasorCache):
     y_bd, cache = self.attn.step(self.norm1(x_bd), cache)
     x_bd = x_bd + y_bd
@@ -198,14 +203,17 @@ class HoloForCausalLM(nnx.Module):
       return self.embed.attend(h).astype(jnp.float32)
     return self.lm_head(h).astype(jnp.float32)
 
-  def logits_only(self, tokens_bt: jax.Array) -> jax.Array:
-    """int32[B, T] -> logits float32[B, T, V] (training-loop contract)."""
+  def _check_ids(self, tokens_bt):
     if tokens_bt.ndim != 2:
       raise ValueError(f"input_ids must be [batch, time], got "
                        f"{tokens_bt.shape}")
     if tokens_bt.shape[1] > self.config.max_seq_len:
       raise ValueError(f"input_ids length {tokens_bt.shape[1]} exceeds "
                        f"max_seq_len={self.config.max_seq_len}")
+
+  def logits_only(self, tokens_bt: jax.Array) -> jax.Array:
+    """int32[B, T] -> logits float32[B, T, V] (training-loop contract)."""
+    self._check_ids(tokens_bt)
     h_btd = self.embed(tokens_bt)
     for block in self.blocks:
       h_btd = block(h_btd)
@@ -228,6 +236,18 @@ class HoloForCausalLM(nnx.Module):
     """Per-layer recurrent state, O(hd_dim) floats per layer and sequence."""
     return tuple(b.attn.init_cache(batch) for b in self.blocks)
 
+  def prefill(self, tokens_bt: jax.Array
+              ) -> tuple[jax.Array, tuple[PhasorCache, ...]]:
+    """Read a prompt in parallel: (logits float32[B, V] at its last token,
+    the per-layer cache after it), equal to ``step`` over every token."""
+    self._check_ids(tokens_bt)
+    h_btd = self.embed(tokens_bt)
+    cache = []
+    for block in self.blocks:
+      h_btd, c = block.prefill(h_btd)
+      cache.append(c)
+    return self._head(h_btd[:, -1]), tuple(cache)
+
   def step(self, tokens_b: jax.Array, cache: tuple[PhasorCache, ...]):
     """One decoding step: tokens int32[B] -> (logits float32[B, V], cache)."""
     h_bd = self.embed(tokens_b)
@@ -241,7 +261,7 @@ class HoloForCausalLM(nnx.Module):
 def generate(model: HoloForCausalLM, prompt_ids: jax.Array,
              max_new_tokens: int, *, temperature: float = 0.0,
              key: jax.Array | None = None) -> jax.Array:
-  """Recurrent decoding: prefill the prompt step by step, then sample.
+  """Recurrent decoding: read the prompt in parallel, then sample step by step.
 
   Greedy when temperature == 0, else softmax(logits / temperature) samples.
   The state is the per-layer phasor sum, so memory is flat in length.
@@ -286,11 +306,7 @@ def _generate(graphdef, state, prompt_bp, key, n, temperature):
   model = nnx.merge(graphdef, state)
   b = prompt_bp.shape[0]
 
-  def prefill(cache, tok_b):
-    logits_bv, cache = model.step(tok_b, cache)
-    return cache, logits_bv
-
-  cache, logits_pbv = jax.lax.scan(prefill, model.init_cache(b), prompt_bp.T)
+  logits_bv, cache = model.prefill(prompt_bp)
 
   def decode(carry, key):
     cache, logits_bv = carry
@@ -302,6 +318,6 @@ def _generate(graphdef, state, prompt_bp, key, n, temperature):
     logits_bv, cache = model.step(tok_b, cache)
     return (cache, logits_bv), tok_b
 
-  _, toks_nb = jax.lax.scan(decode, (cache, logits_pbv[-1]),
+  _, toks_nb = jax.lax.scan(decode, (cache, logits_bv),
                             jax.random.split(key, n))
   return toks_nb.T

@@ -383,8 +383,8 @@ class PhasorAttention(nnx.Module):
     q_bthd = self.q_proj(x_btd).reshape(hd)
     return v_bthd, k_bthd, q_bthd, w_hd
 
-  def __call__(self, x_btd: jax.Array, *, interpret: bool = False) -> jax.Array:
-    """Parallel (training) form over a whole sequence [B, T, dim]."""
+  def _parallel(self, x_btd, interpret):
+    """Parallel form: (out [B, T, dim], v, k, f) of a whole sequence."""
     if x_btd.ndim != 3 or x_btd.shape[-1] != self.dim:
       raise ValueError(f"x must be [batch, time, {self.dim}], got "
                        f"{x_btd.shape}")
@@ -396,7 +396,34 @@ class PhasorAttention(nnx.Module):
     y_bthd = phasor_memory(v, k, q, freq_hd=w_hd, scale=self.scale,
                            implementation=self.implementation,
                            interpret=interpret)
-    return self.o_proj(y_bthd.reshape(b, t, self.hd_dim).astype(self.dtype))
+    out = self.o_proj(y_bthd.reshape(b, t, self.hd_dim).astype(self.dtype))
+    return out, v, k, w_hd
+
+  def __call__(self, x_btd: jax.Array, *, interpret: bool = False) -> jax.Array:
+    """Parallel (training) form over a whole sequence [B, T, dim]."""
+    return self._parallel(x_btd, interpret)[0]
+
+  def prefill(self, x_btd: jax.Array, *, interpret: bool = False
+              ) -> tuple[jax.Array, PhasorCache]:
+    """Parallel form plus the recurrent state after the sequence.
+
+    S_T = sum_t v_t e^{i k'_t} is one reduction over T, so a prompt of any
+    length is read at the parallel kernel's speed and decoding continues
+    from the returned cache with ``step``.
+
+    Example:
+      >>> layer = PhasorAttention(16, 2, 8, rngs=nnx.Rngs(0))
+      >>> y, cache = layer.prefill(jnp.ones((1, 5, 16)))
+      >>> y.shape, int(cache.pos)
+      ((1, 5, 16), 5)
+    """
+    y_btd, v, k, w_hd = self._parallel(x_btd, interpret)
+    t = x_btd.shape[1]
+    s_bhd = jnp.sum(bind(v, _with_positions(k, w_hd, jnp.arange(t))), axis=1)
+    cache = PhasorCache(s_bhd.real, s_bhd.imag,
+                        x_btd[:, -1].astype(self.dtype),
+                        jnp.asarray(t, jnp.int32))
+    return y_btd, cache
 
   def init_cache(self, batch: int) -> PhasorCache:
     """Empty recurrent state for ``batch`` sequences."""
