@@ -66,24 +66,25 @@ def test_decode_state_is_flat(tiny):
   ctx = [r["context"] for r in rows]
   assert ctx == lc.decode_milestones(cfg.decode_tokens, cfg.decode_chunk) == [256, 1024, 4096]
   assert len({r["state_bytes"] for r in rows}) == 1  # identical at every milestone
-  for r in rows:
-    assert r["pos"] == r["context"]  # the cache really advanced that far
+  for r in rows:  # the cache really advanced that far: prompt + 2 decode chunks
+    assert r["pos"] == r["context"] + 2 * cfg.decode_chunk
     assert r["all_finite"] and r["us_per_token"] > 0
     assert r["kv_bytes_computed"] == lc.kv_cache_bytes(cfg.layers, cfg.width, r["context"])
   assert rows[-1]["kv_bytes_computed"] > rows[-1]["state_bytes"]
   # per layer: S (2 float32 [B, H, D]) + x_prev [B, width] + pos
   hd, w = cfg.hd_dim, cfg.width
   assert rows[0]["state_bytes"] == cfg.layers * (2 * 4 * hd + 4 * w + 4)
-  assert d["sample_start"] and d["sample_end"]
+  assert d["mode"] == "prefill" and d["sample_end"]
 
 
 @pytest.mark.slow
 def test_decode_budget_stops_and_is_recorded(tmp_path):
   out = tmp_path / "d.json"
   rec = lc.run(["--tiny", "--parts", "decode", "--decode-max-minutes", "1e-9",
-                "--out", str(out)])
+                "--decode-mode", "stream", "--out", str(out)])
   d = rec["results"]["decode"]
   assert "lm" not in rec["results"] and d["weights"] == "random init"
+  assert d["mode"] == "stream"
   assert [r["context"] for r in d["rows"]] == [256, 512]  # stopped inside segment 2
   assert d["stopped"] and "STOPPED" in rec["table"]
   assert json.loads(out.read_text())["results"]["decode"]["stopped"] == d["stopped"]
@@ -118,6 +119,8 @@ def test_bad_arguments():
     lc.parse(["--calib-steps", "2"])
   with pytest.raises(ValueError, match="decode_chunk"):
     lc.parse(["--decode-tokens", "1000"])
+  with pytest.raises(ValueError, match="decode_mode"):
+    lc.parse(["--decode-mode", "fast"])
   cfg, parts, out = lc.parse(["--tiny", "--max-minutes", "0", "--eval-lens", "64", "128"])
   assert cfg.max_minutes is None and cfg.eval_lens == (64, 128) and parts == ["lm", "decode"]
   assert "long_context" in harness.BENCHMARKS

@@ -112,6 +112,7 @@ class LongContextConfig:
   decode_chunk: int = 1024
   decode_batch: int = 1
   decode_max_minutes: float | None = 3.0
+  decode_mode: str = "prefill"
 
   def __post_init__(self):
     for name in ("width", "layers", "head_dim", "train_len", "batch_size", "steps",
@@ -134,6 +135,8 @@ class LongContextConfig:
                        "a multiple of eval_batch_tokens")
     if any(lmax % n for n in self.eval_lens):
       raise ValueError(f"eval_lens={self.eval_lens} must divide the longest one")
+    if self.decode_mode not in ("prefill", "stream"):
+      raise ValueError(f"decode_mode={self.decode_mode!r} must be 'prefill' or 'stream'")
     if self.decode_tokens % self.decode_chunk:
       raise ValueError(f"decode_tokens={self.decode_tokens} must be a multiple of "
                        f"decode_chunk={self.decode_chunk}")
@@ -168,7 +171,7 @@ def model_configs(cfg: LongContextConfig) -> tuple[HoloConfig, GPTConfig]:
   max_len = max(cfg.train_len, *cfg.eval_lens)
   holo = HoloConfig(vocab_size=hdata.VOCAB_SIZE, hidden_size=cfg.width, hd_dim=cfg.hd_dim,
                     num_hidden_layers=cfg.layers, num_heads=cfg.heads, mlp_ratio=4.0,
-                    max_seq_len=max_len, dtype=cfg.dtype)
+                    max_seq_len=max(max_len, cfg.decode_tokens), dtype=cfg.dtype)
   gpt = GPTConfig(vocab_size=hdata.VOCAB_SIZE, d_model=cfg.width, n_layers=cfg.layers,
                   n_heads=cfg.heads, d_ff=4 * cfg.width, max_seq_len=max_len, dtype=cfg.dtype)
   return holo, gpt
@@ -381,8 +384,76 @@ def _memory() -> dict:
   return {k: stats.get(k) for k in ("bytes_in_use", "peak_bytes_in_use")}
 
 
-def run_decode(cfg: LongContextConfig, model: HoloForCausalLM, say) -> dict:
+@functools.partial(jax.jit, static_argnums=(0,))
+def _prefill(graphdef, state, ids_bt):
+  logits_bv, cache = nnx.merge(graphdef, state).prefill(ids_bt)
+  return cache, logits_bv
+
+
+def prompt_ids(n: int, batch: int, source: np.ndarray | None, seed: int) -> np.ndarray:
+  """int32[batch, n]: ``source`` bytes tiled to length n, or seeded random bytes."""
+  if source is None or len(source) == 0:
+    return np.random.default_rng(seed).integers(0, 256, (batch, n), dtype=np.int32)
+  reps = -(-n * batch // len(source))
+  return np.tile(np.asarray(source, np.int32), reps)[:n * batch].reshape(batch, n)
+
+
+def run_decode_prefill(cfg: LongContextConfig, model: HoloForCausalLM, say,
+                       source: np.ndarray | None = None) -> dict:
+  """Part ``decode``, prefill mode: at each context L of ``decode_milestones``,
+  read an L-token prompt with the parallel ``prefill`` (the phasor kernel), then
+  time ``decode_chunk`` greedy recurrent steps from that state (after one untimed
+  chunk). The state after L tokens is real; only the way there is parallel."""
+  graphdef, state = nnx.split(model)
+  b, n = cfg.decode_batch, cfg.decode_chunk
+  rows, t_begin, stopped = [], time.perf_counter(), None
+  budget = None if cfg.decode_max_minutes is None else 60 * cfg.decode_max_minutes
+  for m in decode_milestones(cfg.decode_tokens, n):
+    ids = jnp.asarray(prompt_ids(m, b, source, cfg.seed))
+    jax.block_until_ready(_prefill(graphdef, state, ids))  # compile + warm
+    t0 = time.perf_counter()
+    carry = jax.block_until_ready(_prefill(graphdef, state, ids))
+    prefill_s = time.perf_counter() - t0
+    carry, _ = decode_chunk(graphdef, n, state, carry)  # untimed (compiles once)
+    jax.block_until_ready(carry)
+    t0 = time.perf_counter()
+    carry, toks_nb = decode_chunk(graphdef, n, state, carry)
+    jax.block_until_ready(carry)
+    dt = time.perf_counter() - t0
+    cache = carry[0]
+    row = {"context": m, "prefill_ms": 1e3 * prefill_s,
+           "prefill_tokens_per_s": m * b / prefill_s,
+           "us_per_step": 1e6 * dt / n, "us_per_token": 1e6 * dt / (n * b),
+           "state_bytes": tree_bytes(cache), "pos": int(cache[0].pos),
+           "all_finite": bool(_all_finite(carry)), **_memory(),
+           "kv_bytes_computed": kv_cache_bytes(cfg.layers, cfg.width, m, batch=b)}
+    rows.append(row)
+    say(f"decode: context {m:>9,}  prefill {row['prefill_ms']:8.1f} ms  "
+        f"{row['us_per_token']:8.1f} us/token  state {row['state_bytes']:,} B  "
+        f"in use {row['bytes_in_use']}  (attention KV would be "
+        f"{row['kv_bytes_computed']:,} B)")
+    del carry, ids
+    if budget is not None and time.perf_counter() - t_begin > budget:
+      stopped = f"decode_max_minutes={cfg.decode_max_minutes} reached after context {m}"
+      say(f"decode: stopped, {stopped}")
+      break
+  return {"mode": "prefill", "batch": b, "chunk": n, "stopped": stopped,
+          "wall_s": time.perf_counter() - t_begin, "tokens": rows[-1]["context"],
+          "tokens_fed": "prompt: held-out corpus bytes tiled (random bytes without a "
+                        "corpus); then greedy argmax of the model's own logits",
+          "sample_end": hdata.decode(np.asarray(toks_nb)[-160:, 0]), "rows": rows}
+
+
+def run_decode(cfg: LongContextConfig, model: HoloForCausalLM, say,
+               source: np.ndarray | None = None) -> dict:
   """Part ``decode``: time and memory per token up to ``decode_tokens`` of context."""
+  if cfg.decode_mode == "prefill":
+    return run_decode_prefill(cfg, model, say, source)
+  return run_decode_stream(cfg, model, say)
+
+
+def run_decode_stream(cfg: LongContextConfig, model: HoloForCausalLM, say) -> dict:
+  """Decode mode ``stream``: one continuous greedy decode through every context."""
   graphdef, state = nnx.split(model)
   b, n = cfg.decode_batch, cfg.decode_chunk
 
@@ -430,7 +501,8 @@ def run_decode(cfg: LongContextConfig, model: HoloForCausalLM, say) -> dict:
       say(f"decode: stopped, {stopped}")
       break
   last_toks = np.asarray(toks_nb)[:, 0]
-  return {"batch": b, "chunk": n, "compile_s": compile_s, "memory_at_start": mem_start,
+  return {"mode": "stream", "batch": b, "chunk": n, "compile_s": compile_s,
+          "memory_at_start": mem_start,
           "wall_s": time.perf_counter() - t_begin, "tokens": done, "stopped": stopped,
           "tokens_fed": "greedy argmax of the model's own logits, from a newline byte",
           "sample_start": hdata.decode(first_toks[:160]),
@@ -457,14 +529,18 @@ def format_table(cfg: LongContextConfig, results: dict) -> str:
     lines.append("")
   if "decode" in results:
     d = results["decode"]
-    lines += [f"Decode: phasor recurrent step, batch {d['batch']}, greedy, scan of "
-              f"{d['chunk']} steps" + (f"; STOPPED: {d['stopped']}" if d["stopped"] else ""),
-              "| context | us/token | state bytes | device bytes in use | "
-              "attn KV bytes (computed, not measured) |", "|---|---|---|---|---|"]
+    how = ("prompt read by the parallel prefill, then" if d["mode"] == "prefill"
+           else "one continuous decode,")
+    lines += [f"Decode: phasor, batch {d['batch']}, {how} greedy recurrent steps timed "
+              f"over a scan of {d['chunk']}"
+              + (f"; STOPPED: {d['stopped']}" if d["stopped"] else ""),
+              "| context | prefill ms | us/token | state bytes | device bytes in use | "
+              "attn KV bytes (computed, not measured) |", "|---|---|---|---|---|---|"]
     for r in d["rows"]:
       in_use = "n/a" if r["bytes_in_use"] is None else f"{r['bytes_in_use']:,}"
-      lines.append(f"| {r['context']:,} | {r['us_per_token']:.1f} | {r['state_bytes']:,} | "
-                   f"{in_use} | {r['kv_bytes_computed']:,} |")
+      pre = f"{r['prefill_ms']:.1f}" if "prefill_ms" in r else "-"
+      lines.append(f"| {r['context']:,} | {pre} | {r['us_per_token']:.1f} | "
+                   f"{r['state_bytes']:,} | {in_use} | {r['kv_bytes_computed']:,} |")
   return "\n".join(lines)
 
 
@@ -519,10 +595,12 @@ def run(argv: list[str]) -> dict:
       Path(out).write_text(json.dumps(rec, indent=1) + "\n")
       say(f"wrote {out}")
 
+  source = None
   if "lm" in parts:
     corpus = hdata.load_corpus(max_bytes=cfg.corpus_max_bytes)
     say(f"corpus {corpus.source}: {len(corpus.train):,} train / {len(corpus.val):,} val bytes")
     results["lm"], model = run_lm(cfg, corpus, say)
+    source = np.asarray(corpus.val[:1 << 20])
     del corpus
     gc.collect()  # the transformer's arrays go before the decode measures memory
     save()
@@ -530,7 +608,7 @@ def run(argv: list[str]) -> dict:
     weights = "trained in part lm" if model is not None else "random init"
     if model is None:
       model = HoloForCausalLM(model_configs(cfg)[0], rngs=nnx.Rngs(cfg.seed))
-    results["decode"] = {"weights": weights, **run_decode(cfg, model, say)}
+    results["decode"] = {"weights": weights, **run_decode(cfg, model, say, source)}
     save()
   say("done")
   return {"config": config, "results": results, "table": format_table(cfg, results)}
