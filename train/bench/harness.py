@@ -41,6 +41,8 @@ BENCHMARKS: dict[str, tuple[str, str]] = {
                      "Phasor LM vs RoPE transformer at 4k/16k; recurrent decode memory to 1M"),
     "convergence": ("holojax.train.bench.convergence",
                     "Optimizers at equal steps on one model: final loss, gap to AdamW"),
+    "recall": ("holojax.train.bench.recall_bench",
+               "Holo-Transformer vs attention: MQAR (Zoology grid) and passkey by length"),
     "spiral": ("holojax.train.spiral",
                "HOLO layers: spiral accuracy (ReLU / Holo / low-rank) and the parameter table"),
     "demo": ("holojax.train.demo",

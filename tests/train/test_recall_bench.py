@@ -1,0 +1,104 @@
+"""recall_bench: the --tiny path end to end, and its small pure pieces."""
+
+import functools
+import json
+
+import numpy as np
+import pytest
+
+from holojax.train.bench import harness
+from holojax.train.bench import recall_bench as rb
+
+
+def test_registered():
+  assert harness.BENCHMARKS["recall"][0] == "holojax.train.bench.recall_bench"
+
+
+def test_lr_schedule():
+  assert rb.lr_at(0, 100, 1.0, 10) == pytest.approx(0.1)
+  assert rb.lr_at(9, 100, 1.0, 10) == pytest.approx(1.0)
+  assert rb.lr_at(55, 100, 1.0, 10) == pytest.approx(0.55)
+  assert rb.lr_at(100, 100, 1.0, 10) == pytest.approx(0.1)
+
+
+def test_heads_and_param_counts():
+  assert [rb.num_heads(w, 64) for w in (32, 64, 128, 512)] == [1, 1, 2, 8]
+  ph, cfg = rb.build_model("phasor", 64, vocab_size=256, num_layers=2,
+                           head_width=64, max_seq_len=64, dtype="float32",
+                           seed=0)
+  at, _ = rb.build_model("attention", 64, vocab_size=256, num_layers=2,
+                         head_width=64, max_seq_len=64, dtype="float32", seed=0)
+  assert cfg["hd_dim"] == 128 and cfg["tie_embeddings"]
+  d, v = 64, 256  # per layer, attention: 4 d^2 + 8 d^2; phasor: 10 d^2 + 8 d^2
+  extra = 2 * (6 * d * d + 2 * 2 * d + 1 + 5 * d)  # + k, q, MLP biases, bandwidth
+  assert rb.count_params(ph) - rb.count_params(at) == extra
+  assert rb.count_params(at) == v * d + 2 * (12 * d * d + 2 * d) + d
+
+
+def test_passkey_batch_deterministic_with_varied_depths():
+  a = rb.passkey_batch(6, 160, seed=3)
+  b = rb.passkey_batch(6, 160, seed=3)
+  np.testing.assert_array_equal(a.input_ids, b.input_ids)
+  assert a.input_ids.shape == (6, 160) and ((a.labels != -100).sum(1) == 5).all()
+  needle = np.frombuffer(b"The pass", np.uint8)
+  starts = [next(i for i in range(160) if (r[i:i + 8] == needle).all())
+            for r in a.input_ids]
+  assert len(set(starts)) > 1
+
+
+@pytest.mark.parametrize("processes", [False, True])
+def test_batch_stream_is_deterministic(processes):
+  make = functools.partial(rb.mqar_batch, grid=((32, 4), (64, 8)),
+                           batch_tokens=256, vocab_size=64, seed=1)
+  with rb.BatchStream(make, ahead=4, workers=2, processes=processes) as s:
+    got = [s[i] for i in (0, 1, 5)]
+  for i, ex in zip((0, 1, 5), got):
+    np.testing.assert_array_equal(ex.input_ids, make(i).input_ids)
+  assert got[0].input_ids.shape == (8, 32) and got[1].input_ids.shape == (4, 64)
+  assert not np.array_equal(got[1].input_ids, got[2].input_ids)
+
+
+def test_mqar_summary_flags_misses():
+  def run(arch, acc):
+    return {"arch": arch, "width": 64, "accuracy": acc,
+            "mean_accuracy": float(np.mean(list(acc.values())))}
+  runs = [run("attention", {"64x4": 1.0, "512x64": 0.5}),
+          run("phasor", {"64x4": 0.98, "512x64": 0.2})]
+  s = rb.mqar_summary(runs)
+  assert s["points_where_attention_reaches"] == 1
+  assert not s["phasor_reaches_where_attention_does"]
+  assert s["phasor_misses"][0]["grid"] == "64x4"
+  runs[1]["accuracy"]["64x4"] = 0.995
+  assert rb.mqar_summary(runs)["phasor_reaches_where_attention_does"]
+
+
+def test_config_validation():
+  with pytest.raises(ValueError, match="part"):
+    rb.RecallConfig(parts=("nope",))
+  with pytest.raises(ValueError, match="grid point"):
+    rb.RecallConfig(grid=((16, 8),))
+
+
+@pytest.mark.slow
+def test_tiny_end_to_end(tmp_path):
+  out = tmp_path / "recall.json"
+  rec = rb.run(["--tiny", "--out", str(out)])
+  assert json.loads(out.read_text())["table"] == rec["table"]
+  cfg, res = rec["config"], rec["results"]
+  mq = res["mqar"]["runs"]
+  assert [r["arch"] for r in mq] == ["phasor", "attention"]
+  assert all("error" not in r for r in mq)
+  assert mq[0]["steps_done"] == mq[1]["steps_done"] > 0  # equal steps
+  assert 0.5 < mq[0]["num_params"] / mq[1]["num_params"] < 2.0
+  for r in mq:
+    assert set(r["accuracy"]) == {"32x4", "64x8"}
+    assert all(0.0 <= a <= 1.0 for a in r["accuracy"].values())
+    assert np.isfinite(r["final_loss"])
+  pk = res["passkey"]["runs"]
+  assert [r["arch"] for r in pk] == ["phasor", "attention"]
+  for r in pk:
+    assert len(r["eval"]) == len(cfg["passkey_lens"]) * len(cfg["passkey_depths"])
+    for e in r["eval"]:
+      assert 0.0 <= e["exact_match"] <= e["digit_accuracy"] <= 1.0
+  assert "MQAR" in rec["table"] and "Passkey" in rec["table"]
+  assert len(rec["table"].splitlines()) < 20
