@@ -29,6 +29,8 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from holojax.nn.embed import Embed
+
 _DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 
 
@@ -177,7 +179,7 @@ class GPT(nnx.Module):
 
   def __init__(self, cfg: GPTConfig, *, rngs: nnx.Rngs):
     self.cfg = cfg
-    self.embed = nnx.Embed(cfg.vocab_size, cfg.d_model, dtype=_DTYPES[cfg.dtype],
+    self.embed = Embed(cfg.vocab_size, cfg.d_model, dtype=_DTYPES[cfg.dtype],
                            param_dtype=_DTYPES[cfg.param_dtype],
                            embedding_init=nnx.initializers.normal(0.02), rngs=rngs)
     self.blocks = nnx.List([Block(cfg, rngs=rngs) for _ in range(cfg.n_layers)])

@@ -21,6 +21,8 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from holojax.nn.embed import Embed
+
 from holojax.nn.holo import (
   HoloTransformerBlock, HybridHoloBlock, LowRankTransformerBlock)
 
@@ -106,7 +108,7 @@ class HoloLM(nnx.Module):
     self.config = config
     d = config.d_model
     init = nnx.initializers.normal(stddev=d ** -0.5)
-    self.tok_embed = nnx.Embed(config.vocab_size, d, embedding_init=init,
+    self.tok_embed = Embed(config.vocab_size, d, embedding_init=init,
                                rngs=rngs)
     self.pos_embed = nnx.Embed(config.max_seq_len, d,
                                embedding_init=nnx.initializers.normal(0.02),

@@ -34,6 +34,8 @@ import jax.numpy as jnp
 import optax
 from flax import nnx
 
+from holojax.nn.embed import Embed
+
 from holojax.nn.phasor import PhasorAttention, PhasorCache
 
 _DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
@@ -187,7 +189,7 @@ class HoloForCausalLM(nnx.Module):
     c = config
     self.config = c
     dt, pdt = _DTYPES[c.dtype], _DTYPES[c.param_dtype]
-    self.embed = nnx.Embed(c.vocab_size, c.hidden_size, dtype=dt,
+    self.embed = Embed(c.vocab_size, c.hidden_size, dtype=dt,
                            param_dtype=pdt, rngs=rngs)
     self.blocks = nnx.List([HoloBlock(c, rngs=rngs)
                             for _ in range(c.num_hidden_layers)])

@@ -1,5 +1,6 @@
 """Flax NNX layers of holojax."""
 
+from holojax.nn.embed import Embed
 from holojax.nn.holo import (
   DenseAttention, HoloAttention, HoloBasis, HoloLinear, HoloTransformerBlock,
   HybridHoloBlock, LowRankAttention, LowRankLinear, LowRankTransformerBlock,
@@ -11,6 +12,7 @@ from holojax.nn.phasor import (
   positional_phases, recall_probability, rope_frequencies, unbind)
 
 __all__ = [
+  "Embed",
   "PhasorAttention", "PhasorCache", "bind", "generate_random_phasors", "phasor_memory",
   "positional_phases", "recall_probability", "rope_frequencies", "unbind",
   "DenseAttention", "HoloAttention", "HoloBasis", "HoloLinear",

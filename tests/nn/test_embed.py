@@ -1,0 +1,36 @@
+"""Embed: the one-hot lookup equals nnx.Embed's gather, values and grads."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from holojax.nn import Embed
+
+
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
+@pytest.mark.parametrize("vocab,onehot", [(64, True), (64, False)])
+def test_lookup_and_gradient_equal_gather(dtype, vocab, onehot):
+  emb = Embed(vocab, 16, dtype=dtype, onehot_max_vocab=vocab if onehot else 0,
+              rngs=nnx.Rngs(0))
+  ref = nnx.Embed(vocab, 16, dtype=dtype, rngs=nnx.Rngs(0))
+  ids = jnp.array([[0, 5, 5, 5, vocab - 1], [3, 3, 2, 1, 0]])  # repeats
+  np.testing.assert_array_equal(emb(ids), ref(ids))
+  assert emb(ids).dtype == ref(ids).dtype
+
+  def loss(m):
+    return jnp.sum(m(ids).astype(jnp.float32) * jnp.arange(16.0)[None, None])
+
+  g, g_ref = nnx.grad(loss)(emb), nnx.grad(loss)(ref)
+  np.testing.assert_allclose(g["embedding"][...], g_ref["embedding"][...],
+                             rtol=1e-6)
+
+
+def test_same_params_as_nnx_embed():
+  a = nnx.state(Embed(10, 4, rngs=nnx.Rngs(0)), nnx.Param)
+  b = nnx.state(nnx.Embed(10, 4, rngs=nnx.Rngs(0)), nnx.Param)
+  assert jax.tree.structure(nnx.to_pure_dict(a)) == jax.tree.structure(
+      nnx.to_pure_dict(b))
+  with pytest.raises(ValueError, match="integer"):
+    Embed(10, 4, rngs=nnx.Rngs(0))(jnp.ones((2,)))
