@@ -78,10 +78,11 @@ class LongContextConfig:
   Defaults (GPU): width 256, 4 layers, heads of 64, bf16 compute; 8 x 4096
   bytes per step, N fitted to ``max_minutes`` = 2 of training (compiles
   included; at most ``steps``); eval on 262,144 held-out bytes at 4096 and
-  16384; decode to 2^20 tokens, batch 1, stopped by ``decode_max_minutes``
-  = 3 if slower than ~170 us/token. Estimated (not yet measured) on one
-  H100: ~3 min for ``lm``, ~2-3 min for ``decode``. ``TINY`` runs on a
-  2-core CPU in about 20 s.
+  16384; decode at contexts 1k..2^20 after a parallel prefill (``decode_mode``
+  "prefill"; "stream" decodes continuously and is stopped by
+  ``decode_max_minutes``). Measured on one H100: 90 s for both parts
+  (record ``long_context--nvidia-h100-*``). ``TINY`` runs on a 2-core CPU in
+  about 20 s.
 
   ``hd_ratio``: phasor width hd_dim = hd_ratio * width. 1 keeps the two
   models' parameter counts within ~10% at equal width and depth (the phasor
