@@ -107,7 +107,11 @@ def test_dispatch_and_errors():
 
 @pytest.mark.skipif(jax.default_backend() != "gpu", reason="compiled kernel")
 def test_compiled_kernel_on_gpu_matches_reference():
-  """The GPU path (hardware cos/sin, tuned tiles) at a few thousand steps."""
+  """The GPU path (hardware cos/sin, tuned tiles) at a few thousand steps.
+
+  The suite runs on CPU (tests/conftest.py); on a GPU machine run it with
+  ``JAX_PLATFORMS=cuda pytest tests/kernels -k compiled``.
+  """
   shape = (2, 3000, 4, 128)
   ks = jax.random.split(jax.random.key(7), 5)
   v = jax.random.normal(ks[0], shape)
