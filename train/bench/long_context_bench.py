@@ -385,6 +385,21 @@ def _memory() -> dict:
   return {k: stats.get(k) for k in ("bytes_in_use", "peak_bytes_in_use")}
 
 
+def _decode_row(cfg: LongContextConfig, carry, context: int, steps: int, dt: float) -> dict:
+  """One decode record: time per step / token over ``steps`` steps, state, memory."""
+  cache, b = carry[0], cfg.decode_batch
+  return {"context": context, "us_per_step": 1e6 * dt / steps,
+          "us_per_token": 1e6 * dt / (steps * b), "state_bytes": tree_bytes(cache),
+          "pos": int(cache[0].pos), "all_finite": bool(_all_finite(carry)), **_memory(),
+          "kv_bytes_computed": kv_cache_bytes(cfg.layers, cfg.width, context, batch=b)}
+
+
+def _decode_msg(row: dict) -> str:
+  return (f"{row['us_per_token']:8.1f} us/token  state {row['state_bytes']:,} B  "
+          f"in use {row['bytes_in_use']}  (attention KV would be "
+          f"{row['kv_bytes_computed']:,} B)")
+
+
 @functools.partial(jax.jit, static_argnums=(0,))
 def _prefill(graphdef, state, ids_bt):
   logits_bv, cache = nnx.merge(graphdef, state).prefill(ids_bt)
@@ -421,18 +436,11 @@ def run_decode_prefill(cfg: LongContextConfig, model: HoloForCausalLM, say,
     carry, toks_nb = decode_chunk(graphdef, n, state, carry)
     jax.block_until_ready(carry)
     dt = time.perf_counter() - t0
-    cache = carry[0]
-    row = {"context": m, "prefill_ms": 1e3 * prefill_s,
-           "prefill_tokens_per_s": m * b / prefill_s,
-           "us_per_step": 1e6 * dt / n, "us_per_token": 1e6 * dt / (n * b),
-           "state_bytes": tree_bytes(cache), "pos": int(cache[0].pos),
-           "all_finite": bool(_all_finite(carry)), **_memory(),
-           "kv_bytes_computed": kv_cache_bytes(cfg.layers, cfg.width, m, batch=b)}
+    row = {"prefill_ms": 1e3 * prefill_s, "prefill_tokens_per_s": m * b / prefill_s,
+           **_decode_row(cfg, carry, m, n, dt)}
     rows.append(row)
     say(f"decode: context {m:>9,}  prefill {row['prefill_ms']:8.1f} ms  "
-        f"{row['us_per_token']:8.1f} us/token  state {row['state_bytes']:,} B  "
-        f"in use {row['bytes_in_use']}  (attention KV would be "
-        f"{row['kv_bytes_computed']:,} B)")
+        + _decode_msg(row))
     del carry, ids
     if budget is not None and time.perf_counter() - t_begin > budget:
       stopped = f"decode_max_minutes={cfg.decode_max_minutes} reached after context {m}"
@@ -487,16 +495,9 @@ def run_decode_stream(cfg: LongContextConfig, model: HoloForCausalLM, say) -> di
         stopped = f"decode_max_minutes={cfg.decode_max_minutes} reached at {done} tokens"
         break
     dt = time.perf_counter() - t_seg
-    cache = carry[0]
-    row = {"context": done, "us_per_step": 1e6 * dt / (done - seg_start),
-           "us_per_token": 1e6 * dt / ((done - seg_start) * b),
-           "state_bytes": tree_bytes(cache), "pos": int(cache[0].pos),
-           "all_finite": bool(_all_finite(carry)), **_memory(),
-           "kv_bytes_computed": kv_cache_bytes(cfg.layers, cfg.width, done, batch=b)}
+    row = _decode_row(cfg, carry, done, done - seg_start, dt)
     rows.append(row)
-    say(f"decode: context {done:>9,}  {row['us_per_token']:8.1f} us/token  "
-        f"state {row['state_bytes']:,} B  in use {row['bytes_in_use']}  "
-        f"(attention KV would be {row['kv_bytes_computed']:,} B)")
+    say(f"decode: context {done:>9,}  " + _decode_msg(row))
     seg_start, t_seg = done, time.perf_counter()
     if stopped:
       say(f"decode: stopped, {stopped}")
