@@ -61,9 +61,11 @@ class PhasorBlocks:
 
   block_t: rows of T per chunk, the unit of the in-chunk prefix sum (power
     of two, >= 16).
-  chunks: chunks per program (power of two): a program walks a segment of
-    block_t * chunks rows, carrying its running sum, so the carries that
-    XLA sums between programs number T / (block_t * chunks).
+  chunks: chunks per program: a program walks a segment of block_t *
+    chunks rows, carrying its running sum, so the carries that XLA sums
+    between programs number T / (block_t * chunks). 0: one segment spans
+    the whole sequence (no totals pass and no carries: fewest bytes, but
+    only B * H * D / block_d programs).
   block_d: head-dim columns per program (power of two); capped at the head
     dim's largest power-of-two divisor.
   num_warps, num_stages: Triton launch parameters.
@@ -80,10 +82,12 @@ class PhasorBlocks:
   fast_trig: bool = True
 
   def __post_init__(self):
-    for name in ("block_t", "chunks", "block_d"):
+    for name in ("block_t", "block_d"):
       val = getattr(self, name)
       if val < 1 or val & (val - 1):
         raise ValueError(f"{name}={val} must be a power of two")
+    if self.chunks < 0:
+      raise ValueError(f"chunks={self.chunks} must be >= 0 (0: whole sequence)")
     if self.block_t < 16:
       raise ValueError(f"block_t={self.block_t} must be at least 16")
     if self.num_warps < 1 or self.num_stages < 1:
@@ -286,6 +290,10 @@ def _launch(body, ins, kinds, out_dtypes, out_kinds, *, name, shape,
 def _carries(w, a, f, *, scale, reverse, blocks, interpret):
   """Exclusive segment carries (re, im) float32[B, T / segment, H, D]."""
   f32 = jnp.float32
+  b, t, h, d = w.shape
+  if t == blocks.segment:  # one segment: nothing carries in
+    zero = jnp.zeros((b, 1, h, d), f32)
+    return zero, zero
   tot = _launch(_totals_kernel, (w, a, f), ("rows", "rows", "freq"),
                 (f32, f32), ("seg", "seg"), name="phasor_totals",
                 shape=w.shape, blocks=blocks, interpret=interpret,
@@ -384,8 +392,10 @@ def phasor_memory_pallas(v_bthd: jax.Array, k_theta: jax.Array,
         f"default backend is {jax.default_backend()!r}. Use "
         "implementation='xla' (or None for automatic), or interpret=True.")
   blocks = blocks or PhasorBlocks()
+  if blocks.chunks == 0:  # the whole sequence in one segment
+    blocks = dataclasses.replace(blocks, chunks=-(-t // blocks.block_t))
   while blocks.chunks > 1 and blocks.segment // 2 >= t:  # short sequences
-    blocks = dataclasses.replace(blocks, chunks=blocks.chunks // 2)
+    blocks = dataclasses.replace(blocks, chunks=-(-blocks.chunks // 2))
   f_hd = (jnp.zeros((h, d), jnp.float32) if freq_hd is None
           else freq_hd.astype(jnp.float32))
   pad = (-t) % blocks.segment

@@ -127,9 +127,11 @@ class SpeedConfig:
 
 
 TUNE_BLOCKS = tuple(
-    PhasorBlocks(block_t=16, chunks=c, block_d=bd, num_warps=w, num_stages=s)
-    for c in (16, 32, 64) for bd in (32, 64) for w in (2, 4) for s in (1, 3)
-) + (PhasorBlocks(block_t=32, chunks=16), PhasorBlocks(fast_trig=False))
+    PhasorBlocks(block_t=16, chunks=c, block_d=64, num_warps=w)
+    for c in (16, 32) for w in (2, 4)) + tuple(  # whole-sequence programs:
+    PhasorBlocks(block_t=bt, chunks=0, block_d=bd, num_warps=4, num_stages=s)
+    for bt in (32, 64) for bd in (16, 32) for s in (1, 3)) + (
+        PhasorBlocks(fast_trig=False),)
 
 
 def _phasor_fns(impl: str, interpret: bool, blocks: PhasorBlocks | None):
