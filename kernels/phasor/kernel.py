@@ -65,7 +65,8 @@ class PhasorBlocks:
     chunks rows, carrying its running sum, so the carries that XLA sums
     between programs number T / (block_t * chunks). 0: one segment spans
     the whole sequence (no totals pass and no carries: fewest bytes, but
-    only B * H * D / block_d programs).
+    only B * H * D / block_d programs; measured 5-40% slower than the
+    default at B4 H16 D128, T = 16k, on an H100).
   block_d: head-dim columns per program (power of two); capped at the head
     dim's largest power-of-two divisor.
   num_warps, num_stages: Triton launch parameters.
