@@ -2,36 +2,89 @@
 
 ``jnp.take`` (``nnx.Embed``) has a scatter-add as its gradient. On a GPU the
 scatter's atomic adds serialize on repeated ids, and text repeats ids
-heavily (a space is ~15% of bytes): on an H100 the fwd+bwd of a 3.5M-param
-byte model at 8 x 4096 tokens took 67.6 ms on real text against 6.1 ms on
-uniform random ids, the embedding's backward taking over 90% of the step.
-For small vocabularies the lookup is done as a one-hot matmul instead,
+heavily (a space is ~15% of bytes). Measured on an H100 (profiling runs,
+2026-11-23): the fwd+bwd of a 3.5M-param byte model at 8 x 4096 tokens took
+67.6 ms on real text against 6.1 ms on uniform random ids; gpt2-124m at
+16 x 1024 took 53.9 ms against 35.7 ms.
 
-  x = onehot(ids) E,   dE = onehot(ids)^T dx,
+Here the lookup is still a gather, but its gradient is a dense matmul,
 
-dense work of 2 N V D flops each way (V = 256, D = 256: 0.13 MFLOP per
-token, nothing next to the model), with the same values as the gather
-(one nonzero term per row, computed at full precision). With one-hot
-lookups the same step took 5.5 ms on either kind of ids (record-free
-profiling run, H100, 2026-11-23). Large vocabularies (GPT-2's 50304) keep
-the gather: a one-hot matmul would cost more than the model there.
+  dE = onehot(ids)^T dx        ([V, N] x [N, D], float32 accumulation),
+
+2 N V D flops, done in chunks of tokens so the one-hot never exceeds
+``ONEHOT_CHUNK_ELEMS`` elements. Dense and deterministic: the same values
+as the scatter up to summation order.
 """
 
 from __future__ import annotations
+
+import functools
 
 import jax
 import jax.numpy as jnp
 from flax import nnx
 
-ONEHOT_MAX_VOCAB = 8192  # bytes and the 8192-token synthetic tasks
+ONEHOT_CHUNK_ELEMS = 1 << 27  # one-hot elements per chunk (256 MiB in bf16)
+
+
+def _onehot_grad(ids_n, dx_nd, vocab: int):
+  """sum_n onehot(ids_n)^T dx_nd: float32[V, D], in token chunks."""
+  n, d = dx_nd.shape
+  chunk = max(1, min(n, ONEHOT_CHUNK_ELEMS // max(vocab, 1)))
+  pad = (-n) % chunk
+  ids_n = jnp.pad(ids_n, (0, pad), constant_values=-1)  # -1: one-hot of zeros
+  dx_nd = jnp.pad(dx_nd, ((0, pad), (0, 0)))
+  ids_cn = ids_n.reshape(-1, chunk)
+  dx_cnd = dx_nd.reshape(-1, chunk, d)
+
+  def body(acc_vd, xs):
+    ids, dx = xs
+    oh = jax.nn.one_hot(ids, vocab, dtype=dx.dtype)
+    return acc_vd + jnp.einsum("nv,nd->vd", oh, dx,
+                               precision=jax.lax.Precision.HIGHEST,
+                               preferred_element_type=jnp.float32), None
+
+  acc = jnp.zeros((vocab, d), jnp.float32)
+  if ids_cn.shape[0] == 1:
+    return body(acc, (ids_cn[0], dx_cnd[0]))[0]
+  return jax.lax.scan(body, acc, (ids_cn, dx_cnd))[0]
+
+
+@jax.custom_vjp
+def embed_lookup(table_vd: jax.Array, ids: jax.Array) -> jax.Array:
+  """table[ids] (a gather) whose gradient is a one-hot matmul, not a scatter.
+
+  Example:
+    >>> e = jnp.arange(6.0).reshape(3, 2)
+    >>> jax.grad(lambda e: embed_lookup(e, jnp.array([1, 1, 2])).sum())(e)
+    Array([[0., 0.],
+           [2., 2.],
+           [1., 1.]], dtype=float32)
+  """
+  return jnp.take(table_vd, ids, axis=0)
+
+
+def _lookup_fwd(table_vd, ids):
+  # The table is a residual only for its shape and dtype (it is a live
+  # parameter anyway).
+  return jnp.take(table_vd, ids, axis=0), (ids, table_vd)
+
+
+def _lookup_bwd(res, dx):
+  ids, table_vd = res
+  d = dx.shape[-1]
+  de = _onehot_grad(ids.reshape(-1), dx.reshape(-1, d), table_vd.shape[0])
+  return de.astype(table_vd.dtype), None
+
+
+embed_lookup.defvjp(_lookup_fwd, _lookup_bwd)
 
 
 class Embed(nnx.Embed):
-  """``nnx.Embed`` with a one-hot-matmul lookup for small vocabularies.
+  """``nnx.Embed`` whose gradient is ``embed_lookup``'s one-hot matmul.
 
   Same parameters and ``attend`` as ``nnx.Embed`` (checkpoints are
-  interchangeable); ``onehot_max_vocab`` sets the largest vocabulary looked
-  up by matmul (0: always gather).
+  interchangeable). ``dense_grad=False`` keeps the scatter.
 
   Example:
     >>> e = Embed(256, 8, rngs=nnx.Rngs(0))
@@ -41,16 +94,14 @@ class Embed(nnx.Embed):
   """
 
   def __init__(self, num_embeddings: int, features: int, *,
-               onehot_max_vocab: int = ONEHOT_MAX_VOCAB, **kwargs):
+               dense_grad: bool = True, **kwargs):
     super().__init__(num_embeddings, features, **kwargs)
-    self.onehot_max_vocab = onehot_max_vocab
+    self.dense_grad = dense_grad
 
   def __call__(self, inputs: jax.Array, out_sharding=None) -> jax.Array:
-    if (out_sharding is not None
-        or self.num_embeddings > self.onehot_max_vocab
+    if (not self.dense_grad or out_sharding is not None
         or not jnp.issubdtype(inputs.dtype, jnp.integer)):
       return super().__call__(inputs, out_sharding=out_sharding)
     (table,) = self.promote_dtype((self.embedding[...],), dtype=self.dtype,
                                   inexact=False)
-    onehot = jax.nn.one_hot(inputs, self.num_embeddings, dtype=table.dtype)
-    return jnp.matmul(onehot, table, precision=jax.lax.Precision.HIGHEST)
+    return embed_lookup(table, inputs)
