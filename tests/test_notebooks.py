@@ -13,7 +13,8 @@ EXPECT = {
     "turbo_adam.ipynb": ["turbo_adam", "bits/param"],
     "holo_adam.ipynb": ["cos measured", "theory", "holo_adam", "bits/param"],
     "holo_layers.ipynb": ["TINY=True", "holo_seed_init", "learned parameters"],
-    "phasor_memory.ipynb": ["MQAR accuracy", "measured"],
+    "phasor_memory.ipynb": ["MQAR accuracy", "measured",
+                            "prefill == recurrent steps: True"],
 }
 
 
