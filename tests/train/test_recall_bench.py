@@ -15,10 +15,10 @@ def test_registered():
 
 
 def test_lr_schedule():
-  assert rb.lr_at(0, 100, 1.0, 10) == pytest.approx(0.1)
-  assert rb.lr_at(9, 100, 1.0, 10) == pytest.approx(1.0)
-  assert rb.lr_at(55, 100, 1.0, 10) == pytest.approx(0.55)
-  assert rb.lr_at(100, 100, 1.0, 10) == pytest.approx(0.1)
+  assert rb.lr_at(0, 100, peak=1.0, warmup=10) == pytest.approx(0.1)
+  assert rb.lr_at(9, 100, peak=1.0, warmup=10) == pytest.approx(1.0)
+  assert rb.lr_at(55, 100, peak=1.0, warmup=10) == pytest.approx(0.55)
+  assert rb.lr_at(100, 100, peak=1.0, warmup=10) == pytest.approx(0.1)
 
 
 def test_heads_and_param_counts():

@@ -53,7 +53,6 @@ import dataclasses
 import functools
 import gc
 import json
-import math
 import time
 from pathlib import Path
 
@@ -66,6 +65,8 @@ from flax import nnx
 from holojax import data as hdata
 from holojax.models.gpt import GPT, GPTConfig
 from holojax.models.holo_transformer import HoloConfig, HoloForCausalLM
+from holojax.optim.accounting import tree_bytes
+from holojax.train.bench.steps import lr_at, lr_train_step
 from holojax.train.loop import loss_fn
 
 PARTS = ("lm", "decode")
@@ -192,28 +193,6 @@ def kv_cache_bytes(layers: int, width: int, context: int, *, batch: int = 1,
   return 2 * layers * context * width * batch * bytes_per_value
 
 
-def tree_bytes(tree) -> int:
-  """Bytes of every array leaf of a pytree."""
-  return sum(int(x.nbytes) for x in jax.tree.leaves(tree))
-
-
-def lr_at(step: int, total: int, *, peak: float, warmup: int) -> float:
-  """Learning rate at ``step`` (0-based): linear warm-up, cosine to 10% at ``total``.
-
-  lr = peak (s + 1) / W for s < W, else peak (0.1 + 0.45 (1 + cos(pi p))),
-  p = (s - W) / max(total - W, 1). Before ``total`` is known only s < W is
-  asked for, and the warm-up does not depend on it.
-
-  Example:
-    >>> lr_at(0, 100, peak=1.0, warmup=10), lr_at(10, 100, peak=1.0, warmup=10)
-    (0.1, 1.0)
-  """
-  if step < warmup:
-    return peak * (step + 1) / warmup
-  p = min((step - warmup) / max(total - warmup, 1), 1.0)
-  return peak * (0.1 + 0.45 * (1.0 + math.cos(math.pi * p)))
-
-
 def decode_milestones(total: int, first: int) -> list[int]:
   """Contexts first * 4^k up to ``total``, and ``total`` itself.
 
@@ -253,21 +232,12 @@ def eval_sets(val: np.ndarray, lens, *, n_tokens: int, batch_tokens: int
 
 
 def _make_steps(graphdef, tx):
-  """Jitted (train step with params and optimizer state donated, eval step)."""
+  """(train step with params and optimizer state donated, jitted eval step)."""
 
-  @functools.partial(jax.jit, donate_argnums=(0, 1))
-  def train_step(params, opt_state, rest, batch_bt, lr):
-    loss, grads = jax.value_and_grad(
-        lambda p: loss_fn(nnx.merge(graphdef, p, rest), batch_bt))(params)
-    updates, opt_state = tx.update(grads, opt_state, params)
-    params = jax.tree.map(lambda p, u: p - lr * u, params, updates)
-    return params, opt_state, loss
-
-  @jax.jit
-  def eval_step(params, rest, batch_bt):
+  def loss(params, rest, batch_bt):
     return loss_fn(nnx.merge(graphdef, params, rest), batch_bt)
 
-  return train_step, eval_step
+  return lr_train_step(loss, tx), jax.jit(loss)
 
 
 def _build(arch: str, mcfg, tx, seed: int) -> dict:

@@ -84,6 +84,7 @@ from holojax.data.synthetic import IGNORE, LMExamples, mqar, passkey
 from holojax.models.gpt import GPT, GPTConfig
 from holojax.models.holo_transformer import (HoloConfig, HoloForCausalLM,
                                              causal_lm_loss)
+from holojax.train.bench.steps import lr_at, lr_train_step
 
 ARCHS = ("phasor", "attention")
 # Seed ranges: training streams and test sets never share a seed.
@@ -217,22 +218,6 @@ def count_params(model: nnx.Module) -> int:
 # optimisation
 
 
-def lr_at(step: int, total: int, peak: float, warmup: int) -> float:
-  """Linear warm-up to ``peak``, then cosine down to peak / 10 at ``total``.
-
-  lr(s) = peak (s + 1) / W                              for s < W
-        = peak (0.1 + 0.45 (1 + cos(pi (s - W) / (N - W))))  otherwise
-
-  Example:
-    >>> lr_at(0, 100, 1.0, 10), lr_at(10, 100, 1.0, 10), lr_at(100, 100, 1.0, 10)
-    (0.1, 1.0, 0.1)
-  """
-  if step < warmup:
-    return peak * (step + 1) / warmup
-  frac = min(1.0, (step - warmup) / max(total - warmup, 1))
-  return peak * (0.1 + 0.45 * (1.0 + math.cos(math.pi * frac)))
-
-
 def adamw_direction(weight_decay: float) -> optax.GradientTransformation:
   """AdamW without the learning rate (the step applies -lr * update)."""
   return optax.chain(
@@ -246,7 +231,7 @@ def make_step_fns(graphdef, tx: optax.GradientTransformation, *,
                   loss_on: str = "labels"):
   """Jitted (train_step, eval_step) on split model state.
 
-  train_step(params, rest, opt_state, ids, labels, lr) -> (params, opt, loss)
+  train_step(params, opt_state, rest, ids, labels, lr) -> (params, opt, loss)
   eval_step(params, rest, ids, labels) -> (correct_b, count_b): per example,
   argmax logits[t] == labels[t + 1] counted where labels[t + 1] != -100.
   ``loss_on="all"`` trains on every next token (ids as labels) instead.
@@ -256,13 +241,6 @@ def make_step_fns(graphdef, tx: optax.GradientTransformation, *,
     targets_bt = ids_bt if loss_on == "all" else labels_bt
     return causal_lm_loss(logits_of(model, ids_bt), targets_bt)
 
-  def train_step(params, rest, opt_state, ids_bt, labels_bt, lr):
-    loss, grads = jax.value_and_grad(loss_fn)(params, rest, ids_bt, labels_bt)
-    upd, opt_state = tx.update(grads, opt_state, params)
-    params = jax.tree.map(lambda p, u: (p - lr * u).astype(p.dtype), params,
-                          upd)
-    return params, opt_state, loss
-
   def eval_step(params, rest, ids_bt, labels_bt):
     model = nnx.merge(graphdef, params, rest)
     pred_bt = jnp.argmax(logits_of(model, ids_bt)[:, :-1], -1)
@@ -271,7 +249,7 @@ def make_step_fns(graphdef, tx: optax.GradientTransformation, *,
     correct_b = jnp.sum((pred_bt == lb_bt) & mask_bt, axis=1)
     return correct_b, jnp.sum(mask_bt, axis=1)
 
-  return (jax.jit(train_step, donate_argnums=(0, 2)), jax.jit(eval_step))
+  return lr_train_step(loss_fn, tx), jax.jit(eval_step)
 
 
 class BatchStream:
@@ -355,8 +333,8 @@ def train_model(train_step, params, rest, opt_state, stream: BatchStream, *,
       clock.log(f"{tag}: time budget spent, stopping at step {i}/{total}")
       break
     ex = stream[i]
-    lr = lr_at(i, total, peak_lr, max(1, int(warmup_frac * total)))
-    params, opt_state, loss = train_step(params, rest, opt_state,
+    lr = lr_at(i, total, peak=peak_lr, warmup=max(1, int(warmup_frac * total)))
+    params, opt_state, loss = train_step(params, opt_state, rest,
                                          ex.input_ids, ex.labels,
                                          np.float32(lr))
     if pending is not None:  # read the loss one log step late
