@@ -33,6 +33,7 @@ def test_committed_records_are_in_the_report():
 
 @pytest.mark.parametrize("name,argv", [("holo_layers", ["--tiny"]),
                                        ("phasor", ["--tiny", "--skip-speed"]),
+                                       ("embed_grad", ["--tiny"]),
                                        ("convergence", ["--tiny", "--optimizers", "adamw"])])
 def test_other_benchmarks_write_records(tmp_path, monkeypatch, name, argv):
   monkeypatch.setenv("OUT", str(tmp_path / "out"))
@@ -40,3 +41,13 @@ def test_other_benchmarks_write_records(tmp_path, monkeypatch, name, argv):
   assert rec["table"].strip() and rec["results"]
   assert len(list(tmp_path.glob(f"{name}--*.json"))) == 1
   assert len(list((tmp_path / "out").glob(f"{name}--*.json"))) == 1  # the GPU machine's copy
+
+
+def test_embed_grad_bench_times_every_combination(tmp_path, monkeypatch):
+  monkeypatch.delenv("OUT", raising=False)
+  rec = harness.run("embed_grad", ["--tiny"], record_dir=tmp_path)
+  rows = rec["results"]["rows"]
+  assert {(r["gradient"], r["ids"]) for r in rows} == {
+      ("scatter", "text"), ("scatter", "uniform"), ("onehot", "text"),
+      ("onehot", "uniform")}
+  assert all(r["fwd_bwd_ms"] > 0 for r in rows)

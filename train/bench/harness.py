@@ -45,6 +45,8 @@ BENCHMARKS: dict[str, tuple[str, str]] = {
                "Holo-Transformer vs attention: MQAR (Zoology grid) and passkey by length"),
     "spiral": ("holojax.train.spiral",
                "HOLO layers: spiral accuracy (ReLU / Holo / low-rank) and the parameter table"),
+    "embed_grad": ("holojax.train.bench.embed_grad_bench",
+                   "Token-embedding gradient: scatter-add vs one-hot matmul, text vs uniform ids"),
     "demo": ("holojax.train.demo",
              "`holojax demo`: optimizers on the small model, equal steps (CPU)"),
 }
