@@ -134,6 +134,7 @@ def test_layer_recurrent_equals_parallel(mode, write_gate):
   x_btd = jax.random.normal(jax.random.key(5), (2, 9, 16))
   y_btd = layer(x_btd)
   cache = layer.init_cache(2)
+  assert cache.s_re is not cache.s_im  # separate buffers: donatable
   step = nnx.jit(lambda m, x, c: m.step(x, c))
   ys = []
   for t in range(9):

@@ -438,9 +438,8 @@ def run_decode_stream(cfg: LongContextConfig, model: HoloForCausalLM, say) -> di
   b, n = cfg.decode_batch, cfg.decode_chunk
 
   def fresh():
-    """Empty cache (copied: init_cache shares one zeros array, and the carry is
-    donated) and logits whose argmax is a newline byte."""
-    cache = jax.tree.map(jnp.array, model.init_cache(b))
+    """Empty cache and logits whose argmax is a newline byte."""
+    cache = model.init_cache(b)
     logits_v = jax.nn.one_hot(ord("\n"), model.config.vocab_size, dtype=jnp.float32)
     return cache, jnp.tile(logits_v, (b, 1))
 
