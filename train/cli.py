@@ -45,10 +45,10 @@ def _parse_value(text: str):
       return text
 
 
-def _add_config_flags(p: argparse.ArgumentParser, skip=()):
+def _add_config_flags(p: argparse.ArgumentParser):
   hints = typing.get_type_hints(TrainConfig)
   for f in dataclasses.fields(TrainConfig):
-    if f.name in skip or f.name == "opt_kwargs":
+    if f.name == "opt_kwargs":
       continue
     flag = "--" + f.name.replace("_", "-")
     hint = hints[f.name]

@@ -190,10 +190,6 @@ class PackedBatches:
     idx = starts[:, None] + np.arange(self.seq_len + 1)[None, :]
     return self.tokens[idx].astype(np.int32)
 
-  def batches(self, start: int, stop: int) -> Iterable[np.ndarray]:
-    for k in range(start, stop):
-      yield self.batch(k)
-
 
 def eval_batches(tokens: np.ndarray, *, seq_len: int, batch_size: int,
                  num_batches: int) -> Sequence[np.ndarray]:

@@ -100,12 +100,6 @@ PRESETS: dict[str, GPTConfig] = {
 }
 
 
-def get_config(name: str, **overrides) -> GPTConfig:
-  """A preset by name, with field overrides."""
-  if name not in PRESETS:
-    raise ValueError(f"unknown model preset {name!r}; choose one of {sorted(PRESETS)}")
-  return dataclasses.replace(PRESETS[name], **overrides)
-
 
 class RMSNorm(nnx.Module):
   def __init__(self, dim: int, *, eps: float, param_dtype, rngs: nnx.Rngs):

@@ -168,22 +168,6 @@ def seed_from_key(key: jax.Array) -> jax.Array:
 
 
 # ----------------------------------------------------------------------------
-# float16 bounds that bracket the float32 value.
-
-
-def f16_floor(x: jax.Array) -> jax.Array:
-  """A float16 ``<= x`` (at most ~2 fp16 ulps below), no ``nextafter`` needed."""
-  margin = jnp.abs(x) * jnp.float32(2.0**-10) + jnp.float32(2.0**-14)
-  return (x - margin).astype(jnp.float16)
-
-
-def f16_ceil(x: jax.Array) -> jax.Array:
-  """A float16 ``>= x`` (at most ~2 fp16 ulps above)."""
-  margin = jnp.abs(x) * jnp.float32(2.0**-10) + jnp.float32(2.0**-14)
-  return (x + margin).astype(jnp.float16)
-
-
-# ----------------------------------------------------------------------------
 # Log-scale codes with value-domain stochastic rounding.
 
 
