@@ -29,7 +29,7 @@ from flax import nnx
 from holojax import data as hdata
 from holojax.models import registry as model_registry
 from holojax.optim import registry as optim_registry
-from holojax.optim.accounting import state_bits_per_param
+from holojax.optim.accounting import state_bits_per_param, tree_size
 from holojax.train import checkpoint as ckpt
 from holojax.train import sharding
 from holojax.train.config import TrainConfig
@@ -194,7 +194,7 @@ def train(cfg: TrainConfig, *, bar_position: int = 0,
   state_sh = jax.tree.map(lambda x: x.sharding, state)
   train_step, eval_step = make_steps(graphdef, tx, state_sh, mesh)
   params, opt_state = _split(graphdef, state)
-  num_params = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(params))
+  num_params = tree_size(params)
   bits = state_bits_per_param(opt_state, params)
   del params, opt_state
   val_batches = [jax.device_put(b, batch_sh) for b in val_batches]

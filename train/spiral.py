@@ -30,6 +30,7 @@ from holojax.data.spirals import make_spirals
 from holojax.nn.holo import (
   HoloLinear, LowRankLinear, SineActivation, equal_param_rank,
   holo_basis_count, holo_param_count, lowrank_param_count)
+from holojax.optim.accounting import num_params
 
 __all__ = ["relu_mlp", "holo_mlp", "lowrank_mlp", "fit", "run_spiral",
            "holo_param_table", "format_param_table", "main"]
@@ -64,11 +65,6 @@ def lowrank_mlp(hidden: int = 64, harmonics: int = 16, *,
   l1, l2, l3 = (LowRankLinear(i, o, equal_param_rank(i, o, harmonics),
                               rngs=rngs) for i, o in _widths(hidden))
   return nnx.Sequential(l1, SineActivation(), l2, SineActivation(), l3)
-
-
-def _n_params(model) -> int:
-  return sum(int(np.prod(a.shape))
-             for a in jax.tree.leaves(nnx.state(model, nnx.Param)))
 
 
 def fit(model, x_n2, y_n, *, steps: int, lr: float) -> np.ndarray:
@@ -176,7 +172,7 @@ def run_spiral(steps: int = 500, seed: int = 0, out_png: str | None = None,
     loss_s = fit(model, jnp.asarray(x_n2), jnp.asarray(y_n), steps=steps,
                  lr=lr)
     results[name] = {"acc": _accuracy(model, x_n2, y_n),
-                     "params": _n_params(model),
+                     "params": num_params(model),
                      "final_loss": float(loss_s[-1]),
                      "fit_s": round(time.perf_counter() - t0, 3)}
     models[name] = model

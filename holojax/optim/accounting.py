@@ -29,6 +29,19 @@ def tree_size(tree) -> int:
              if hasattr(leaf, "shape"))
 
 
+def num_params(model) -> int:
+  """Learned parameters (``nnx.Param`` elements) of an NNX model; works on
+  ``nnx.eval_shape`` models too.
+
+  Example:
+    >>> from flax import nnx
+    >>> num_params(nnx.Linear(3, 2, rngs=nnx.Rngs(0)))
+    8
+  """
+  from flax import nnx  # noqa: PLC0415 (the optimizers need no flax)
+  return tree_size(nnx.state(model, nnx.Param))
+
+
 def state_bits_per_param(opt_state, params) -> float:
   """Optimizer-state bits per parameter element.
 

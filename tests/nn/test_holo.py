@@ -12,10 +12,7 @@ from holojax.nn import (
   HybridHoloBlock, LowRankLinear, LowRankTransformerBlock, SineActivation,
   equal_param_rank, holo_basis, holo_basis_count, holo_param_count,
   lowrank_param_count)
-
-
-def _n_params(module) -> int:
-  return sum(a.size for a in jax.tree.leaves(nnx.state(module, nnx.Param)))
+from holojax.optim.accounting import num_params
 
 
 def _x(shape, seed=0):
@@ -88,12 +85,12 @@ def test_basis_gets_no_gradient_and_no_optimizer_state():
                          [(7, 5, 3, False), (16, 64, 8, True), (2, 1, 16, False)])
 def test_param_counts_match_formula(d_in, d_out, h, bias):
   layer = HoloLinear(d_in, d_out, h, use_bias=bias, rngs=nnx.Rngs(0))
-  assert _n_params(layer) == holo_param_count(d_in, d_out, h, use_bias=bias)
-  assert _n_params(layer) == 2 * d_out * h + (d_out if bias else 0)
+  assert num_params(layer) == holo_param_count(d_in, d_out, h, use_bias=bias)
+  assert num_params(layer) == 2 * d_out * h + (d_out if bias else 0)
   assert layer.basis_hi[...].size == holo_basis_count(d_in, h) == h * d_in
   r = equal_param_rank(d_in, d_out, h)
   low = LowRankLinear(d_in, d_out, r, use_bias=bias, rngs=nnx.Rngs(0))
-  assert _n_params(low) == lowrank_param_count(d_in, d_out, r, use_bias=bias)
+  assert num_params(low) == lowrank_param_count(d_in, d_out, r, use_bias=bias)
   assert lowrank_param_count(d_in, d_out, r) <= max(
     holo_param_count(d_in, d_out, h), d_in + d_out)
 

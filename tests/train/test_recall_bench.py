@@ -6,19 +6,9 @@ import json
 import numpy as np
 import pytest
 
+from holojax.optim.accounting import num_params
 from holojax.train.bench import harness
 from holojax.train.bench import recall_bench as rb
-
-
-def test_registered():
-  assert harness.BENCHMARKS["recall"][0] == "holojax.train.bench.recall_bench"
-
-
-def test_lr_schedule():
-  assert rb.lr_at(0, 100, peak=1.0, warmup=10) == pytest.approx(0.1)
-  assert rb.lr_at(9, 100, peak=1.0, warmup=10) == pytest.approx(1.0)
-  assert rb.lr_at(55, 100, peak=1.0, warmup=10) == pytest.approx(0.55)
-  assert rb.lr_at(100, 100, peak=1.0, warmup=10) == pytest.approx(0.1)
 
 
 def test_heads_and_param_counts():
@@ -31,8 +21,8 @@ def test_heads_and_param_counts():
   assert cfg["hd_dim"] == 128 and cfg["tie_embeddings"]
   d, v = 64, 256  # per layer, attention: 4 d^2 + 8 d^2; phasor: 10 d^2 + 8 d^2
   extra = 2 * (6 * d * d + 2 * 2 * d + 1 + 5 * d)  # + k, q, MLP biases, bandwidth
-  assert rb.count_params(ph) - rb.count_params(at) == extra
-  assert rb.count_params(at) == v * d + 2 * (12 * d * d + 2 * d) + d
+  assert num_params(ph) - num_params(at) == extra
+  assert num_params(at) == v * d + 2 * (12 * d * d + 2 * d) + d
 
 
 def test_passkey_batch_deterministic_with_varied_depths():

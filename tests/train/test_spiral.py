@@ -1,11 +1,10 @@
 """Spiral demo (seed 001) and the recomputed compression table."""
 
 import json
-import math
 
-import jax
 from flax import nnx
 
+from holojax.optim.accounting import num_params
 from holojax.train.spiral import (
   format_param_table, holo_mlp, holo_param_table, lowrank_mlp, main,
   relu_mlp, run_spiral)
@@ -13,9 +12,7 @@ from holojax.train.spiral import (
 
 def _n(build) -> int:
   """Learned parameters of ``build(rngs)``, counted abstractly (no compile)."""
-  model = nnx.eval_shape(lambda: build(rngs=nnx.Rngs(0)))
-  return sum(math.prod(a.shape)
-             for a in jax.tree.leaves(nnx.state(model, nnx.Param)))
+  return num_params(nnx.eval_shape(lambda: build(rngs=nnx.Rngs(0))))
 
 
 def test_holo_spiral_net_reaches_95_percent(tmp_path):

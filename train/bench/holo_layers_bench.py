@@ -19,6 +19,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from holojax.nn import HoloLinear, LowRankLinear, equal_param_rank
+from holojax.optim.accounting import num_params
 from holojax.train.bench.timing import median_time
 
 
@@ -56,7 +57,7 @@ def run(argv: list[str]) -> dict:
       rank = equal_param_rank(d_in, d_out, h)
       low = LowRankLinear(d_in, d_out, rank, rngs=nnx.Rngs(0))
       for name, layer in ((f"HoloLinear H={h}", holo), (f"LowRank r={rank}", low)):
-        n = sum(v.size for v in jax.tree.leaves(nnx.state(layer, nnx.Param)))
+        n = num_params(layer)
         ms = _fwd_bwd_ms(layer, x, a.repeats)
         rows.append({"shape": f"{d_in}->{d_out}", "layer": name, "params": n, "ms": ms,
                      "vs_dense": ms / base})

@@ -59,14 +59,13 @@ from pathlib import Path
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 from flax import nnx
 
 from holojax import data as hdata
 from holojax.models.gpt import GPT, GPTConfig
 from holojax.models.holo_transformer import HoloConfig, HoloForCausalLM
-from holojax.optim.accounting import tree_bytes
-from holojax.train.bench.steps import lr_at, lr_train_step
+from holojax.optim.accounting import tree_bytes, tree_size
+from holojax.train.bench.steps import adamw_direction, lr_at, lr_train_step
 from holojax.train.loop import loss_fn
 
 PARTS = ("lm", "decode")
@@ -248,7 +247,7 @@ def _build(arch: str, mcfg, tx, seed: int) -> dict:
   return {"arch": arch, "config": dataclasses.asdict(mcfg), "graphdef": graphdef,
           "params": params, "rest": rest, "opt": tx.init(params), "train_step": train_step,
           "eval_step": eval_step, "losses": [],
-          "num_params": sum(int(x.size) for x in jax.tree.leaves(params))}
+          "num_params": tree_size(params)}
 
 
 def _train(arm: dict, data, start: int, stop: int, total: int, cfg, say=None) -> float:
@@ -271,8 +270,7 @@ def run_lm(cfg: LongContextConfig, corpus, say) -> tuple[dict, nnx.Module]:
   holo_cfg, gpt_cfg = model_configs(cfg)
   data = hdata.PackedBatches(corpus.train, seq_len=cfg.train_len, batch_size=cfg.batch_size,
                              seed=cfg.seed)
-  tx = optax.chain(optax.clip_by_global_norm(1.0), optax.scale_by_adam(b2=0.95),
-                   optax.add_decayed_weights(cfg.weight_decay))
+  tx = adamw_direction(cfg.weight_decay, b2=0.95)
   t_start = time.perf_counter()
   arms = [_build("phasor", holo_cfg, tx, cfg.seed), _build("gpt_rope", gpt_cfg, tx, cfg.seed)]
   for arm in arms:

@@ -84,7 +84,8 @@ from holojax.data.synthetic import IGNORE, LMExamples, mqar, passkey
 from holojax.models.gpt import GPT, GPTConfig
 from holojax.models.holo_transformer import (HoloConfig, HoloForCausalLM,
                                              causal_lm_loss)
-from holojax.train.bench.steps import lr_at, lr_train_step
+from holojax.optim.accounting import num_params
+from holojax.train.bench.steps import adamw_direction, lr_at, lr_train_step
 
 ARCHS = ("phasor", "attention")
 # Seed ranges: training streams and test sets never share a seed.
@@ -210,21 +211,8 @@ def logits_of(model: nnx.Module, ids_bt: jax.Array) -> jax.Array:
   return model(ids_bt)
 
 
-def count_params(model: nnx.Module) -> int:
-  return int(sum(x.size for x in jax.tree.leaves(nnx.state(model, nnx.Param))))
-
-
 # ----------------------------------------------------------------------------
 # optimisation
-
-
-def adamw_direction(weight_decay: float) -> optax.GradientTransformation:
-  """AdamW without the learning rate (the step applies -lr * update)."""
-  return optax.chain(
-      optax.clip_by_global_norm(1.0),
-      optax.scale_by_adam(b1=0.9, b2=0.98),
-      optax.add_decayed_weights(
-          weight_decay, mask=lambda p: jax.tree.map(lambda x: x.ndim >= 2, p)))
 
 
 def make_step_fns(graphdef, tx: optax.GradientTransformation, *,
@@ -448,11 +436,11 @@ def _run_group(cfg: RecallConfig, clock: Clock, *, width: int, lr: float,
                               seed=cfg.seed)
     run = {"arch": arch, "width": width, "lr": lr,
            "num_heads": num_heads(width, cfg.head_width),
-           "num_params": count_params(model), "model_config": mcfg}
+           "num_params": num_params(model), "model_config": mcfg}
     clock.log(f"{tag}: start, {run['num_params']:,} params, "
               f"{run['num_heads']} heads")
     graphdef, params, rest = nnx.split(model, nnx.Param, ...)
-    tx = adamw_direction(cfg.weight_decay)
+    tx = adamw_direction(cfg.weight_decay, b2=0.98, matrices_only=True)
     if (arch, width) not in compiled:
       compiled[arch, width] = make_step_fns(graphdef, tx, loss_on=loss_on)
     train_step, eval_step = compiled[arch, width]

@@ -32,6 +32,17 @@ def lr_at(step: int, total: int, *, peak: float, warmup: int) -> float:
   return peak * (0.1 + 0.45 * (1.0 + math.cos(math.pi * frac)))
 
 
+def adamw_direction(weight_decay: float, *, b2: float,
+                    matrices_only: bool = False) -> optax.GradientTransformation:
+  """AdamW without the learning rate (``lr_train_step`` applies -lr * update):
+  global-norm clipping at 1, Adam (b1 = 0.9), decoupled weight decay on every
+  parameter or, with ``matrices_only``, on those of 2+ dimensions."""
+  mask = (lambda p: jax.tree.map(lambda x: x.ndim >= 2, p)) if matrices_only else None
+  return optax.chain(optax.clip_by_global_norm(1.0),
+                     optax.scale_by_adam(b1=0.9, b2=b2),
+                     optax.add_decayed_weights(weight_decay, mask=mask))
+
+
 def lr_train_step(loss_fn: Callable[..., jax.Array],
                   tx: optax.GradientTransformation):
   """jit(step(params, opt_state, *batch, lr) -> (params, opt_state, loss)).
