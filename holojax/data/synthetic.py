@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
+import jax.numpy as jnp
 import numpy as np
 
 IGNORE = -100
@@ -141,6 +142,24 @@ def passkey(num_examples: int, *, seq_len: int = 1024, depth: float = 0.5,
   return LMExamples(ids.astype(np.int32), labels.astype(np.int32))
 
 
+def shifted_correct(logits_btv, labels_bt, *, ignore_index: int = IGNORE):
+  """Per example: (#t with argmax logits[t] == labels[t + 1], #t counted).
+
+  Works on numpy and jax arrays alike (inside ``jax.jit`` too); labels equal
+  to ``ignore_index`` are not counted.
+
+  Example:
+    >>> lg = np.eye(3)[None]; lb = np.array([[-100, 0, 2]])
+    >>> shifted_correct(lg, lb)
+    (array([1]), array([2]))
+  """
+  xp = np if isinstance(logits_btv, np.ndarray) else jnp
+  pred_bt = xp.argmax(logits_btv[:, :-1], -1)
+  lb_bt = labels_bt[:, 1:]
+  mask_bt = lb_bt != ignore_index
+  return xp.sum((pred_bt == lb_bt) & mask_bt, axis=1), xp.sum(mask_bt, axis=1)
+
+
 def shifted_accuracy(logits_btv, labels_bt, *, ignore_index: int = IGNORE
                      ) -> float:
   """Top-1 accuracy of argmax logits[t] against labels[t + 1] where counted.
@@ -150,7 +169,7 @@ def shifted_accuracy(logits_btv, labels_bt, *, ignore_index: int = IGNORE
     >>> shifted_accuracy(lg, lb)
     0.5
   """
-  pred_bt = np.argmax(np.asarray(logits_btv)[:, :-1], -1)
-  lb_bt = np.asarray(labels_bt)[:, 1:]
-  mask = lb_bt != ignore_index
-  return float(np.sum((pred_bt == lb_bt) & mask) / max(int(mask.sum()), 1))
+  correct_b, count_b = shifted_correct(np.asarray(logits_btv),
+                                       np.asarray(labels_bt),
+                                       ignore_index=ignore_index)
+  return float(correct_b.sum() / max(int(count_b.sum()), 1))

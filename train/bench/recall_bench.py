@@ -75,12 +75,11 @@ from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from typing import Callable
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import optax
 from flax import nnx
 
-from holojax.data.synthetic import IGNORE, LMExamples, mqar, passkey
+from holojax.data.synthetic import LMExamples, mqar, passkey, shifted_correct
 from holojax.models.gpt import GPT, GPTConfig
 from holojax.models.holo_transformer import (HoloConfig, HoloForCausalLM,
                                              causal_lm_loss)
@@ -231,11 +230,7 @@ def make_step_fns(graphdef, tx: optax.GradientTransformation, *,
 
   def eval_step(params, rest, ids_bt, labels_bt):
     model = nnx.merge(graphdef, params, rest)
-    pred_bt = jnp.argmax(logits_of(model, ids_bt)[:, :-1], -1)
-    lb_bt = labels_bt[:, 1:]
-    mask_bt = lb_bt != IGNORE
-    correct_b = jnp.sum((pred_bt == lb_bt) & mask_bt, axis=1)
-    return correct_b, jnp.sum(mask_bt, axis=1)
+    return shifted_correct(logits_of(model, ids_bt), labels_bt)
 
   return lr_train_step(loss_fn, tx), jax.jit(eval_step)
 
