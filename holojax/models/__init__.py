@@ -6,7 +6,8 @@ from holojax.models import registry
 from holojax.models.gpt import GPT, PRESETS as GPT_PRESETS, GPTConfig
 from holojax.models.holo_lm import HOLO_LM_PRESETS, HoloLM, HoloLMConfig
 from holojax.models.holo_transformer import (HOLO_PRESETS, CausalLMOutput, HoloConfig,
-                                             HoloForCausalLM, causal_lm_loss, generate)
+                                             HoloForCausalLM, causal_lm_loss, decode_steps,
+                                             generate)
 
 # Byte-level phasor models for `holojax train` (vocabulary 256, the corpus').
 PHASOR_PRESETS = {
@@ -25,4 +26,4 @@ for _name, _cfg in PHASOR_PRESETS.items():
 
 __all__ = ["GPT", "GPTConfig", "GPT_PRESETS", "HOLO_LM_PRESETS", "HOLO_PRESETS",
            "PHASOR_PRESETS", "CausalLMOutput", "HoloConfig", "HoloForCausalLM", "HoloLM",
-           "HoloLMConfig", "causal_lm_loss", "generate", "registry"]
+           "HoloLMConfig", "causal_lm_loss", "decode_steps", "generate", "registry"]

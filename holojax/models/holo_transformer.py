@@ -303,13 +303,15 @@ def generate(model: HoloForCausalLM, prompt_ids: jax.Array,
   return jnp.concatenate([prompt_ids.astype(jnp.int32), out], axis=1)
 
 
-@functools.partial(jax.jit, static_argnums=(0, 4, 5))
-def _generate(graphdef, state, prompt_bp, key, n, temperature):
-  model = nnx.merge(graphdef, state)
-  b = prompt_bp.shape[0]
+def decode_steps(model: HoloForCausalLM, cache: tuple[PhasorCache, ...],
+                 logits_bv: jax.Array, n: int, *, temperature: float = 0.0,
+                 key: jax.Array | None = None):
+  """``n`` recurrent decoding steps from (cache, last logits), as one scan.
 
-  logits_bv, cache = model.prefill(prompt_bp)
-
+  Each step picks tok = argmax(logits) (temperature 0) or samples
+  softmax(logits / temperature), feeds it to ``model.step`` and keeps the
+  new logits. Returns ((cache, logits_bv), tokens int32[n, B]).
+  """
   def decode(carry, key):
     cache, logits_bv = carry
     if temperature > 0:
@@ -320,6 +322,14 @@ def _generate(graphdef, state, prompt_bp, key, n, temperature):
     logits_bv, cache = model.step(tok_b, cache)
     return (cache, logits_bv), tok_b
 
-  _, toks_nb = jax.lax.scan(decode, (cache, logits_bv),
-                            jax.random.split(key, n))
+  keys = jax.random.split(key, n) if temperature > 0 else None
+  return jax.lax.scan(decode, (cache, logits_bv), keys, length=n)
+
+
+@functools.partial(jax.jit, static_argnums=(0, 4, 5))
+def _generate(graphdef, state, prompt_bp, key, n, temperature):
+  model = nnx.merge(graphdef, state)
+  logits_bv, cache = model.prefill(prompt_bp)
+  _, toks_nb = decode_steps(model, cache, logits_bv, n,
+                            temperature=temperature, key=key)
   return toks_nb.T

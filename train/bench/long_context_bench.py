@@ -63,7 +63,7 @@ from flax import nnx
 
 from holojax import data as hdata
 from holojax.models.gpt import GPT, GPTConfig
-from holojax.models.holo_transformer import HoloConfig, HoloForCausalLM
+from holojax.models.holo_transformer import HoloConfig, HoloForCausalLM, decode_steps
 from holojax.optim.accounting import tree_bytes, tree_size
 from holojax.train.bench.steps import adamw_direction, lr_at, lr_train_step
 from holojax.train.loop import loss_fn
@@ -325,21 +325,10 @@ def run_lm(cfg: LongContextConfig, corpus, say) -> tuple[dict, nnx.Module]:
 
 @functools.partial(jax.jit, static_argnums=(0, 1), donate_argnums=(3,))
 def decode_chunk(graphdef, n: int, state, carry):
-  """``n`` greedy recurrent steps; carry = (cache, logits float32[B, V]).
-
-  Each step feeds tok = argmax(logits) and keeps the new logits, so the only
-  per-step work is the model's own ``step`` and one argmax. Returns the new
-  carry and the fed tokens int32[n, B].
-  """
-  model = nnx.merge(graphdef, state)
-
-  def body(carry, _):
-    cache, logits_bv = carry
-    tok_b = jnp.argmax(logits_bv, axis=-1).astype(jnp.int32)
-    logits_bv, cache = model.step(tok_b, cache)
-    return (cache, logits_bv), tok_b
-
-  return jax.lax.scan(body, carry, length=n)
+  """``n`` greedy recurrent steps (``decode_steps``) with the carry = (cache,
+  logits float32[B, V]) donated. Returns the new carry and the fed tokens
+  int32[n, B]."""
+  return decode_steps(nnx.merge(graphdef, state), *carry, n)
 
 
 @jax.jit
