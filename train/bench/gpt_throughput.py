@@ -21,7 +21,8 @@ import time
 
 import jax
 import jax.numpy as jnp
-import numpy as np
+
+from holojax.train.bench.timing import median_time
 
 # Dense bf16 datasheet peaks (FLOP/s), by device_kind prefix.
 DATASHEET_BF16 = {"NVIDIA H100": 989e12, "NVIDIA H200": 989e12, "NVIDIA L40S": 362e12}
@@ -31,14 +32,8 @@ def matmul_rate(n: int = 8192, repeats: int = 10) -> float:
   """Measured bf16 matmul FLOP/s on random data (median of ``repeats``)."""
   a = jax.random.normal(jax.random.key(0), (n, n), jnp.bfloat16)
   b = jax.random.normal(jax.random.key(1), (n, n), jnp.bfloat16)
-  f = jax.jit(lambda a, b: a @ b)
-  f(a, b).block_until_ready()
-  times = []
-  for _ in range(repeats):
-    t = time.perf_counter()
-    f(a, b).block_until_ready()
-    times.append(time.perf_counter() - t)
-  return 2 * n**3 / float(np.median(times))
+  return 2 * n**3 / median_time(jax.jit(lambda a, b: a @ b), a, b,
+                                repeats=repeats)
 
 
 def time_training(cfg, *, warmup: int, steps: int, **model_overrides) -> dict:
