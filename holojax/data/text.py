@@ -120,6 +120,8 @@ def load_corpus(path: str | os.PathLike | None = None, *, val_fraction: float = 
       data.decode("utf-8")
     except (OSError, UnicodeDecodeError):
       continue  # unreadable or binary: not text
+    if bytes([SEPARATOR]) in data:
+      continue  # NUL bytes: binary, and NUL separates files
     if not data.strip():
       continue
     rel = f.name if root.is_file() else str(f.relative_to(root))
@@ -129,8 +131,8 @@ def load_corpus(path: str | os.PathLike | None = None, *, val_fraction: float = 
       break
   if not train_parts and not val_parts:
     raise ValueError(
-        f"corpus {str(root)!r} has no readable UTF-8 text files (looked for {TEXT_SUFFIXES}); "
-        "pass --corpus PATH to a text file or a directory of text files")
+        f"corpus {str(root)!r} has no readable UTF-8 text files without NUL bytes (looked for "
+        f"{TEXT_SUFFIXES}); pass --corpus PATH to a text file or a directory of text files")
   if len(train_parts) + len(val_parts) == 1 or not val_parts or not train_parts:
     # One file (or an unlucky split): split the bytes instead.
     data = b"".join(train_parts + val_parts)
@@ -154,9 +156,14 @@ class PackedBatches:
   """
 
   def __init__(self, tokens: np.ndarray, *, seq_len: int, batch_size: int, seed: int = 0,
-               shuffle: bool = True):
+               shuffle: bool = True, split: str = "train", vocab_size: int | None = None):
     if seq_len < 1 or batch_size < 1:
       raise ValueError(f"seq_len and batch_size must be >= 1, got {seq_len=}, {batch_size=}")
+    if vocab_size is not None and len(tokens):
+      lo, hi = int(np.min(tokens)), int(np.max(tokens))
+      if lo < 0 or hi >= vocab_size:
+        raise ValueError(f"the {split} split holds token ids in [{lo}, {hi}]; the vocabulary "
+                         f"allows [0, {vocab_size - 1}]")
     self.tokens = tokens
     self.seq_len = seq_len
     self.batch_size = batch_size
@@ -165,8 +172,9 @@ class PackedBatches:
     self.n_seq = (len(tokens) - 1) // seq_len
     if self.n_seq < 1:
       raise ValueError(
-          f"the token stream ({len(tokens)} tokens) is shorter than one sequence of "
-          f"seq_len={seq_len} + 1; use a larger corpus or a shorter seq_len")
+          f"the {split} split has {len(tokens)} tokens, fewer than one sequence needs "
+          f"(seq_len + 1 = {seq_len + 1}); use a larger corpus (--corpus) or a shorter "
+          "--seq-len")
     self._perm_cache: dict[int, np.ndarray] = {}
 
   def _perm(self, epoch: int) -> np.ndarray:
@@ -194,6 +202,7 @@ class PackedBatches:
 def eval_batches(tokens: np.ndarray, *, seq_len: int, batch_size: int,
                  num_batches: int) -> Sequence[np.ndarray]:
   """The first ``num_batches`` unshuffled validation batches (fewer if short)."""
-  ds = PackedBatches(tokens, seq_len=seq_len, batch_size=batch_size, shuffle=False)
+  ds = PackedBatches(tokens, seq_len=seq_len, batch_size=batch_size, shuffle=False,
+                     split="validation")
   n = min(num_batches, max(ds.n_seq // batch_size, 1))
   return [ds.batch(k) for k in range(n)]

@@ -68,8 +68,21 @@ def test_batches_are_a_function_of_seed_and_index():
 
 
 def test_too_short_stream_is_a_clear_error():
-  with pytest.raises(ValueError, match="shorter than one sequence"):
+  with pytest.raises(ValueError, match="train split has 10 tokens.*17"):
     data.PackedBatches(np.zeros(10, np.uint8), seq_len=16, batch_size=2)
+  with pytest.raises(ValueError, match="validation split has 10 tokens"):
+    data.eval_batches(np.zeros(10, np.uint8), seq_len=16, batch_size=2, num_batches=1)
+
+
+def test_out_of_vocabulary_ids_are_refused():
+  with pytest.raises(ValueError, match=r"\[-1, 5\].*\[0, 255\]"):
+    data.PackedBatches(np.array([-1, 5] * 20), seq_len=4, batch_size=2, vocab_size=256)
+
+
+def test_binary_files_are_not_text(tmp_path):
+  (tmp_path / "a.txt").write_bytes(b"abc\x00def")
+  with pytest.raises(ValueError, match="NUL"):
+    data.load_corpus(tmp_path)
 
 
 def test_encode_decode_roundtrip():
