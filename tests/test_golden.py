@@ -72,12 +72,6 @@ def _optimizer_values() -> dict[str, np.ndarray]:
   return out
 
 
-def _logits(model, tokens_bt):
-  """Every registered model's logits, called the registry's one way."""
-  out = model(tokens_bt)
-  return getattr(out, "logits", out)
-
-
 def _model_values() -> dict[str, np.ndarray]:
   from holojax.models import registry
   out = {}
@@ -85,7 +79,7 @@ def _model_values() -> dict[str, np.ndarray]:
   for name in MODELS:
     spec = registry.get(name)
     model = spec.build(spec.config, rngs=nnx.Rngs(0))
-    logits = np.asarray(_logits(model, tokens), np.float32)
+    logits = np.asarray(model(tokens), np.float32)  # the registry's one call
     out[f"model/{name}"] = logits[..., :32]
     out[f"model/{name}/sum"] = np.asarray(logits.sum(-1))
   return out

@@ -28,6 +28,7 @@ from flax import nnx
 
 from holojax import data as hdata
 from holojax.models import registry as model_registry
+from holojax.models.lm import next_token_loss
 from holojax.optim import registry as optim_registry
 from holojax.optim.accounting import state_bits_per_param, tree_size
 from holojax.train import checkpoint as ckpt
@@ -116,13 +117,8 @@ def init_state(cfg: TrainConfig, spec, tx, mesh):
 
 
 def loss_fn(model, batch_bt):
-  """Mean next-token cross-entropy (nats per byte).
-
-  ``model(tokens)`` may return logits or an output object with ``.logits``.
-  """
-  out = model(batch_bt[:, :-1])
-  logits_btv = getattr(out, "logits", out)
-  return optax.softmax_cross_entropy_with_integer_labels(logits_btv, batch_bt[:, 1:]).mean()
+  """Mean next-token cross-entropy (nats per byte) of ``model(tokens) -> logits``."""
+  return next_token_loss(model(batch_bt[:, :-1]), batch_bt[:, 1:])
 
 
 def make_steps(graphdef, tx, state_sh, mesh):

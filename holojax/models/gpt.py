@@ -3,6 +3,8 @@
 Pre-norm (RMSNorm) blocks, rotary position embeddings, causal attention
 through :func:`jax.nn.dot_product_attention` (cuDNN flash attention on GPU
 when the dtype allows), a GELU MLP and tied input/output embeddings.
+Called as every model is (:mod:`holojax.models.lm`): ``model(input_ids)``
+-> logits float32[B, T, V]; ``model(input_ids, labels)`` -> ``CausalLMOutput``.
 
 For an input x [B, T, D] each block computes
 
@@ -29,9 +31,9 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from holojax.models.lm import (DTYPES, check_dtypes, check_input_ids, check_positive_ints,
+                               lm_output)
 from holojax.nn.embed import Embed
-
-_DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -46,10 +48,10 @@ class GPTConfig:
   for gpt2-124m training on an H100), ``"cudnn"`` or ``"xla"`` force one.
   """
   vocab_size: int = 256
-  d_model: int = 128
-  n_layers: int = 4
-  n_heads: int = 4
-  d_ff: int = 512
+  hidden_size: int = 128
+  num_hidden_layers: int = 4
+  num_heads: int = 4
+  intermediate_size: int = 512
   max_seq_len: int = 256
   rope_base: float = 10_000.0
   dtype: str = "float32"
@@ -58,45 +60,46 @@ class GPTConfig:
   norm_eps: float = 1e-6
 
   def __post_init__(self):
-    for name in ("vocab_size", "d_model", "n_layers", "n_heads", "d_ff", "max_seq_len"):
-      if getattr(self, name) < 1:
-        raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-    if self.d_model % self.n_heads:
-      raise ValueError(f"d_model={self.d_model} must be a multiple of n_heads={self.n_heads}")
-    if (self.d_model // self.n_heads) % 2:
-      raise ValueError(f"head dim d_model/n_heads={self.d_model // self.n_heads} must be even "
+    check_positive_ints(self, "vocab_size", "hidden_size", "num_hidden_layers", "num_heads",
+                        "intermediate_size", "max_seq_len")
+    if self.hidden_size % self.num_heads:
+      raise ValueError(f"hidden_size={self.hidden_size} must be a multiple of "
+                       f"num_heads={self.num_heads}")
+    if self.head_dim % 2:
+      raise ValueError(f"head dim hidden_size/num_heads={self.head_dim} must be even "
                        "(RoPE rotates pairs)")
-    for name in ("dtype", "param_dtype"):
-      if getattr(self, name) not in _DTYPES:
-        raise ValueError(f"{name} must be one of {sorted(_DTYPES)}, got {getattr(self, name)!r}")
+    check_dtypes(self)
     if self.attention not in (None, "xla", "cudnn"):
       raise ValueError(f"attention must be None, 'xla' or 'cudnn', got {self.attention!r}")
 
   @property
   def head_dim(self) -> int:
-    return self.d_model // self.n_heads
+    return self.hidden_size // self.num_heads
 
   def num_params(self) -> int:
     """Parameter count by formula (tied embeddings)."""
-    d, f = self.d_model, self.d_ff
+    d, f = self.hidden_size, self.intermediate_size
     per_layer = 4 * d * d + 2 * d * f + 2 * d
-    return self.vocab_size * d + self.n_layers * per_layer + d
+    return self.vocab_size * d + self.num_hidden_layers * per_layer + d
 
   def flops_per_token(self, seq_len: int) -> float:
     """Training FLOPs per token: 6 N (matmuls, fwd+bwd) + 12 L T D (attention)."""
-    n_matmul = self.num_params() - self.n_layers * 2 * self.d_model - self.d_model
-    return 6.0 * n_matmul + 12.0 * self.n_layers * seq_len * self.d_model
+    d, n_layers = self.hidden_size, self.num_hidden_layers
+    n_matmul = self.num_params() - n_layers * 2 * d - d
+    return 6.0 * n_matmul + 12.0 * n_layers * seq_len * d
 
 
 PRESETS: dict[str, GPTConfig] = {
     # Unit tests: compiles in about a second.
-    "tiny": GPTConfig(d_model=32, n_layers=2, n_heads=2, d_ff=64, max_seq_len=64),
+    "tiny": GPTConfig(hidden_size=32, num_hidden_layers=2, num_heads=2, intermediate_size=64,
+                      max_seq_len=64),
     # A few minutes of CPU training reach ~1.6 nats/byte on the stdlib corpus.
-    "small": GPTConfig(d_model=128, n_layers=4, n_heads=4, d_ff=512, max_seq_len=256),
+    "small": GPTConfig(hidden_size=128, num_hidden_layers=4, num_heads=4, intermediate_size=512,
+                       max_seq_len=256),
     # GPT-2 small sizes (124M parameters with GPT-2's padded vocabulary, so
     # optimizer-state tables match the usual 124M tree); GPU, bf16 compute.
-    "gpt2-124m": GPTConfig(vocab_size=50304, d_model=768, n_layers=12, n_heads=12, d_ff=3072,
-                           max_seq_len=1024, dtype="bfloat16"),
+    "gpt2-124m": GPTConfig(vocab_size=50304, hidden_size=768, num_hidden_layers=12, num_heads=12,
+                           intermediate_size=3072, max_seq_len=1024, dtype="bfloat16"),
 }
 
 
@@ -135,8 +138,8 @@ def _attention_impl(cfg: GPTConfig) -> str | None:
 
 def _dense(d_in, d_out, cfg: GPTConfig, rngs, std=None):
   std = std if std is not None else 1.0 / math.sqrt(d_in)
-  return nnx.Linear(d_in, d_out, use_bias=False, dtype=_DTYPES[cfg.dtype],
-                    param_dtype=_DTYPES[cfg.param_dtype],
+  return nnx.Linear(d_in, d_out, use_bias=False, dtype=DTYPES[cfg.dtype],
+                    param_dtype=DTYPES[cfg.param_dtype],
                     kernel_init=nnx.initializers.normal(std), rngs=rngs)
 
 
@@ -144,21 +147,21 @@ class Block(nnx.Module):
   """One pre-norm transformer block."""
 
   def __init__(self, cfg: GPTConfig, *, rngs: nnx.Rngs):
-    d = cfg.d_model
-    out_std = 1.0 / math.sqrt(2 * cfg.n_layers * d)  # residual branches start small
-    pdt = _DTYPES[cfg.param_dtype]
+    d = cfg.hidden_size
+    out_std = 1.0 / math.sqrt(2 * cfg.num_hidden_layers * d)  # residual branches start small
+    pdt = DTYPES[cfg.param_dtype]
     self.cfg = cfg
     self.norm_attn = RMSNorm(d, eps=cfg.norm_eps, param_dtype=pdt, rngs=rngs)
     self.wqkv = _dense(d, 3 * d, cfg, rngs)
     self.wo = _dense(d, d, cfg, rngs, std=out_std)
     self.norm_mlp = RMSNorm(d, eps=cfg.norm_eps, param_dtype=pdt, rngs=rngs)
-    self.w1 = _dense(d, cfg.d_ff, cfg, rngs)
-    self.w2 = _dense(cfg.d_ff, d, cfg, rngs, std=out_std)
+    self.w1 = _dense(d, cfg.intermediate_size, cfg, rngs)
+    self.w2 = _dense(cfg.intermediate_size, d, cfg, rngs, std=out_std)
 
   def __call__(self, x_btd, positions_t):
     cfg = self.cfg
     b, t, d = x_btd.shape
-    qkv = self.wqkv(self.norm_attn(x_btd)).reshape(b, t, 3, cfg.n_heads, cfg.head_dim)
+    qkv = self.wqkv(self.norm_attn(x_btd)).reshape(b, t, 3, cfg.num_heads, cfg.head_dim)
     q_bthk, k_bthk, v_bthk = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]
     q_bthk = rope(q_bthk, positions_t, cfg.rope_base)
     k_bthk = rope(k_bthk, positions_t, cfg.rope_base)
@@ -169,27 +172,27 @@ class Block(nnx.Module):
 
 
 class GPT(nnx.Module):
-  """Decoder-only transformer: ``model(tokens_bt) -> logits_btv`` (float32)."""
+  """Decoder-only transformer, called by the :mod:`holojax.models.lm` contract.
 
-  def __init__(self, cfg: GPTConfig, *, rngs: nnx.Rngs):
-    self.cfg = cfg
-    self.embed = Embed(cfg.vocab_size, cfg.d_model, dtype=_DTYPES[cfg.dtype],
-                           param_dtype=_DTYPES[cfg.param_dtype],
-                           embedding_init=nnx.initializers.normal(0.02), rngs=rngs)
-    self.blocks = nnx.List([Block(cfg, rngs=rngs) for _ in range(cfg.n_layers)])
-    self.norm_out = RMSNorm(cfg.d_model, eps=cfg.norm_eps, param_dtype=_DTYPES[cfg.param_dtype],
-                            rngs=rngs)
+  ``model(input_ids int32[B, T])`` -> logits float32[B, T, V]; given
+  ``labels``, ``CausalLMOutput(logits, loss)``.
+  """
 
-  def __call__(self, tokens_bt):
-    if tokens_bt.ndim != 2:
-      raise ValueError(f"tokens must be [batch, time], got shape {tokens_bt.shape}")
-    t = tokens_bt.shape[1]
-    if t > self.cfg.max_seq_len:
-      raise ValueError(f"sequence length {t} exceeds the model's max_seq_len="
-                       f"{self.cfg.max_seq_len}; use a shorter seq_len or a larger max_seq_len")
-    positions_t = jnp.arange(t)
+  def __init__(self, config: GPTConfig, *, rngs: nnx.Rngs):
+    cfg = config
+    self.config = cfg
+    self.embed = Embed(cfg.vocab_size, cfg.hidden_size, dtype=DTYPES[cfg.dtype],
+                       param_dtype=DTYPES[cfg.param_dtype],
+                       embedding_init=nnx.initializers.normal(0.02), rngs=rngs)
+    self.blocks = nnx.List([Block(cfg, rngs=rngs) for _ in range(cfg.num_hidden_layers)])
+    self.norm_out = RMSNorm(cfg.hidden_size, eps=cfg.norm_eps,
+                            param_dtype=DTYPES[cfg.param_dtype], rngs=rngs)
+
+  def __call__(self, input_ids: jax.Array, labels: jax.Array | None = None):
+    tokens_bt = check_input_ids(input_ids, self.config.max_seq_len)
+    positions_t = jnp.arange(tokens_bt.shape[1])
     x_btd = self.embed(tokens_bt)
     for block in self.blocks:
       x_btd = block(x_btd, positions_t)
     x_btd = self.norm_out(x_btd)
-    return self.embed.attend(x_btd).astype(jnp.float32)
+    return lm_output(self.embed.attend(x_btd).astype(jnp.float32), labels)

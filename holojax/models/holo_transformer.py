@@ -6,19 +6,19 @@ Training runs the parallel form (associative_scan or the Pallas kernel);
 decoding runs the recurrence with O(hd_dim) state per layer, whatever the
 context length.
 
-Two call styles:
-
-* ``model(input_ids, labels=None)`` -> ``CausalLMOutput(logits, loss)``, HF
-  style: labels are aligned with input_ids and shifted inside (logits at t
-  predict labels at t + 1); ``ignore_index`` (-100) positions are skipped.
-* ``model.logits_only(tokens_bt)`` -> float32[B, T, V], the generic training
-  loop's contract ``f(tokens) -> logits``.
+Called as every model is (:mod:`holojax.models.lm`): ``model(input_ids)``
+-> logits float32[B, T, V]; ``model(input_ids, labels=labels)`` ->
+``CausalLMOutput(logits, loss)``, HF style: labels are aligned with
+input_ids and shifted inside (logits at t predict labels at t + 1);
+``config.ignore_index`` (-100) positions are skipped.
 
 Example:
   >>> cfg = HOLO_PRESETS["tiny"]
   >>> model = HoloForCausalLM(cfg, rngs=nnx.Rngs(0))
   >>> ids = jnp.zeros((2, 8), jnp.int32)
-  >>> out = model(ids, labels=ids)
+  >>> model(ids).shape
+  (2, 8, 512)
+  >>> out = model(input_ids=ids, labels=ids)
   >>> out.logits.shape, out.loss.shape
   ((2, 8, 512), ())
 """
@@ -27,18 +27,15 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
-import optax
 from flax import nnx
 
+from holojax.models.lm import (DTYPES, check_dtypes, check_input_ids, check_positive_ints,
+                               lm_output)
 from holojax.nn.embed import Embed
-
 from holojax.nn.phasor import PhasorAttention, PhasorCache
-
-_DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -46,8 +43,9 @@ class HoloConfig:
   """Holo-Transformer hyperparameters (JSON-serializable via asdict).
 
   ``hd_dim`` is the total phasor width (split over ``num_heads``); the seed
-  uses hd_dim = 2 * hidden_size "for capacity". ``mode``: "content" (content
-  key/query phases + learned-bandwidth random-Fourier positions) or
+  uses hd_dim = 2 * hidden_size "for capacity"; ``intermediate_size`` is the
+  MLP width (the seed's mlp_ratio 4 is 4 * hidden_size). ``mode``: "content"
+  (content key/query phases + learned-bandwidth random-Fourier positions) or
   "positional" (the seed's research build, an ablation). ``write_gate``: a
   learned input gate on writes (no decay). ``dtype``: activation / storage
   dtype ("float32" or "bfloat16"); the memory always accumulates in float32.
@@ -64,7 +62,7 @@ class HoloConfig:
   hd_dim: int = 2048
   num_hidden_layers: int = 12
   num_heads: int = 16
-  mlp_ratio: float = 4.0
+  intermediate_size: int = 4096
   max_seq_len: int = 4096
   mode: str = "content"
   write_gate: bool = False
@@ -81,22 +79,15 @@ class HoloConfig:
   ignore_index: int = -100
 
   def __post_init__(self):
-    for name in ("vocab_size", "hidden_size", "hd_dim", "num_hidden_layers",
-                 "num_heads", "max_seq_len"):
-      if getattr(self, name) < 1:
-        raise ValueError(f"{name}={getattr(self, name)} must be positive")
+    check_positive_ints(self, "vocab_size", "hidden_size", "hd_dim", "num_hidden_layers",
+                        "num_heads", "intermediate_size", "max_seq_len")
     if self.hd_dim % self.num_heads:
       raise ValueError(f"hd_dim={self.hd_dim} must be a multiple of "
                        f"num_heads={self.num_heads}")
-    if self.mlp_ratio <= 0:
-      raise ValueError(f"mlp_ratio={self.mlp_ratio} must be positive")
     if self.mode not in ("content", "positional"):
       raise ValueError(f"mode={self.mode!r} must be 'content' or "
                        "'positional'")
-    for name in ("dtype", "param_dtype"):
-      if getattr(self, name) not in _DTYPES:
-        raise ValueError(f"{name}={getattr(self, name)!r} must be one of "
-                         f"{sorted(_DTYPES)}")
+    check_dtypes(self)
     if self.implementation not in (None, "xla", "pallas"):
       raise ValueError(f"implementation={self.implementation!r} must be "
                        "None, 'xla' or 'pallas'")
@@ -104,40 +95,13 @@ class HoloConfig:
 
 HOLO_PRESETS: dict[str, HoloConfig] = {
     "tiny": HoloConfig(vocab_size=512, hidden_size=64, hd_dim=128,
-                       num_hidden_layers=2, num_heads=4, mlp_ratio=4.0,
+                       num_hidden_layers=2, num_heads=4, intermediate_size=256,
                        max_seq_len=256),
     "small": HoloConfig(vocab_size=32000, hidden_size=768, hd_dim=1536,
-                        num_hidden_layers=12, num_heads=12, mlp_ratio=4.0,
-                        max_seq_len=4096, dtype="bfloat16"),
+                        num_hidden_layers=12, num_heads=12,
+                        intermediate_size=3072, max_seq_len=4096,
+                        dtype="bfloat16"),
 }
-
-
-class CausalLMOutput(NamedTuple):
-  """Model output: logits float32[B, T, V]; loss float32[] or None."""
-
-  logits: jax.Array
-  loss: jax.Array | None = None
-
-
-def causal_lm_loss(logits_btv: jax.Array, labels_bt: jax.Array, *,
-                   ignore_index: int = -100) -> jax.Array:
-  """Mean next-token cross-entropy, HF shift: logits[t] vs labels[t + 1].
-
-  loss = sum_{t: l_{t+1} != ignore} CE(logits_t, l_{t+1}) / #counted
-  (0 when nothing is counted).
-
-  Example:
-    >>> lg = jnp.zeros((1, 3, 4)); lb = jnp.array([[-100, 1, -100]])
-    >>> round(float(causal_lm_loss(lg, lb)), 4)   # log 4
-    1.3863
-  """
-  lg_btv = logits_btv[:, :-1].astype(jnp.float32)
-  lb_bt = labels_bt[:, 1:]
-  mask_bt = lb_bt != ignore_index
-  ce_bt = optax.softmax_cross_entropy_with_integer_labels(
-      lg_btv, jnp.where(mask_bt, lb_bt, 0))
-  count = jnp.maximum(jnp.sum(mask_bt), 1)
-  return jnp.sum(jnp.where(mask_bt, ce_bt, 0.0)) / count
 
 
 class HoloBlock(nnx.Module):
@@ -145,7 +109,7 @@ class HoloBlock(nnx.Module):
 
   def __init__(self, config: HoloConfig, *, rngs: nnx.Rngs):
     c = config
-    dt, pdt = _DTYPES[c.dtype], _DTYPES[c.param_dtype]
+    dt, pdt = DTYPES[c.dtype], DTYPES[c.param_dtype]
     self.norm1 = nnx.RMSNorm(c.hidden_size, epsilon=c.norm_eps, dtype=dt,
                              param_dtype=pdt, rngs=rngs)
     self.attn = PhasorAttention(
@@ -158,11 +122,10 @@ class HoloBlock(nnx.Module):
         rngs=rngs)
     self.norm2 = nnx.RMSNorm(c.hidden_size, epsilon=c.norm_eps, dtype=dt,
                              param_dtype=pdt, rngs=rngs)
-    hidden = int(round(c.mlp_ratio * c.hidden_size))
-    self.up = nnx.Linear(c.hidden_size, hidden, dtype=dt, param_dtype=pdt,
-                         rngs=rngs)
-    self.down = nnx.Linear(hidden, c.hidden_size, dtype=dt, param_dtype=pdt,
-                           rngs=rngs)
+    self.up = nnx.Linear(c.hidden_size, c.intermediate_size, dtype=dt,
+                         param_dtype=pdt, rngs=rngs)
+    self.down = nnx.Linear(c.intermediate_size, c.hidden_size, dtype=dt,
+                           param_dtype=pdt, rngs=rngs)
 
   def mlp(self, x):
     return self.down(jax.nn.gelu(self.up(self.norm2(x))))
@@ -183,12 +146,13 @@ class HoloBlock(nnx.Module):
 
 
 class HoloForCausalLM(nnx.Module):
-  """Holo-Transformer causal LM (see the module docstring for the API)."""
+  """Holo-Transformer causal LM (the :mod:`holojax.models.lm` contract, plus
+  ``prefill`` / ``step`` for recurrent decoding)."""
 
   def __init__(self, config: HoloConfig, *, rngs: nnx.Rngs):
     c = config
     self.config = c
-    dt, pdt = _DTYPES[c.dtype], _DTYPES[c.param_dtype]
+    dt, pdt = DTYPES[c.dtype], DTYPES[c.param_dtype]
     self.embed = Embed(c.vocab_size, c.hidden_size, dtype=dt,
                            param_dtype=pdt, rngs=rngs)
     self.blocks = nnx.List([HoloBlock(c, rngs=rngs)
@@ -205,34 +169,13 @@ class HoloForCausalLM(nnx.Module):
       return self.embed.attend(h).astype(jnp.float32)
     return self.lm_head(h).astype(jnp.float32)
 
-  def _check_ids(self, tokens_bt):
-    if tokens_bt.ndim != 2:
-      raise ValueError(f"input_ids must be [batch, time], got "
-                       f"{tokens_bt.shape}")
-    if tokens_bt.shape[1] > self.config.max_seq_len:
-      raise ValueError(f"input_ids length {tokens_bt.shape[1]} exceeds "
-                       f"max_seq_len={self.config.max_seq_len}")
-
-  def logits_only(self, tokens_bt: jax.Array) -> jax.Array:
-    """int32[B, T] -> logits float32[B, T, V] (training-loop contract)."""
-    self._check_ids(tokens_bt)
-    h_btd = self.embed(tokens_bt)
+  def __call__(self, input_ids: jax.Array, labels: jax.Array | None = None):
+    """int32[B, T] -> logits float32[B, T, V]; given labels, CausalLMOutput."""
+    h_btd = self.embed(check_input_ids(input_ids, self.config.max_seq_len))
     for block in self.blocks:
       h_btd = block(h_btd)
-    return self._head(h_btd)
-
-  def __call__(self, input_ids: jax.Array, labels: jax.Array | None = None
-               ) -> CausalLMOutput:
-    """Logits and, given labels aligned with input_ids, the shifted loss."""
-    if labels is not None and labels.shape != input_ids.shape:
-      raise ValueError(f"labels shape {labels.shape} must equal input_ids "
-                       f"shape {input_ids.shape}")
-    logits_btv = self.logits_only(input_ids)
-    loss = None
-    if labels is not None:
-      loss = causal_lm_loss(logits_btv, labels,
-                            ignore_index=self.config.ignore_index)
-    return CausalLMOutput(logits_btv, loss)
+    return lm_output(self._head(h_btd), labels,
+                     ignore_index=self.config.ignore_index)
 
   def init_cache(self, batch: int) -> tuple[PhasorCache, ...]:
     """Per-layer recurrent state, O(hd_dim) floats per layer and sequence."""
@@ -242,8 +185,7 @@ class HoloForCausalLM(nnx.Module):
               ) -> tuple[jax.Array, tuple[PhasorCache, ...]]:
     """Read a prompt in parallel: (logits float32[B, V] at its last token,
     the per-layer cache after it), equal to ``step`` over every token."""
-    self._check_ids(tokens_bt)
-    h_btd = self.embed(tokens_bt)
+    h_btd = self.embed(check_input_ids(tokens_bt, self.config.max_seq_len))
     cache = []
     for block in self.blocks:
       h_btd, c = block.prefill(h_btd)

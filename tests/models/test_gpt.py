@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from holojax.models import GPT, GPT_PRESETS, GPTConfig, registry
+from holojax.models import GPT, GPT_PRESETS, GPTConfig
 
 TINY = GPT_PRESETS["tiny"]
 
@@ -57,16 +57,12 @@ def test_sequence_longer_than_max_is_an_error():
 
 
 @pytest.mark.parametrize("kw,match", [
-    ({"d_model": 30, "n_heads": 4}, "multiple of n_heads"),
-    ({"n_layers": 0}, "n_layers"),
+    ({"hidden_size": 30, "num_heads": 4}, "multiple of num_heads"),
+    ({"num_hidden_layers": 0}, "num_hidden_layers"),
+    ({"intermediate_size": 0}, "intermediate_size"),
     ({"dtype": "float16"}, "dtype"),
     ({"attention": "flash"}, "attention"),
 ])
 def test_bad_config(kw, match):
   with pytest.raises(ValueError, match=match):
     GPTConfig(**kw)
-
-
-def test_unknown_preset():
-  with pytest.raises(ValueError, match="unknown model preset 'huge'"):
-    registry.get("huge")

@@ -65,13 +65,15 @@ def test_presets_are_frozen_json_able_configs():
       d = json.loads(json.dumps(dataclasses.asdict(cfg)))
       assert HoloLMConfig(**d) == cfg
       with pytest.raises(dataclasses.FrozenInstanceError):
-        cfg.d_model = 1
+        cfg.hidden_size = 1
 
 
 @pytest.mark.parametrize("kw,name", [
-  ({"block": "dense"}, "block"), ({"d_model": 30, "n_heads": 4}, "n_heads"),
+  ({"block": "dense"}, "block"), ({"hidden_size": 30, "num_heads": 4}, "num_heads"),
   ({"harmonics": 0}, "harmonics"), ({"max_seq_len": 0}, "max_seq_len"),
-  ({"rank": 0, "block": "lowrank"}, "rank"), ({"n_layers": 1.5}, "n_layers"),
+  ({"rank": 0, "block": "lowrank"}, "rank"),
+  ({"num_hidden_layers": 1.5}, "num_hidden_layers"),
+  ({"intermediate_size": 100}, "intermediate_size"),
 ])
 def test_bad_config_raises(kw, name):
   with pytest.raises(ValueError, match=name):

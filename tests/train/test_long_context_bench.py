@@ -106,7 +106,7 @@ def test_helpers():
   assert lc.kv_cache_bytes(4, 256, 2**20) == 4 * 2**30
   h, g = lc.model_configs(lc.LongContextConfig())
   assert (h.hidden_size, h.num_hidden_layers, h.num_heads) == (256, 4, 4)
-  assert (g.d_model, g.n_layers, g.n_heads) == (256, 4, 4)
+  assert (g.hidden_size, g.num_hidden_layers, g.num_heads) == (256, 4, 4)
   assert h.max_seq_len >= 16384 and g.max_seq_len >= 16384 and h.vocab_size == hdata.VOCAB_SIZE
 
 

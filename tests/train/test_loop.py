@@ -61,7 +61,7 @@ def test_in_process_resume_is_exact(tiny_run, tmp_path, single):
 
 def test_checkpoint_from_other_model_is_refused(tiny_run, tmp_path):
   train(tiny_run(ckpt_dir=str(tmp_path), ckpt_every=4), stop_after=4)
-  with pytest.raises(ConfigMismatchError, match="different model.*d_model"):
+  with pytest.raises(ConfigMismatchError, match="different model.*hidden_size"):
     train(tiny_run(model="small", ckpt_dir=str(tmp_path), resume=True))
 
 

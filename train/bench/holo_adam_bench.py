@@ -32,7 +32,8 @@ from holojax.optim import tree_size
 from holojax.train.bench.timing import random_params_and_grads, time_optimizers
 from holojax.train.bench.turbo_adam_bench import abstract_params, gpt2_shapes
 
-# name -> (vocab, d_model, layers, mlp, kv_dim, tied): public Llama-family shapes.
+# name -> (vocab_size, hidden_size, num_hidden_layers, intermediate_size, kv_dim, tied):
+# public Llama-family shapes.
 LLAMA_SIZES = {
     "1B (Llama-3.2-1B shapes)": (128256, 2048, 16, 8192, 512, True),
     "7B (Llama-2-7B shapes)": (32000, 4096, 32, 11008, 4096, False),

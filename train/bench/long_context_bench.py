@@ -166,15 +166,17 @@ def model_configs(cfg: LongContextConfig) -> tuple[HoloConfig, GPTConfig]:
 
   Example:
     >>> h, g = model_configs(TINY)
-    >>> (h.hidden_size, h.num_hidden_layers) == (g.d_model, g.n_layers)
+    >>> (h.hidden_size, h.num_hidden_layers) == (g.hidden_size, g.num_hidden_layers)
     True
   """
   max_len = max(cfg.train_len, *cfg.eval_lens)
   holo = HoloConfig(vocab_size=hdata.VOCAB_SIZE, hidden_size=cfg.width, hd_dim=cfg.hd_dim,
-                    num_hidden_layers=cfg.layers, num_heads=cfg.heads, mlp_ratio=4.0,
+                    num_hidden_layers=cfg.layers, num_heads=cfg.heads,
+                    intermediate_size=4 * cfg.width,
                     max_seq_len=max(max_len, cfg.decode_tokens), dtype=cfg.dtype)
-  gpt = GPTConfig(vocab_size=hdata.VOCAB_SIZE, d_model=cfg.width, n_layers=cfg.layers,
-                  n_heads=cfg.heads, d_ff=4 * cfg.width, max_seq_len=max_len, dtype=cfg.dtype)
+  gpt = GPTConfig(vocab_size=hdata.VOCAB_SIZE, hidden_size=cfg.width, num_hidden_layers=cfg.layers,
+                  num_heads=cfg.heads, intermediate_size=4 * cfg.width, max_seq_len=max_len,
+                  dtype=cfg.dtype)
   return holo, gpt
 
 

@@ -81,8 +81,8 @@ from flax import nnx
 
 from holojax.data.synthetic import LMExamples, mqar, passkey, shifted_correct
 from holojax.models.gpt import GPT, GPTConfig
-from holojax.models.holo_transformer import (HoloConfig, HoloForCausalLM,
-                                             causal_lm_loss)
+from holojax.models.holo_transformer import HoloConfig, HoloForCausalLM
+from holojax.models.lm import causal_lm_loss
 from holojax.optim.accounting import num_params
 from holojax.train.bench.steps import adamw_direction, lr_at, lr_train_step
 
@@ -192,22 +192,15 @@ def build_model(arch: str, width: int, *, vocab_size: int, num_layers: int,
   if arch == "phasor":
     cfg = HoloConfig(vocab_size=vocab_size, hidden_size=width,
                      hd_dim=2 * width, num_hidden_layers=num_layers,
-                     num_heads=h, mlp_ratio=4.0, max_seq_len=max_seq_len,
+                     num_heads=h, intermediate_size=4 * width, max_seq_len=max_seq_len,
                      mode="content", tie_embeddings=True, dtype=dtype)
     return HoloForCausalLM(cfg, rngs=nnx.Rngs(seed)), dataclasses.asdict(cfg)
   if arch == "attention":
-    cfg = GPTConfig(vocab_size=vocab_size, d_model=width, n_layers=num_layers,
-                    n_heads=h, d_ff=4 * width, max_seq_len=max_seq_len,
+    cfg = GPTConfig(vocab_size=vocab_size, hidden_size=width, num_hidden_layers=num_layers,
+                    num_heads=h, intermediate_size=4 * width, max_seq_len=max_seq_len,
                     dtype=dtype)
     return GPT(cfg, rngs=nnx.Rngs(seed)), dataclasses.asdict(cfg)
   raise ValueError(f"arch {arch!r} must be one of {ARCHS}")
-
-
-def logits_of(model: nnx.Module, ids_bt: jax.Array) -> jax.Array:
-  """float32[B, T, V] logits from either model."""
-  if isinstance(model, HoloForCausalLM):
-    return model.logits_only(ids_bt)
-  return model(ids_bt)
 
 
 # ----------------------------------------------------------------------------
@@ -226,11 +219,11 @@ def make_step_fns(graphdef, tx: optax.GradientTransformation, *,
   def loss_fn(params, rest, ids_bt, labels_bt):
     model = nnx.merge(graphdef, params, rest)
     targets_bt = ids_bt if loss_on == "all" else labels_bt
-    return causal_lm_loss(logits_of(model, ids_bt), targets_bt)
+    return causal_lm_loss(model(ids_bt), targets_bt)
 
   def eval_step(params, rest, ids_bt, labels_bt):
     model = nnx.merge(graphdef, params, rest)
-    return shifted_correct(logits_of(model, ids_bt), labels_bt)
+    return shifted_correct(model(ids_bt), labels_bt)
 
   return lr_train_step(loss_fn, tx), jax.jit(eval_step)
 
