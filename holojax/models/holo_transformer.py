@@ -34,6 +34,7 @@ import jax.numpy as jnp
 import optax
 from flax import nnx
 
+from holojax.kernels.phasor import PhasorBlocks, check_implementation
 from holojax.nn.embed import Embed
 
 from holojax.nn.phasor import PhasorAttention, PhasorCache
@@ -53,7 +54,10 @@ class HoloConfig:
   dtype ("float32" or "bfloat16"); the memory always accumulates in float32.
   ``implementation``: memory backend, None = the Pallas kernel on GPU (2.5x
   faster than XLA's associative_scan on an H100, fwd+bwd at 16k) and XLA
-  elsewhere, or "xla" / "pallas".
+  elsewhere, or a name or sequence of names of ``phasor_memory``'s
+  backends ("xla", "triton", "interpret", "pallas"). ``blocks``: the Pallas
+  kernels' tile sizes (a ``PhasorBlocks``, or its asdict form; None: the
+  defaults).
 
   The "tiny" preset trains on MQAR on a CPU in about a minute (see
   tests/models/test_holo_transformer.py); "small" is a ~GPT-2-small shape.
@@ -77,7 +81,8 @@ class HoloConfig:
   norm_eps: float = 1e-6
   dtype: str = "float32"
   param_dtype: str = "float32"
-  implementation: str | None = None
+  implementation: str | tuple[str, ...] | None = None
+  blocks: PhasorBlocks | None = None
   ignore_index: int = -100
 
   def __post_init__(self):
@@ -97,9 +102,13 @@ class HoloConfig:
       if getattr(self, name) not in _DTYPES:
         raise ValueError(f"{name}={getattr(self, name)!r} must be one of "
                          f"{sorted(_DTYPES)}")
-    if self.implementation not in (None, "xla", "pallas"):
-      raise ValueError(f"implementation={self.implementation!r} must be "
-                       "None, 'xla' or 'pallas'")
+    object.__setattr__(self, "implementation",
+                       check_implementation(self.implementation))
+    if isinstance(self.blocks, dict):  # from JSON (dataclasses.asdict)
+      object.__setattr__(self, "blocks", PhasorBlocks(**self.blocks))
+    if self.blocks is not None and not isinstance(self.blocks, PhasorBlocks):
+      raise ValueError(f"blocks={self.blocks!r} must be a PhasorBlocks, its "
+                       "asdict form, or None")
 
 
 HOLO_PRESETS: dict[str, HoloConfig] = {
@@ -154,8 +163,8 @@ class HoloBlock(nnx.Module):
         freq_distribution=c.freq_distribution, freq_scale=c.freq_scale,
         phase_init_scale=c.phase_init_scale,
         pos_bandwidth_init=c.pos_bandwidth_init, scale=c.scale,
-        implementation=c.implementation, dtype=dt, param_dtype=pdt,
-        rngs=rngs)
+        implementation=c.implementation, blocks=c.blocks, dtype=dt,
+        param_dtype=pdt, rngs=rngs)
     self.norm2 = nnx.RMSNorm(c.hidden_size, epsilon=c.norm_eps, dtype=dt,
                              param_dtype=pdt, rngs=rngs)
     hidden = int(round(c.mlp_ratio * c.hidden_size))
