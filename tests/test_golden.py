@@ -65,10 +65,10 @@ def _optimizer_values() -> dict[str, np.ndarray]:
     params = _run_optimizer(registry.get(name, 1e-2, 0.01))
     for k, v in params.items():
       out[f"opt/{name}/{k}"] = np.asarray(v)
-  for impl in ("xla", "pallas"):
+  for key, impl in (("xla", "xla"), ("pallas", "interpret")):  # keys from before the refactor
     params = _run_optimizer(turbo_adam(1e-2, implementation=impl, min_m_compress_elements=1024))
     for k, v in params.items():
-      out[f"opt/turbo_adam[{impl}]/{k}"] = np.asarray(v)
+      out[f"opt/turbo_adam[{key}]/{k}"] = np.asarray(v)
   return out
 
 
@@ -86,9 +86,8 @@ def _model_values() -> dict[str, np.ndarray]:
 
 
 def _kernel_values() -> dict[str, np.ndarray]:
-  from holojax.kernels.phasor import PhasorBlocks, phasor_memory_pallas
+  from holojax.kernels.phasor import PhasorBlocks, phasor_memory
   from holojax.kernels.turbo_adam import fused_v_update
-  from holojax.nn.phasor import phasor_memory
   out = {}
   shape = (2, 40, 3, 8)
   ks = jax.random.split(jax.random.key(5), 5)
@@ -98,9 +97,9 @@ def _kernel_values() -> dict[str, np.ndarray]:
   f = jax.random.uniform(ks[3], shape[2:], minval=-0.3, maxval=0.3)
   g = jax.random.normal(ks[4], shape)
   for impl, fn in (("xla", lambda *a: phasor_memory(*a[:3], freq_hd=a[3], implementation="xla")),
-                   ("pallas", lambda *a: phasor_memory_pallas(
+                   ("pallas", lambda *a: phasor_memory(
                        *a[:3], freq_hd=a[3], blocks=PhasorBlocks(block_t=16, chunks=2, block_d=4),
-                       interpret=True))):
+                       implementation="interpret"))):
     y, vjp = jax.vjp(fn, v, k, q, f)
     out[f"kernel/phasor[{impl}]/y"] = np.asarray(y)
     for name, d in zip("vkqf", vjp(g)):
@@ -112,10 +111,10 @@ def _kernel_values() -> dict[str, np.ndarray]:
   lo = jnp.full((6,), -12.0, jnp.float16)
   hi = jnp.full((6,), 2.0, jnp.float16)
   sc = jnp.array([0.999, 1e-8, 0.1, 0.001], jnp.float32)
-  for impl in ("xla", "pallas"):
+  for key, impl in (("xla", "xla"), ("pallas", "interpret")):
     res = fused_v_update(g2, m2, codes, lo, hi, sc, jnp.uint32(3), bits=4, implementation=impl)
     for name, a in zip(("u", "codes", "lo", "hi"), res):
-      out[f"kernel/turbo_adam[{impl}]/{name}"] = np.asarray(a)
+      out[f"kernel/turbo_adam[{key}]/{name}"] = np.asarray(a)
   return out
 
 

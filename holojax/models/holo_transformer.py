@@ -32,6 +32,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from holojax.kernels.phasor import PhasorBlocks, check_implementation
 from holojax.models.lm import (DTYPES, check_dtypes, check_input_ids, check_positive_ints,
                                lm_output)
 from holojax.nn.embed import Embed
@@ -51,7 +52,10 @@ class HoloConfig:
   dtype ("float32" or "bfloat16"); the memory always accumulates in float32.
   ``implementation``: memory backend, None = the Pallas kernel on GPU (2.5x
   faster than XLA's associative_scan on an H100, fwd+bwd at 16k) and XLA
-  elsewhere, or "xla" / "pallas".
+  elsewhere, or a name or sequence of names of ``phasor_memory``'s
+  backends ("xla", "triton", "interpret", "pallas"). ``blocks``: the Pallas
+  kernels' tile sizes (a ``PhasorBlocks``, or its asdict form; None: the
+  defaults).
 
   The "tiny" preset trains on MQAR on a CPU in about a minute (see
   tests/models/test_holo_transformer.py); "small" is a ~GPT-2-small shape.
@@ -75,7 +79,8 @@ class HoloConfig:
   norm_eps: float = 1e-6
   dtype: str = "float32"
   param_dtype: str = "float32"
-  implementation: str | None = None
+  implementation: str | tuple[str, ...] | None = None
+  blocks: PhasorBlocks | None = None
   ignore_index: int = -100
 
   def __post_init__(self):
@@ -88,9 +93,13 @@ class HoloConfig:
       raise ValueError(f"mode={self.mode!r} must be 'content' or "
                        "'positional'")
     check_dtypes(self)
-    if self.implementation not in (None, "xla", "pallas"):
-      raise ValueError(f"implementation={self.implementation!r} must be "
-                       "None, 'xla' or 'pallas'")
+    object.__setattr__(self, "implementation",
+                       check_implementation(self.implementation))
+    if isinstance(self.blocks, dict):  # from JSON (dataclasses.asdict)
+      object.__setattr__(self, "blocks", PhasorBlocks(**self.blocks))
+    if self.blocks is not None and not isinstance(self.blocks, PhasorBlocks):
+      raise ValueError(f"blocks={self.blocks!r} must be a PhasorBlocks, its "
+                       "asdict form, or None")
 
 
 HOLO_PRESETS: dict[str, HoloConfig] = {
@@ -118,8 +127,8 @@ class HoloBlock(nnx.Module):
         freq_distribution=c.freq_distribution, freq_scale=c.freq_scale,
         phase_init_scale=c.phase_init_scale,
         pos_bandwidth_init=c.pos_bandwidth_init, scale=c.scale,
-        implementation=c.implementation, dtype=dt, param_dtype=pdt,
-        rngs=rngs)
+        implementation=c.implementation, blocks=c.blocks, dtype=dt,
+        param_dtype=pdt, rngs=rngs)
     self.norm2 = nnx.RMSNorm(c.hidden_size, epsilon=c.norm_eps, dtype=dt,
                              param_dtype=pdt, rngs=rngs)
     self.up = nnx.Linear(c.hidden_size, c.intermediate_size, dtype=dt,

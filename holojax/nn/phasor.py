@@ -26,17 +26,23 @@ References:
 
 from __future__ import annotations
 
-import functools
 import math
-import os
-from typing import Literal, NamedTuple
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-Implementation = Literal["xla", "pallas"] | None
+from holojax.kernels.backend import Implementation
+from holojax.kernels.phasor import (PhasorBlocks, bind, check_implementation, phasor_memory,
+                                    phasor_memory_reference, read_scale, unbind,
+                                    with_positions)
+
+__all__ = ["Implementation", "PhasorAttention", "PhasorBlocks", "PhasorCache",
+           "PhasorFrequencies", "bind", "generate_random_phasors", "phasor_memory",
+           "phasor_memory_reference", "positional_phases", "read_scale",
+           "recall_probability", "rope_frequencies", "unbind", "with_positions"]
 
 _TWO_PI = 2.0 * math.pi
 
@@ -117,136 +123,10 @@ def positional_phases(freq_d: jax.Array, t: jax.Array) -> jax.Array:
   return turns.astype(jnp.float32) * jnp.float32(_TWO_PI / one)
 
 
-def bind(v: jax.Array, theta: jax.Array) -> jax.Array:
-  """Bind values to phases: v * e^{i theta}, complex64 (norm preserving).
-
-  Example:
-    >>> m = bind(jnp.ones(3), jnp.zeros(3))
-    >>> m.dtype
-    dtype('complex64')
-  """
-  v = v.astype(jnp.float32)
-  th = theta.astype(jnp.float32)
-  return jax.lax.complex(v * jnp.cos(th), v * jnp.sin(th))
-
-
-def unbind(m: jax.Array, theta: jax.Array) -> jax.Array:
-  """Unbind with the conjugate phase: m * e^{-i theta}, complex64.
-
-  ``unbind(bind(v, th), th).real == v`` up to float32 rounding; on a
-  superposition it returns the wanted item plus cross-talk.
-
-  Example:
-    >>> v = jnp.array([1.0, -2.0]); th = jnp.array([0.3, 2.0])
-    >>> bool(jnp.allclose(unbind(bind(v, th), th).real, v))
-    True
-  """
-  th = theta.astype(jnp.float32)
-  return m.astype(jnp.complex64) * jax.lax.complex(jnp.cos(th), -jnp.sin(th))
-
-
 # ----------------------------------------------------------------------------
-# The causal memory.
-
-
-def read_scale(t: jax.Array, scale: str) -> jax.Array:
-  """The read scale c_t: 1/sqrt(t+1) for "sqrt_t", 1 for "none"; float32."""
-  t = jnp.asarray(t, jnp.float32)
-  if scale == "sqrt_t":
-    return jax.lax.rsqrt(t + 1.0)
-  if scale == "none":
-    return jnp.ones_like(t)
-  raise ValueError(f"scale={scale!r} must be 'sqrt_t' or 'none'")
-
-
-def _with_positions(theta_bthd, freq_hd, t_t):
-  """theta + t f in float32 (f None: theta as float32)."""
-  th = theta_bthd.astype(jnp.float32)
-  if freq_hd is None:
-    return th
-  p_thd = t_t.astype(jnp.float32)[:, None, None] * freq_hd.astype(
-      jnp.float32)[None]
-  return th + p_thd[None]
-
-
-@functools.partial(jax.jit, static_argnames=("scale",))
-def phasor_memory_reference(v_bthd: jax.Array, k_bthd: jax.Array,
-                            q_bthd: jax.Array,
-                            freq_hd: jax.Array | None = None, *,
-                            scale: str = "sqrt_t") -> jax.Array:
-  """Causal phasor memory via ``jax.lax.associative_scan`` (complex64 sum).
-
-  y_t = Re(sum_{s<=t} v_s e^{i k'_s} e^{-i q'_t}) * c_t with k' = k + t f,
-  q' = q + t f (f = freq_hd, zero if None). Output dtype = v's.
-  """
-  t_t = jnp.arange(v_bthd.shape[1])
-  m_bthd = bind(v_bthd, _with_positions(k_bthd, freq_hd, t_t))
-  s_bthd = jax.lax.associative_scan(jnp.add, m_bthd, axis=1)
-  y_bthd = unbind(s_bthd, _with_positions(q_bthd, freq_hd, t_t)).real
-  c_t = read_scale(t_t, scale)
-  return (y_bthd * c_t[None, :, None, None]).astype(v_bthd.dtype)
-
-
-def _check_memory_args(v, k, q, f):
-  if v.ndim != 4:
-    raise ValueError(f"v must be [batch, time, heads, dim], got {v.shape=}")
-  if k.shape != v.shape:
-    raise ValueError(f"k_theta shape {k.shape} must equal v shape {v.shape}")
-  if q.shape != v.shape:
-    raise ValueError(f"q_theta shape {q.shape} must equal v shape {v.shape}")
-  if f is not None and f.shape != v.shape[2:]:
-    raise ValueError(f"freq_hd shape {f.shape} must be (heads, dim) = "
-                     f"{v.shape[2:]}")
-
-
-def phasor_memory(v_bthd: jax.Array, k_theta: jax.Array, q_theta: jax.Array,
-                  *, freq_hd: jax.Array | None = None, scale: str = "sqrt_t",
-                  implementation: Implementation = None,
-                  interpret: bool = False) -> jax.Array:
-  """Decay-free causal phasor memory, y_t = Re(S_t e^{-i q'_t}) c_t.
-
-  S_t = sum_{s<=t} v_s e^{i k'_s}, c_t = 1/sqrt(t+1) ("sqrt_t") or 1
-  ("none"); element-wise over heads and dims. Positional phases may come
-  as frequencies: k' = k + t f, q' = q + t f, computed in float32 inside the
-  memory, so content phases can be stored in bfloat16 (positions t f reach
-  thousands of radians, which bfloat16 cannot hold). Values may be bfloat16;
-  phases and the sum are float32; y has v's dtype.
-
-  Args:
-    v_bthd: values [B, T, H, D].
-    k_theta: key phases [B, T, H, D] (radians).
-    q_theta: query phases [B, T, H, D] (radians).
-    freq_hd: optional positional frequencies [H, D] (rad/token).
-    scale: "sqrt_t" (the seed) or "none".
-    implementation: "xla" (associative_scan reference), "pallas" (chunked
-      kernel, ``holojax.kernels.phasor``) or None: the environment variable
-      HOLOJAX_PHASOR_IMPL if set, else "pallas" on GPU and "xla"
-      elsewhere (see ``train/bench/records/phasor--*`` for the measured
-      speeds of both).
-    interpret: run the Pallas kernel in interpret mode (CPU tests).
-
-  Returns:
-    y [B, T, H, D] in v's dtype.
-
-  Example:
-    >>> v = jnp.ones((1, 3, 1, 2)); th = jnp.zeros((1, 3, 1, 2))
-    >>> phasor_memory(v, th, th)[0, :, 0, 0]   # (t+1)/sqrt(t+1)
-    Array([1.       , 1.4142135, 1.7320508], dtype=float32)
-  """
-  _check_memory_args(v_bthd, k_theta, q_theta, freq_hd)
-  read_scale(0, scale)  # validates
-  if implementation is None:
-    implementation = os.environ.get("HOLOJAX_PHASOR_IMPL") or (
-        "pallas" if jax.default_backend() == "gpu" else "xla")
-  if implementation == "xla":
-    return phasor_memory_reference(v_bthd, k_theta, q_theta, freq_hd,
-                                   scale=scale)
-  if implementation == "pallas":
-    from holojax.kernels.phasor import phasor_memory_pallas  # noqa: PLC0415
-    return phasor_memory_pallas(v_bthd, k_theta, q_theta, freq_hd=freq_hd,
-                                scale=scale, interpret=interpret)
-  raise ValueError(f"implementation={implementation!r} must be 'xla', "
-                   "'pallas' or None")
+# The causal memory (bind, unbind, read_scale, with_positions, the reference
+# and the public ``phasor_memory``) lives with its kernels in
+# ``holojax.kernels.phasor``; imported above and exported here.
 
 
 # ----------------------------------------------------------------------------
@@ -311,6 +191,8 @@ class PhasorAttention(nnx.Module):
   fixed frequencies, a data-independent causal convolution (ablation).
   ``write_gate=True``: a learned sigmoid input gate per head and token on
   writes (not a decay), so filler tokens need not add noise.
+  ``implementation`` and ``blocks`` go to ``phasor_memory`` (its backend
+  and the Pallas kernels' tile sizes).
 
   Example:
     >>> layer = PhasorAttention(16, 2, 8, rngs=nnx.Rngs(0))
@@ -324,7 +206,8 @@ class PhasorAttention(nnx.Module):
                freq_distribution: str = "uniform", freq_scale: float = 1.0,
                phase_init_scale: float = 1.0, pos_bandwidth_init: float = -5.0,
                scale: str = "sqrt_t", implementation: Implementation = None,
-               dtype=jnp.float32, param_dtype=jnp.float32, rngs: nnx.Rngs):
+               blocks: PhasorBlocks | None = None, dtype=jnp.float32,
+               param_dtype=jnp.float32, rngs: nnx.Rngs):
     if heads < 1 or hd_dim % heads != 0:
       raise ValueError(f"hd_dim={hd_dim} must be a multiple of heads={heads}")
     if mode not in ("content", "positional"):
@@ -332,10 +215,14 @@ class PhasorAttention(nnx.Module):
     if max_seq_len is not None and max_seq_len < 1:
       raise ValueError(f"max_seq_len={max_seq_len} must be positive")
     read_scale(0, scale)
+    implementation = check_implementation(implementation)
+    if blocks is not None and not isinstance(blocks, PhasorBlocks):
+      raise ValueError(f"blocks={blocks!r} must be a PhasorBlocks or None")
     self.dim, self.heads, self.hd_dim = dim, heads, hd_dim
     self.head_dim = hd_dim // heads
     self.mode, self.write_gate, self.max_seq_len = mode, write_gate, max_seq_len
     self.scale, self.implementation, self.dtype = scale, implementation, dtype
+    self.blocks = blocks
     lin = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
     phase_init = nnx.initializers.variance_scaling(
         phase_init_scale ** 2, "fan_in", "normal")
@@ -383,7 +270,7 @@ class PhasorAttention(nnx.Module):
     q_bthd = self.q_proj(x_btd).reshape(hd)
     return v_bthd, k_bthd, q_bthd, w_hd
 
-  def _parallel(self, x_btd, interpret):
+  def _parallel(self, x_btd):
     """Parallel form: (out [B, T, dim], v, k, f) of a whole sequence."""
     if x_btd.ndim != 3 or x_btd.shape[-1] != self.dim:
       raise ValueError(f"x must be [batch, time, {self.dim}], got "
@@ -395,16 +282,15 @@ class PhasorAttention(nnx.Module):
     v, k, q, w_hd = self._phases(x_btd, x_prev_btd, jnp.arange(t))
     y_bthd = phasor_memory(v, k, q, freq_hd=w_hd, scale=self.scale,
                            implementation=self.implementation,
-                           interpret=interpret)
+                           blocks=self.blocks)
     out = self.o_proj(y_bthd.reshape(b, t, self.hd_dim).astype(self.dtype))
     return out, v, k, w_hd
 
-  def __call__(self, x_btd: jax.Array, *, interpret: bool = False) -> jax.Array:
+  def __call__(self, x_btd: jax.Array) -> jax.Array:
     """Parallel (training) form over a whole sequence [B, T, dim]."""
-    return self._parallel(x_btd, interpret)[0]
+    return self._parallel(x_btd)[0]
 
-  def prefill(self, x_btd: jax.Array, *, interpret: bool = False
-              ) -> tuple[jax.Array, PhasorCache]:
+  def prefill(self, x_btd: jax.Array) -> tuple[jax.Array, PhasorCache]:
     """Parallel form plus the recurrent state after the sequence.
 
     S_T = sum_t v_t e^{i k'_t} is one reduction over T, so a prompt of any
@@ -417,9 +303,9 @@ class PhasorAttention(nnx.Module):
       >>> y.shape, int(cache.pos)
       ((1, 5, 16), 5)
     """
-    y_btd, v, k, w_hd = self._parallel(x_btd, interpret)
+    y_btd, v, k, w_hd = self._parallel(x_btd)
     t = x_btd.shape[1]
-    s_bhd = jnp.sum(bind(v, _with_positions(k, w_hd, jnp.arange(t))), axis=1)
+    s_bhd = jnp.sum(bind(v, with_positions(k, w_hd, jnp.arange(t))), axis=1)
     cache = PhasorCache(s_bhd.real, s_bhd.imag,
                         x_btd[:, -1].astype(self.dtype),
                         jnp.asarray(t, jnp.int32))
@@ -444,8 +330,8 @@ class PhasorAttention(nnx.Module):
     b = x_bd.shape[0]
     t_t = cache.pos[None]
     v, k, q, w_hd = self._phases(x_bd[:, None], cache.x_prev[:, None], t_t)
-    k = _with_positions(k, w_hd, t_t)
-    q = _with_positions(q, w_hd, t_t)
+    k = with_positions(k, w_hd, t_t)
+    q = with_positions(q, w_hd, t_t)
     m = bind(v[:, 0], k[:, 0])
     s_re = cache.s_re + m.real
     s_im = cache.s_im + m.imag

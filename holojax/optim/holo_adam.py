@@ -36,7 +36,7 @@ then moves at least like Adam without momentum, scaled by ``1 - b1``.
 
 Codebook: ``K[r, j] = exp(2 pi i u(seed, r * codebook_width + j))`` for
 ``r < codebook_size``, ``j < codebook_width``, ``u`` a counter-based uniform
-(:func:`holojax.optim.quant.uniform_from_index`). It is *computed inside the
+(:func:`holojax.kernels.quant.uniform_from_index`). It is *computed inside the
 update* for the rows in use, never stored; head ``e``, chunk ``c`` uses row
 ``(c + 13 e) mod codebook_size``, entries ``j mod codebook_width`` (tiled
 when ``h > codebook_width``). "Too small" a codebook means two chunks of one
@@ -110,7 +110,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from holojax.optim import quant
+from holojax.kernels import quant
 
 # Arguments that set shapes or the code path: static under
 # ``optax.inject_hyperparams(holo_adam, static_args=STATIC_ARGS)``. (``compress``

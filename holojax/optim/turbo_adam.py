@@ -1,7 +1,7 @@
 """TurboAdam: Adam with a log-scale n-bit v and a sign-coded "CoState" m.
 
 Second moment (per 128-element block, really packed, see
-:mod:`holojax.optim.quant`)::
+:mod:`holojax.kernels.quant`)::
 
   v_{t-1} = decode(codes, lo, hi)                      # log grid, code 0 == 0
   v_t     = b2 v_{t-1} + (1 - b2) g_t^2                # EMA in the decoded domain
@@ -71,8 +71,8 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from holojax.kernels import quant
 from holojax.kernels import turbo_adam as kernels
-from holojax.optim import quant
 
 
 # Arguments that must be static under ``optax.inject_hyperparams`` (the bools
@@ -335,8 +335,10 @@ def scale_by_turbo_adam(b1: float = 0.9, b2: float = 0.999, eps: float = 1e-8,
     faithful: the original CoState decode (with the current gradient).
     seed: seed of the stochastic-rounding key.
     m_ref_bits: bits of the stored reference code of m (1 or 2; default mode).
-    implementation: ``"xla"``, ``"pallas"`` or ``None`` (auto), see
-      :func:`holojax.kernels.turbo_adam.resolve_implementation`.
+    implementation: backend of the fused v step: None (the default,
+      ``"xla"``), ``"xla"``, ``"triton"``, ``"interpret"``, ``"pallas"``
+      (the compiled Pallas GPU backends) or a sequence tried in order; see
+      :func:`holojax.kernels.turbo_adam.fused_v_update`. Chosen once, here.
 
   Returns:
     An ``optax.GradientTransformationExtraArgs``. Shape-setting arguments
@@ -348,7 +350,8 @@ def scale_by_turbo_adam(b1: float = 0.9, b2: float = 0.999, eps: float = 1e-8,
       optax.inject_hyperparams(turbo_adam, static_args=STATIC_ARGS)(learning_rate=1e-3)
 
   Raises:
-    ValueError: an argument is out of range (the message names it).
+    ValueError: an argument is out of range (the message names it), or a
+      forced ``implementation`` cannot run here.
     TypeError: at ``init``, a parameter has an integer dtype.
   """
   layout = TurboAdamLayout(block_size, v_bits, compress_m, compress_v, error_feedback,
@@ -361,8 +364,11 @@ def scale_by_turbo_adam(b1: float = 0.9, b2: float = 0.999, eps: float = 1e-8,
   if _is_concrete_number(null_pct) and _is_concrete_number(amp_pct) and null_pct >= amp_pct:
     raise ValueError(f"null_pct={null_pct!r} must be < amp_pct={amp_pct!r} "
                      "(need 0 <= null_pct < amp_pct <= 1)")
-  impl = kernels.resolve_implementation(implementation, bits=v_bits, block_size=block_size,
-                                        compress_v=compress_v)
+  impl = kernels.select_implementation(bits=v_bits, block_size=block_size,
+                                       implementation=implementation)
+  if impl != "xla" and not compress_v:
+    raise ValueError(f"implementation={implementation!r} picks the kernel {impl!r}, which "
+                     "needs compress_v=True (it updates the packed v)")
 
   def init_fn(params):
     for leaf in jax.tree.leaves(params):

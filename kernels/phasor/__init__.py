@@ -1,10 +1,18 @@
-"""Chunked Pallas kernel of the causal phasor memory (fwd + bwd).
+"""The causal phasor memory: reference, Pallas kernel, and the public op.
 
-The reference (and CPU fallback) is ``phasor_memory_reference``, the
-associative_scan form in ``holojax.nn.phasor``.
+``reference.py`` (the associative_scan contract and the phasor maths it
+uses), ``pallas_triton.py`` (the chunked kernel, compiled on GPU or run by
+the Pallas interpreter), ``config.py`` (its tile sizes) and ``api.py`` (the
+public :func:`phasor_memory`, which picks a backend).
 """
 
-from holojax.kernels.phasor.kernel import PhasorBlocks, phasor_memory_pallas
-from holojax.nn.phasor import phasor_memory_reference
+from holojax.kernels.phasor.api import (DEFAULT_ORDER, IMPLEMENTATIONS, check_implementation,
+                                        phasor_memory, select_implementation)
+from holojax.kernels.phasor.config import PhasorBlocks
+from holojax.kernels.phasor.pallas_triton import phasor_memory_pallas
+from holojax.kernels.phasor.reference import (bind, phasor_memory_reference, read_scale, unbind,
+                                              with_positions)
 
-__all__ = ["PhasorBlocks", "phasor_memory_pallas", "phasor_memory_reference"]
+__all__ = ["DEFAULT_ORDER", "IMPLEMENTATIONS", "PhasorBlocks", "bind", "check_implementation",
+           "phasor_memory", "phasor_memory_pallas", "phasor_memory_reference", "read_scale",
+           "select_implementation", "unbind", "with_positions"]

@@ -16,7 +16,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from holojax.optim import quant
+from holojax.kernels import quant
 
 
 def fused_v_update_reference(g: jax.Array, m: jax.Array, codes: jax.Array, lo: jax.Array,

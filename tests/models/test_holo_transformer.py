@@ -152,3 +152,22 @@ def test_tiny_model_learns_mqar_on_cpu():
   print(f"MQAR accuracy {acc:.3f} after {steps} steps, "
         f"{time.perf_counter() - start:.1f}s")
   assert acc > 0.6, acc
+
+
+def test_config_kernel_backend_and_tiles_reach_the_layers():
+  """``implementation`` (the kernel vocabulary) and ``blocks`` survive JSON
+  and reach every layer's phasor memory."""
+  from holojax.kernels.phasor import PhasorBlocks  # noqa: PLC0415
+  blocks = PhasorBlocks(block_t=16, chunks=1, block_d=4)
+  cfg = dataclasses.replace(SMALL, implementation=["interpret", "xla"], blocks=blocks)
+  assert cfg.implementation == ("interpret", "xla")
+  assert HoloConfig(**json.loads(json.dumps(dataclasses.asdict(cfg)))) == cfg
+  model = HoloForCausalLM(cfg, rngs=nnx.Rngs(0))
+  assert model.blocks[0].attn.blocks == blocks
+  ids = _ids((1, 12))
+  ref = HoloForCausalLM(SMALL, rngs=nnx.Rngs(0))
+  np.testing.assert_allclose(model(ids).logits, ref(ids).logits, rtol=1e-4, atol=1e-4)
+  with pytest.raises(ValueError, match="implementation"):
+    dataclasses.replace(SMALL, implementation="cuda")
+  with pytest.raises(ValueError, match="blocks"):
+    dataclasses.replace(SMALL, blocks=(16, 2))

@@ -40,9 +40,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from holojax.kernels.phasor import PhasorBlocks, phasor_memory_pallas
-from holojax.nn.phasor import (generate_random_phasors, phasor_memory,
-                               rope_frequencies)
+from holojax.kernels.phasor import PhasorBlocks, phasor_memory
+from holojax.nn.phasor import generate_random_phasors, rope_frequencies
 from holojax.train.bench.timing import copy_bandwidth, median_time
 
 
@@ -135,11 +134,12 @@ TUNE_BLOCKS = tuple(
 
 
 def _phasor_fns(impl: str, interpret: bool, blocks: PhasorBlocks | None):
+  if impl == "pallas" and interpret:
+    impl = "interpret"
+
   def fwd(v, k, q, f):
-    if impl == "pallas":
-      return phasor_memory_pallas(v, k, q, freq_hd=f, blocks=blocks,
-                                  interpret=interpret)
-    return phasor_memory(v, k, q, freq_hd=f, implementation=impl)
+    return phasor_memory(v, k, q, freq_hd=f, implementation=impl,
+                         blocks=blocks)
 
   def loss(v, k, q, f, g):
     return jnp.sum((fwd(v, k, q, f) * g).astype(jnp.float32))

@@ -72,8 +72,10 @@ def step_times(shapes, iters: int, pallas: bool = False) -> dict:
   if pallas and jax.default_backend() == "gpu":
     impls["turbo pallas"] = turbo_adam(1e-3, implementation="pallas")
     impls["turbo v-only pallas"] = turbo_adam(1e-3, compress_m=False, implementation="pallas")
+  backend = lambda name: kernels.select_implementation(
+      bits=4, block_size=128, implementation="pallas" if "pallas" in name else "xla")
   out = time_optimizers(impls, grads, params, repeats=iters, extra=lambda name: {
-      "backend": kernels.last_backend() if "turbo" in name else "xla"})
+      "backend": backend(name) if "turbo" in name else "xla"})
   bw = copy_bandwidth(4 * n, iters)
   # Bytes a step must move: read g (4), write update (4), read+write state.
   adamw_state = 4 * 2 * 2

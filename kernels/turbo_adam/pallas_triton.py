@@ -1,7 +1,9 @@
 """Fused Pallas kernel: decode v -> moments -> update -> encode v, one pass.
 
-Each program owns ``R`` quantisation blocks. The planar packing of
-:mod:`holojax.optim.quant` lets a block ``[bs]`` be viewed as ``[G, S]``
+The "triton" (compiled on GPU) and "interpret" backends of
+``holojax.kernels.turbo_adam.fused_v_update``; the contract is
+``reference.py``. Each program owns ``R`` quantisation blocks. The planar packing of
+:mod:`holojax.kernels.quant` lets a block ``[bs]`` be viewed as ``[G, S]``
 (``G`` codes per byte, ``S = bs / G``) so one byte column holds the codes of
 the ``G`` segments: the kernel unpacks with shifts, never reshapes, and only
 needs power-of-two tiles (``bits`` in 2, 4, 8), as Triton wants.
@@ -13,7 +15,7 @@ Per program::
   lo, hi  = fp16-bracketed log2(min positive v), log2(max v)   (per block)
   byte    = OR_i  encode_stochastic(v_i, u(seed, index)) << bits*i
 
-Random numbers come from :func:`holojax.optim.quant.uniform_from_index` on the
+Random numbers come from :func:`holojax.kernels.quant.uniform_from_index` on the
 global element index, so the kernel and :mod:`.reference` draw the same ones
 (interpret mode matches the reference exactly).
 """
@@ -26,7 +28,7 @@ import jax
 import jax.numpy as jnp
 from jax.experimental import pallas as pl
 
-from holojax.optim import quant
+from holojax.kernels import backend, quant
 
 KERNEL_WIDTHS = (2, 4, 8)
 
@@ -35,14 +37,22 @@ def _is_pow2(n: int) -> bool:
   return n > 0 and (n & (n - 1)) == 0
 
 
-def kernel_supports(bits: int, block_size: int) -> str | None:
-  """``None`` if the kernel handles this layout, else the reason it does not."""
+def check_layout(*, bits: int, block_size: int) -> None:
+  """Returns if the kernel handles this layout, else raises ``backend.Unsupported``.
+
+  Example:
+    >>> check_layout(bits=3, block_size=128)
+    Traceback (most recent call last):
+    ...
+    holojax.kernels.backend.Unsupported: v_bits=3 (the kernel packs one byte per column: ...)
+  """
   if bits not in KERNEL_WIDTHS:
-    return f"v_bits={bits} (the kernel packs one byte per column: v_bits in {KERNEL_WIDTHS})"
+    raise backend.Unsupported(
+        f"v_bits={bits} (the kernel packs one byte per column: v_bits in {KERNEL_WIDTHS})")
   seg = block_size * bits // 8
   if not _is_pow2(block_size) or not _is_pow2(seg):
-    return f"block_size={block_size} (the kernel needs a power of two >= {8 // bits * 1})"
-  return None
+    raise backend.Unsupported(
+        f"block_size={block_size} (the kernel needs a power of two >= {8 // bits * 1})")
 
 
 def _kernel(sc_ref, seed_ref, g_ref, m_ref, c_ref, lo_ref, hi_ref,
@@ -85,10 +95,16 @@ def _kernel(sc_ref, seed_ref, g_ref, m_ref, c_ref, lo_ref, hi_ref,
 def fused_v_update_pallas(g: jax.Array, m: jax.Array, codes: jax.Array, lo: jax.Array,
                           hi: jax.Array, scalars: jax.Array, seed: jax.Array, *,
                           bits: int, interpret: bool = False, rows: int = 32):
-  """Pallas version of :func:`reference.fused_v_update_reference` (same I/O)."""
-  reason = kernel_supports(bits, g.shape[-1])
-  if reason is not None:
-    raise ValueError(f"the TurboAdam Pallas kernel does not support {reason}")
+  """Pallas version of :func:`reference.fused_v_update_reference` (same I/O).
+
+  ``interpret``: run in the Pallas interpreter (any backend) instead of
+  compiling with Triton (GPU). Raises ``backend.Unsupported`` for a layout
+  the kernel does not handle (:func:`check_layout`) or, compiled, without a
+  GPU.
+  """
+  check_layout(bits=bits, block_size=g.shape[-1])
+  if not interpret:
+    backend.require_triton()
   nb, bs = g.shape
   groups = 8 // bits
   seg = bs // groups

@@ -1,4 +1,7 @@
-"""Chunk-parallel Pallas kernels for the causal phasor memory, fwd and bwd.
+"""Chunk-parallel Pallas kernels of the causal phasor memory, fwd and bwd.
+
+The "triton" (compiled on GPU) and "interpret" backends of
+``holojax.kernels.phasor.phasor_memory``; the contract is ``reference.py``.
 
 Forward (per batch b, head h, dim d; c_t the read scale; f an optional
 positional frequency per (h, d), added to both phases as t f):
@@ -54,50 +57,9 @@ import jax
 import jax.numpy as jnp
 from jax.experimental import pallas as pl
 
-
-@dataclasses.dataclass(frozen=True)
-class PhasorBlocks:
-  """Tile sizes of the phasor kernels.
-
-  block_t: rows of T per chunk, the unit of the in-chunk prefix sum (power
-    of two, >= 16).
-  chunks: chunks per program: a program walks a segment of block_t *
-    chunks rows, carrying its running sum, so the carries that XLA sums
-    between programs number T / (block_t * chunks). 0: one segment spans
-    the whole sequence (no totals pass and no carries: fewest bytes, but
-    only B * H * D / block_d programs; measured 5-40% slower than the
-    default at B4 H16 D128, T = 16k, on an H100).
-  block_d: head-dim columns per program (power of two); capped at the head
-    dim's largest power-of-two divisor.
-  num_warps, num_stages: Triton launch parameters.
-  fast_trig: hardware cos/sin after an explicit range reduction on GPU
-    (see ``_cos_sin``); False uses libdevice's. The interpreter always
-    uses ``jnp.cos`` / ``jnp.sin``.
-  """
-
-  block_t: int = 16
-  chunks: int = 16
-  block_d: int = 64
-  num_warps: int = 4
-  num_stages: int = 1
-  fast_trig: bool = True
-
-  def __post_init__(self):
-    for name in ("block_t", "block_d"):
-      val = getattr(self, name)
-      if val < 1 or val & (val - 1):
-        raise ValueError(f"{name}={val} must be a power of two")
-    if self.chunks < 0:
-      raise ValueError(f"chunks={self.chunks} must be >= 0 (0: whole sequence)")
-    if self.block_t < 16:
-      raise ValueError(f"block_t={self.block_t} must be at least 16")
-    if self.num_warps < 1 or self.num_stages < 1:
-      raise ValueError(f"num_warps={self.num_warps} and num_stages="
-                       f"{self.num_stages} must be positive")
-
-  @property
-  def segment(self) -> int:
-    return self.block_t * self.chunks
+from holojax.kernels import backend
+from holojax.kernels.phasor.config import PhasorBlocks
+from holojax.kernels.phasor.reference import read_scale
 
 
 # ----------------------------------------------------------------------------
@@ -134,12 +96,6 @@ def _cos_sin(x, fast):
   return asm("cos"), asm("sin")
 
 
-def _read_scale(t_r1, kind):
-  if kind == "sqrt_t":
-    return jax.lax.rsqrt(t_r1 + 1.0)
-  return jnp.ones_like(t_r1)
-
-
 def _chunk(blocks, t_seg, i):
   """Rows of chunk i of the segment starting at position t_seg, and their
   positions t float32[block_t, 1]."""
@@ -161,7 +117,7 @@ def _totals_kernel(w_ref, a_ref, f_ref, re_ref, im_ref, *, blocks, scale,
 
   def body(i, acc):
     rows, t_r1 = _chunk(blocks, t_seg, i)
-    w = w_ref[rows, :].astype(jnp.float32) * _read_scale(t_r1, scale)
+    w = w_ref[rows, :].astype(jnp.float32) * read_scale(t_r1, scale)
     ca, sa = _phase(a_ref, rows, t_r1, f_1d, fast)
     return acc[0] + jnp.sum(w * ca, axis=0), acc[1] + jnp.sum(w * sa, axis=0)
 
@@ -187,7 +143,7 @@ def _fwd_kernel(v_ref, k_ref, q_ref, f_ref, cre_ref, cim_ref, y_ref, *rest,
     s_re = jnp.cumsum(x_re, axis=0) + carry[0][None, :]
     s_im = jnp.cumsum(x_im, axis=0) + carry[1][None, :]
     cq, sq = _phase(q_ref, rows, t_r1, f_1d, fast)
-    y = _read_scale(t_r1, scale) * (s_re * cq + s_im * sq)
+    y = read_scale(t_r1, scale) * (s_re * cq + s_im * sq)
     y_ref[rows, :] = y.astype(y_ref.dtype)
     return (carry[0] + jnp.sum(x_re, axis=0),
             carry[1] + jnp.sum(x_im, axis=0))
@@ -213,7 +169,7 @@ def _bwd_kernel(v_ref, k_ref, q_ref, g_ref, f_ref, sre_ref, sim_ref, rre_ref,
     # dq needs the forward state S_t, rebuilt from the chunk's carry-in.
     s_re = jnp.cumsum(v * ck, axis=0) + sre_ref[pl.ds(i, 1), :]
     s_im = jnp.cumsum(v * sk, axis=0) + sim_ref[pl.ds(i, 1), :]
-    w = g_ref[rows, :].astype(jnp.float32) * _read_scale(t_r1, scale)
+    w = g_ref[rows, :].astype(jnp.float32) * read_scale(t_r1, scale)
     dq = w * (s_im * cq - s_re * sq)
     # R_s = sum_{t>=s} w_t e^{i q'_t}: reverse in-chunk sum plus carry-in.
     x_re, x_im = w * cq, w * sq
@@ -351,10 +307,12 @@ def phasor_memory_pallas(v_bthd: jax.Array, k_theta: jax.Array,
                          interpret: bool = False) -> jax.Array:
   """Causal phasor memory y_t = c_t Re(sum_{s<=t} v_s e^{i(k'_s - q'_t)}).
 
-  k' = k + t f, q' = q + t f with f = ``freq_hd`` (zero if None). Same
-  contract as ``holojax.nn.phasor.phasor_memory`` (its reference is the
-  associative_scan path); differentiable in v, k, q and f via a custom VJP
-  whose backward is derived in the module docstring.
+  k' = k + t f, q' = q + t f with f = ``freq_hd`` (zero if None): the
+  contract of :func:`reference.phasor_memory_reference`; differentiable in
+  v, k, q and f via a custom VJP whose backward is derived in the module
+  docstring. The public op ``holojax.kernels.phasor.phasor_memory``
+  validates the arguments and picks this backend ("triton", or "interpret"
+  for ``interpret=True``).
 
   Args:
     v_bthd: values [B, T, H, D] (bfloat16 or float32 storage).
@@ -369,7 +327,8 @@ def phasor_memory_pallas(v_bthd: jax.Array, k_theta: jax.Array,
     y [B, T, H, D] in v's dtype.
 
   Raises:
-    RuntimeError: not interpreting and the default backend is not a GPU.
+    backend.Unsupported: not interpreting and the default backend is not a
+      GPU.
 
   Example:
     >>> v = jnp.ones((1, 20, 1, 4)); th = jnp.zeros((1, 20, 1, 4))
@@ -377,21 +336,9 @@ def phasor_memory_pallas(v_bthd: jax.Array, k_theta: jax.Array,
     >>> float(y[0, 3, 0, 0])   # 4 / sqrt(4)
     2.0
   """
-  if scale not in ("sqrt_t", "none"):
-    raise ValueError(f"scale={scale!r} must be 'sqrt_t' or 'none'")
-  if v_bthd.ndim != 4 or k_theta.shape != v_bthd.shape or (
-      q_theta.shape != v_bthd.shape):
-    raise ValueError("v, k_theta, q_theta must share one [B, T, H, D] shape, "
-                     f"got {v_bthd.shape}, {k_theta.shape}, {q_theta.shape}")
+  if not interpret:
+    backend.require_triton()
   _, t, h, d = v_bthd.shape
-  if freq_hd is not None and freq_hd.shape != (h, d):
-    raise ValueError(f"freq_hd shape {freq_hd.shape} must be (heads, dim) = "
-                     f"{(h, d)}")
-  if not interpret and jax.default_backend() != "gpu":
-    raise RuntimeError(
-        "implementation='pallas' needs a GPU (Pallas Triton backend); the "
-        f"default backend is {jax.default_backend()!r}. Use "
-        "implementation='xla' (or None for automatic), or interpret=True.")
   blocks = blocks or PhasorBlocks()
   if blocks.chunks == 0:  # the whole sequence in one segment
     blocks = dataclasses.replace(blocks, chunks=-(-t // blocks.block_t))
