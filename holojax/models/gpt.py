@@ -189,7 +189,8 @@ class GPT(nnx.Module):
                             param_dtype=DTYPES[cfg.param_dtype], rngs=rngs)
 
   def __call__(self, input_ids: jax.Array, labels: jax.Array | None = None):
-    tokens_bt = check_input_ids(input_ids, self.config.max_seq_len)
+    tokens_bt = check_input_ids(input_ids, self.config.max_seq_len,
+                                self.config.vocab_size)
     positions_t = jnp.arange(tokens_bt.shape[1])
     x_btd = self.embed(tokens_bt)
     for block in self.blocks:

@@ -121,7 +121,8 @@ class HoloLM(nnx.Module):
     self.ln_f = nnx.LayerNorm(d, rngs=rngs)
 
   def __call__(self, input_ids: jax.Array, labels: jax.Array | None = None):
-    tokens_bt = check_input_ids(input_ids, self.config.max_seq_len)
+    tokens_bt = check_input_ids(input_ids, self.config.max_seq_len,
+                                self.config.vocab_size)
     t = tokens_bt.shape[1]
     x_btd = self.tok_embed(tokens_bt) + self.pos_embed(jnp.arange(t))[None]
     for blk in self.blocks:

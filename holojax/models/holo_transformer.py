@@ -180,7 +180,8 @@ class HoloForCausalLM(nnx.Module):
 
   def __call__(self, input_ids: jax.Array, labels: jax.Array | None = None):
     """int32[B, T] -> logits float32[B, T, V]; given labels, CausalLMOutput."""
-    h_btd = self.embed(check_input_ids(input_ids, self.config.max_seq_len))
+    h_btd = self.embed(check_input_ids(input_ids, self.config.max_seq_len,
+                                       self.config.vocab_size))
     for block in self.blocks:
       h_btd = block(h_btd)
     return lm_output(self._head(h_btd), labels,
@@ -194,7 +195,8 @@ class HoloForCausalLM(nnx.Module):
               ) -> tuple[jax.Array, tuple[PhasorCache, ...]]:
     """Read a prompt in parallel: (logits float32[B, V] at its last token,
     the per-layer cache after it), equal to ``step`` over every token."""
-    h_btd = self.embed(check_input_ids(tokens_bt, self.config.max_seq_len))
+    h_btd = self.embed(check_input_ids(tokens_bt, self.config.max_seq_len,
+                                       self.config.vocab_size))
     cache = []
     for block in self.blocks:
       h_btd, c = block.prefill(h_btd)

@@ -97,12 +97,21 @@ def lm_output(logits_btv: jax.Array, labels_bt: jax.Array | None = None, *,
                                                    ignore_index=ignore_index))
 
 
-def check_input_ids(input_ids, max_seq_len: int) -> jax.Array:
+def check_input_ids(input_ids, max_seq_len: int, vocab_size: int | None = None) -> jax.Array:
   """``input_ids`` as an integer array [B, T] with T <= ``max_seq_len``.
+
+  Concrete ids (not traced under jit) are also checked against
+  ``[0, vocab_size)``: an id outside it would give NaN logits or wrap around
+  silently in the embedding.
+
+  Example:
+    >>> check_input_ids([[1, 2]], 8, vocab_size=4).shape
+    (1, 2)
 
   Raises:
     TypeError: not integer.
-    ValueError: not [B, T], or longer than ``max_seq_len``.
+    ValueError: not [B, T], longer than ``max_seq_len``, or (concrete ids) an
+      id outside ``[0, vocab_size)``.
   """
   ids_bt = jnp.asarray(input_ids)
   if not jnp.issubdtype(ids_bt.dtype, jnp.integer):
@@ -112,6 +121,11 @@ def check_input_ids(input_ids, max_seq_len: int) -> jax.Array:
   if ids_bt.shape[1] > max_seq_len:
     raise ValueError(f"input_ids length T={ids_bt.shape[1]} exceeds the model's "
                      f"max_seq_len={max_seq_len}; use shorter sequences or a larger max_seq_len")
+  if vocab_size is not None and ids_bt.size and not isinstance(ids_bt, jax.core.Tracer):
+    lo, hi = int(jnp.min(ids_bt)), int(jnp.max(ids_bt))
+    if lo < 0 or hi >= vocab_size:
+      raise ValueError(f"input_ids hold ids in [{lo}, {hi}]; the vocabulary allows "
+                       f"[0, {vocab_size - 1}]")
   return ids_bt
 
 

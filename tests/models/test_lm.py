@@ -54,3 +54,14 @@ def test_check_input_ids():
     check_input_ids(ids[0], max_seq_len=3)
   with pytest.raises(TypeError, match="integer"):
     check_input_ids(ids.astype(jnp.float32), max_seq_len=3)
+
+
+@pytest.mark.parametrize("name", ["tiny", "holo-tiny", "phasor-tiny"])
+def test_out_of_vocabulary_ids_raise_before_the_model(name):
+  from flax import nnx
+  from holojax.models import registry
+  spec = registry.get(name)
+  model = spec.build(spec.config, rngs=nnx.Rngs(0))
+  for bad in ([[1, 256]], [[-1, 3]]):
+    with pytest.raises(ValueError, match=r"vocabulary allows \[0, 255\]"):
+      model(jnp.asarray(bad))
