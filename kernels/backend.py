@@ -133,9 +133,16 @@ def select(op_name: str, backends: Sequence[Backend], implementation: Implementa
                    + "; ".join(f"{n}: {r}" for n, r in reasons))
 
 
-def require_triton() -> None:
-  """Returns if Pallas can lower to Triton here (JAX's default backend is a
-  GPU), else raises :class:`Unsupported`."""
+
+def runs_anywhere(*args, **kw) -> None:
+  """A ``check`` that always passes (the reference, the interpreter)."""
+  del args, kw
+
+
+def require_triton(*args, **kw) -> None:
+  """A ``check`` that passes where Pallas can lower to Triton (JAX's default
+  backend is a GPU) and raises :class:`Unsupported` elsewhere."""
+  del args, kw
   import jax  # noqa: PLC0415 (the chooser itself needs no JAX)
   if jax.default_backend() != "gpu":
     raise Unsupported(f"needs a GPU (Pallas Triton); the default backend is "

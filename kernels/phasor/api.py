@@ -23,25 +23,16 @@ OP = "phasor_memory"
 DEFAULT_ORDER = ("triton", "xla")
 
 
-def _can_run(*args, **kw):
-  del args, kw
-
-
 def _xla(v, k, q, *, freq_hd, scale, blocks):
   del blocks
   return phasor_memory_reference(v, k, q, freq_hd, scale=scale)
 
 
-def _triton(*args, **kw):
-  del args, kw
-  backend.require_triton()
-
-
 BACKENDS = (
-    backend.Backend("xla", _can_run, _xla),
-    backend.Backend("triton", _triton,
+    backend.Backend("xla", backend.runs_anywhere, _xla),
+    backend.Backend("triton", backend.require_triton,
                     functools.partial(phasor_memory_pallas, interpret=False)),
-    backend.Backend("interpret", _can_run,
+    backend.Backend("interpret", backend.runs_anywhere,
                     functools.partial(phasor_memory_pallas, interpret=True)),
 )
 IMPLEMENTATIONS = tuple(b.name for b in BACKENDS)

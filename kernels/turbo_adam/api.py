@@ -24,17 +24,14 @@ OP = "fused_v_update"
 DEFAULT_ORDER = ("xla",)
 
 
-def _can_run(**kw):
-  del kw
-
-
 def _triton(*, bits: int, block_size: int):
+  """The compiled kernel needs a layout it packs and a GPU."""
   check_layout(bits=bits, block_size=block_size)
   backend.require_triton()
 
 
 BACKENDS = (
-    backend.Backend("xla", _can_run, fused_v_update_reference),
+    backend.Backend("xla", backend.runs_anywhere, fused_v_update_reference),
     backend.Backend("triton", _triton, functools.partial(fused_v_update_pallas, interpret=False)),
     backend.Backend("interpret", check_layout,
                     functools.partial(fused_v_update_pallas, interpret=True)),
