@@ -129,6 +129,8 @@ def _generate(graphdef, state, prompt_bp, key, n, temperature, kind):
 def prefill(model, ids, *, max_len: int, cache="full"):
   """The prompt read into a new cache of ``max_len`` tokens (jitted):
   (logits float32[B, V] at the last token, cache)."""
+  if getattr(ids, "ndim", None) == 2 and max_len < ids.shape[1]:
+    raise ValueError(f"max_len={max_len} is shorter than the prompt's {ids.shape[1]} tokens")
   check_prompt(model, ids, max_len - ids.shape[1])
   graphdef, state = nnx.split(model)
   return _prefill(graphdef, state, jnp.asarray(ids, jnp.int32), max_len, cache)

@@ -7,7 +7,8 @@ carries it) with three methods, all with static shapes:
   already applied to keys) at positions p .. p + T - 1;
 * ``read(p) -> (k_bsgk, v_bsgk, pos_s)``: everything stored, as attention
   sees it (dequantised), with the position of each slot (-1: empty);
-* ``visible(q_pos_t, k_pos_s) -> bool[T, S]``: which keys a query may see.
+* ``visible(q_pos_t, k_pos_s) -> bool[T, S]``: which keys a query may see;
+* ``capacity``: how many tokens it can take (None: any number).
 
 ``causal_only`` says whether ``visible`` is plain causal masking (then a
 fresh prefill may use a fused causal kernel). Kinds:
@@ -37,8 +38,8 @@ Example:
   >>> k_hat, _, pos = c.read(40)
   >>> bool(jnp.abs(k_hat[:, :40] - k).max() < 0.5), int(pos[39])
   (True, 39)
-  >>> CacheSpec("int4").bytes_per_token(2, 16, jnp.float32)   # per layer
-  38.0
+  >>> CacheSpec("int4").bytes_per_token(2, 64, jnp.bfloat16)  # per layer; "full": 512
+  152.0
 """
 
 from __future__ import annotations
@@ -129,6 +130,10 @@ class FullCache(NamedTuple):
     del p
     return self.k, self.v, jnp.arange(self.k.shape[1], dtype=jnp.int32)
 
+  @property
+  def capacity(self) -> int:
+    return self.k.shape[1]
+
   def visible(self, q_pos_t, k_pos_s):
     return _causal(q_pos_t, k_pos_s)
 
@@ -199,6 +204,10 @@ class QuantCache(NamedTuple):
   def group(self) -> int:
     return self.k_res.shape[1]
 
+  @property
+  def capacity(self) -> int:
+    return self.kq.shape[1]
+
   def write(self, k_btgk, v_btgk, p):
     bits, g = self.bits, self.group
     b, t, h, k = k_btgk.shape
@@ -264,6 +273,8 @@ class WindowCache(NamedTuple):
   def init(cls, batch, sinks, window, kv_heads, head_dim, dtype):
     z = jnp.zeros((batch, sinks + window, kv_heads, head_dim), dtype)
     return cls(z, z, jnp.full((sinks + window,), -1, jnp.int32), jnp.asarray(sinks, jnp.int32))
+
+  capacity = None  # a ring: old tokens leave
 
   def _window(self):
     return self.k.shape[1] - self.sinks

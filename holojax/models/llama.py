@@ -284,6 +284,13 @@ class Llama(nnx.Module):
 
   def _through(self, ids_bt, cache: LlamaCache, fresh: bool):
     check_ids(ids_bt, self.config.vocab_size, self.config.max_seq_len)
+    if not isinstance(cache.pos, jax.core.Tracer):  # eager: the cache must have room
+      room = cache.layers[0].capacity if cache.layers else None
+      end = int(cache.pos) + ids_bt.shape[1]
+      if end > min(room or end, self.config.max_seq_len):
+        raise ValueError(f"{int(cache.pos)} cached + {ids_bt.shape[1]} new tokens = {end} "
+                         f"exceed the cache's {room} / the model's context of "
+                         f"{self.config.max_seq_len} tokens")
     x_btd = self.embed(ids_bt)
     new = []
     for layer, c in zip(self.layers, cache.layers):

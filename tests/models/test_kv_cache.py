@@ -189,3 +189,12 @@ def test_bad_input(tiny):
     generate(tiny, jnp.zeros((1, 2), jnp.int32), 2, temperature=1.0)
   with pytest.raises(ValueError, match="window"):
     CacheSpec("window", window=0)
+
+
+def test_cache_overflow_is_an_error(tiny):
+  cache = tiny.init_cache(1, 8, "full")
+  _, cache = tiny.extend(jnp.zeros((1, 6), jnp.int32), cache)
+  with pytest.raises(ValueError, match="6 cached \\+ 3 new tokens = 9 exceed the cache's 8"):
+    tiny.extend(jnp.zeros((1, 3), jnp.int32), cache)
+  with pytest.raises(ValueError, match="shorter than the prompt"):
+    decoding.prefill(tiny, jnp.zeros((1, 5), jnp.int32), max_len=4)

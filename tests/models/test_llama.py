@@ -92,3 +92,16 @@ def test_missing_file_names_the_command(tmp_path):
     pretrained.find_gguf(path=tmp_path)
   with pytest.raises(ValueError, match="unknown pretrained"):
     pretrained.find_gguf("gpt-5")
+
+
+def test_fetch_uses_the_cache_and_the_cli_names_it(tmp_path, capsys):
+  from holojax.train import cli
+  target = tmp_path / "smollm2" / "SmolLM2-135M-Instruct.Q4_1.gguf"
+  target.parent.mkdir()
+  target.write_bytes(b"GGUF")  # already there: no download
+  assert pretrained.fetch("smollm2", cache_dir=tmp_path) == target
+  assert pretrained.find_gguf(cache_dir=tmp_path) == target
+  assert cli.main(["fetch", "smollm2", "--cache-dir", str(tmp_path)]) == 0
+  assert str(target) in capsys.readouterr().out
+  with pytest.raises(ValueError, match="unknown model"):
+    pretrained.fetch("llama-70b", cache_dir=tmp_path)

