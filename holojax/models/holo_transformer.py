@@ -187,14 +187,21 @@ class HoloForCausalLM(nnx.Module):
     return lm_output(self._head(h_btd), labels,
                      ignore_index=self.config.ignore_index)
 
-  def init_cache(self, batch: int) -> tuple[PhasorCache, ...]:
-    """Per-layer recurrent state, O(hd_dim) floats per layer and sequence."""
+  def init_cache(self, batch: int, max_len: int | None = None,
+                 kind: str = "full") -> tuple[PhasorCache, ...]:
+    """Per-layer recurrent state, O(hd_dim) floats per layer and sequence
+    (whatever ``max_len``; the decode protocol of ``holojax.models.decoding``,
+    whose only ``kind`` here is "full")."""
+    if kind != "full":
+      raise ValueError(f"cache kind {kind!r}: the phasor model has one state, 'full'")
     return tuple(b.attn.init_cache(batch) for b in self.blocks)
 
-  def prefill(self, tokens_bt: jax.Array
+  def prefill(self, tokens_bt: jax.Array, cache=None
               ) -> tuple[jax.Array, tuple[PhasorCache, ...]]:
     """Read a prompt in parallel: (logits float32[B, V] at its last token,
-    the per-layer cache after it), equal to ``step`` over every token."""
+    the per-layer cache after it), equal to ``step`` over every token.
+    ``cache`` (the decode protocol's empty cache) is not needed."""
+    del cache
     h_btd = self.embed(check_input_ids(tokens_bt, self.config.max_seq_len,
                                        self.config.vocab_size))
     cache = []
@@ -213,76 +220,6 @@ class HoloForCausalLM(nnx.Module):
     return self._head(h_bd), tuple(new)
 
 
-def generate(model: HoloForCausalLM, prompt_ids: jax.Array,
-             max_new_tokens: int, *, temperature: float = 0.0,
-             key: jax.Array | None = None) -> jax.Array:
-  """Recurrent decoding: read the prompt in parallel, then sample step by step.
-
-  Greedy when temperature == 0, else softmax(logits / temperature) samples.
-  The state is the per-layer phasor sum, so memory is flat in length.
-
-  Args:
-    model: a HoloForCausalLM.
-    prompt_ids: int32[B, P], P >= 1.
-    max_new_tokens: N >= 0.
-    temperature: sampling temperature (0 = argmax).
-    key: PRNG key, needed when temperature > 0.
-
-  Returns:
-    int32[B, P + N]: the prompt followed by the generated tokens.
-
-  Example:
-    >>> m = HoloForCausalLM(HOLO_PRESETS["tiny"], rngs=nnx.Rngs(0))
-    >>> generate(m, jnp.ones((1, 3), jnp.int32), 4).shape
-    (1, 7)
-  """
-  if prompt_ids.ndim != 2 or prompt_ids.shape[1] < 1:
-    raise ValueError(f"prompt_ids must be [batch, time>=1], got "
-                     f"{prompt_ids.shape}")
-  if max_new_tokens < 0:
-    raise ValueError(f"max_new_tokens={max_new_tokens} must be >= 0")
-  total = prompt_ids.shape[1] + max_new_tokens
-  if total > model.config.max_seq_len:
-    raise ValueError(f"prompt + max_new_tokens = {total} exceeds "
-                     f"max_seq_len={model.config.max_seq_len}")
-  if temperature < 0:
-    raise ValueError(f"temperature={temperature} must be >= 0")
-  if temperature > 0 and key is None:
-    raise ValueError("key is required when temperature > 0")
-  key = jax.random.key(0) if key is None else key
-  graphdef, state = nnx.split(model)
-  out = _generate(graphdef, state, prompt_ids.astype(jnp.int32), key,
-                  max_new_tokens, float(temperature))
-  return jnp.concatenate([prompt_ids.astype(jnp.int32), out], axis=1)
-
-
-def decode_steps(model: HoloForCausalLM, cache: tuple[PhasorCache, ...],
-                 logits_bv: jax.Array, n: int, *, temperature: float = 0.0,
-                 key: jax.Array | None = None):
-  """``n`` recurrent decoding steps from (cache, last logits), as one scan.
-
-  Each step picks tok = argmax(logits) (temperature 0) or samples
-  softmax(logits / temperature), feeds it to ``model.step`` and keeps the
-  new logits. Returns ((cache, logits_bv), tokens int32[n, B]).
-  """
-  def decode(carry, key):
-    cache, logits_bv = carry
-    if temperature > 0:
-      tok_b = jax.random.categorical(key, logits_bv / temperature, axis=-1)
-    else:
-      tok_b = jnp.argmax(logits_bv, axis=-1)
-    tok_b = tok_b.astype(jnp.int32)
-    logits_bv, cache = model.step(tok_b, cache)
-    return (cache, logits_bv), tok_b
-
-  keys = jax.random.split(key, n) if temperature > 0 else None
-  return jax.lax.scan(decode, (cache, logits_bv), keys, length=n)
-
-
-@functools.partial(jax.jit, static_argnums=(0, 4, 5))
-def _generate(graphdef, state, prompt_bp, key, n, temperature):
-  model = nnx.merge(graphdef, state)
-  logits_bv, cache = model.prefill(prompt_bp)
-  _, toks_nb = decode_steps(model, cache, logits_bv, n,
-                            temperature=temperature, key=key)
-  return toks_nb.T
+# Decoding is the shared ``holojax.models.decoding.generate`` (this model implements its
+# protocol); importable from here as before.
+from holojax.models.decoding import decode_steps, generate  # noqa: E402

@@ -1,0 +1,47 @@
+"""Shared fixtures: the SmolLM2 GGUF (fetched once, as `holojax fetch smollm2` does), the
+model and tokenizer loaded from it (float32), and transformers' reference from the same file."""
+
+import pytest
+
+# A few fixed prompts for the parity tests (chat, prose, code, digits).
+PROMPTS = [
+    "<|im_start|>user\nWhat is the capital of France?<|im_end|>\n<|im_start|>assistant\n",
+    "The grass is green. The sky is blue. The sun is yellow. Here we go. There and back "
+    "again. The pass key is 70251. Remember it. 70251 is the pass key.",
+    "def fibonacci(n):\n    \"\"\"Return the n-th Fibonacci number.\"\"\"\n    if n < 2:\n",
+]
+
+
+@pytest.fixture(scope="session")
+def smollm2_path():
+  from holojax.models import pretrained
+  try:
+    return pretrained.find_gguf("smollm2-135m-instruct")
+  except FileNotFoundError:
+    pass
+  try:
+    return pretrained.fetch("smollm2")
+  except (FileNotFoundError, OSError) as e:
+    pytest.skip(f"SmolLM2 GGUF not on this machine and `holojax fetch smollm2` failed: {e}")
+
+
+@pytest.fixture(scope="session")
+def smollm2(smollm2_path):
+  """(model float32, tokenizer)."""
+  from holojax.models import load_pretrained
+  return load_pretrained("smollm2-135m-instruct", path=smollm2_path)
+
+
+@pytest.fixture(scope="session")
+def hf_reference(smollm2_path):
+  """(transformers model float32, its tokenizer) from the same GGUF."""
+  pytest.importorskip("torch", reason="parity reference: pip install torch (CPU) transformers")
+  transformers = pytest.importorskip("transformers")
+  pytest.importorskip("accelerate")
+  import torch
+  torch.manual_seed(0)
+  kw = {"gguf_file": smollm2_path.name}
+  tok = transformers.AutoTokenizer.from_pretrained(str(smollm2_path.parent), **kw)
+  model = transformers.AutoModelForCausalLM.from_pretrained(str(smollm2_path.parent),
+                                                            dtype=torch.float32, **kw)
+  return model.eval(), tok

@@ -1,0 +1,107 @@
+"""Llama: config validation, the model contract, bad input, the GGUF loader's pieces."""
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from holojax.models import registry
+from holojax.models.llama import LLAMA_PRESETS, Llama, LlamaConfig
+from holojax.models import pretrained
+
+TINY = LLAMA_PRESETS["llama-tiny"]
+
+
+@pytest.fixture(scope="module")
+def tiny():
+  return Llama(TINY, rngs=nnx.Rngs(0))
+
+
+def _ids(shape, seed=0, vocab=256):
+  return jax.random.randint(jax.random.key(seed), shape, 0, vocab, jnp.int32)
+
+
+def test_contract_logits_and_loss(tiny):
+  ids = _ids((2, 12))
+  logits = tiny(ids)
+  assert logits.shape == (2, 12, 256) and logits.dtype == jnp.float32
+  out = tiny(ids, labels=ids)
+  np.testing.assert_array_equal(out.logits, logits)
+  lp = jax.nn.log_softmax(logits[:, :-1])
+  want = -jnp.take_along_axis(lp, ids[:, 1:, None], -1).mean()
+  np.testing.assert_allclose(out.loss, want, rtol=1e-5)
+
+
+def test_causal(tiny):
+  ids = _ids((1, 10))
+  changed = ids.at[:, 7].set((ids[:, 7] + 1) % 256)
+  np.testing.assert_allclose(tiny(ids)[:, :7], tiny(changed)[:, :7], rtol=1e-5, atol=1e-5)
+
+
+def test_bf16_close_to_f32():
+  m32 = Llama(TINY, rngs=nnx.Rngs(1))
+  m16 = Llama(dataclasses.replace(TINY, dtype="bfloat16"), rngs=nnx.Rngs(1))
+  ids = _ids((1, 16), seed=2)
+  np.testing.assert_allclose(m16(ids), m32(ids), atol=0.1)
+
+
+def test_bad_input(tiny):
+  with pytest.raises(ValueError, match=r"outside \[0, 256\).*max 256"):
+    tiny(jnp.array([[1, 256]]))
+  with pytest.raises(ValueError, match="min -1"):
+    tiny(jnp.array([[-1, 3]]))
+  with pytest.raises(ValueError, match="300 tokens.*context of 256"):
+    tiny(jnp.zeros((1, 300), jnp.int32))
+  with pytest.raises(ValueError, match="labels shape"):
+    tiny(jnp.zeros((1, 4), jnp.int32), labels=jnp.zeros((1, 5), jnp.int32))
+  jax.jit(lambda m, x: m(x).sum())(tiny, jnp.array([[1, 2]]))  # traced ids: shape check only
+
+
+def test_config_validation():
+  with pytest.raises(ValueError, match="num_kv_heads"):
+    LlamaConfig(num_heads=9, num_kv_heads=2)
+  with pytest.raises(ValueError, match="head_dim"):
+    LlamaConfig(head_dim=63)
+  with pytest.raises(ValueError, match="dtype"):
+    LlamaConfig(dtype="float16")
+  assert LLAMA_PRESETS["smollm2-135m-instruct"].num_params() == 134_515_008
+
+
+def test_registry_presets():
+  spec = registry.get("llama-tiny")
+  assert spec.build is Llama and spec.config == TINY
+  cfg = registry.get("smollm2-135m-instruct").config
+  assert (cfg.num_hidden_layers, cfg.hidden_size, cfg.num_heads, cfg.num_kv_heads) == (30, 576, 9, 3)
+  model = nnx.eval_shape(lambda: Llama(cfg, rngs=nnx.Rngs(0)))
+  from holojax.optim.accounting import num_params
+  assert num_params(model) == cfg.num_params()
+
+
+def test_unpermute_rope_inverts_llama_cpp():
+  # llama.cpp's converter: w.reshape(H, 2, K/2, D).swapaxes(1, 2).reshape(w.shape)
+  w = np.random.default_rng(0).normal(size=(3 * 8, 5))
+  permuted = w.reshape(3, 2, 4, 5).swapaxes(1, 2).reshape(w.shape)
+  np.testing.assert_array_equal(pretrained.unpermute_rope(permuted, 3), w)
+
+
+def test_missing_file_names_the_command(tmp_path):
+  with pytest.raises(FileNotFoundError, match="holojax fetch smollm2"):
+    pretrained.find_gguf(path=tmp_path)
+  with pytest.raises(ValueError, match="unknown pretrained"):
+    pretrained.find_gguf("gpt-5")
+
+
+def test_fetch_uses_the_cache_and_the_cli_names_it(tmp_path, capsys):
+  from holojax.train import cli
+  target = tmp_path / "smollm2" / "SmolLM2-135M-Instruct.Q4_1.gguf"
+  target.parent.mkdir()
+  target.write_bytes(b"GGUF")  # already there: no download
+  assert pretrained.fetch("smollm2", cache_dir=tmp_path) == target
+  assert pretrained.find_gguf(cache_dir=tmp_path) == target
+  assert cli.main(["fetch", "smollm2", "--cache-dir", str(tmp_path)]) == 0
+  assert str(target) in capsys.readouterr().out
+  with pytest.raises(ValueError, match="unknown model"):
+    pretrained.fetch("llama-70b", cache_dir=tmp_path)
