@@ -183,18 +183,17 @@ class HoloLayout:
     h = -(-length // self.holo_ratio)
     return h, -(-length // h)
 
-  def row_groups(self, shape, shards0: int = 1) -> int:
-    """Groups ``G`` of axis 0 sketched one after another (at most
-    ``fft_chunk_size`` padded elements at once): a divisor of ``shape[0]``
-    leaving whole rows on each of the ``shards0`` devices of that axis."""
+  def row_groups(self, shape) -> int:
+    """Groups of axis 0 of a ``shape`` tensor sketched one after another so
+    that at most ``fft_chunk_size`` padded elements are transformed at once:
+    the smallest divisor of ``shape[0]`` that fits (else ``shape[0]``)."""
     h, n = self.chunking(shape[-1])
     if len(shape) < 2 or math.prod(shape[:-1]) * n * h <= self.fft_chunk_size:
       return 1
-    d0 = shape[0]
-    per_index = math.prod(shape[1:-1]) * n * h
-    ok = [g for g in range(1, d0 + 1) if d0 % g == 0 and (d0 // g) % shards0 == 0]
-    fits = [g for g in ok if (d0 // g) * per_index <= self.fft_chunk_size]
-    return fits[0] if fits else ok[-1]
+    d0, per_index = shape[0], math.prod(shape[1:-1]) * n * h
+    fits = [g for g in range(1, d0 + 1) if d0 % g == 0 and d0 // g * per_index
+            <= self.fft_chunk_size]
+    return fits[0] if fits else d0
 
 
 def default_compress(p, min_compress_size: int) -> bool:
@@ -240,10 +239,12 @@ def _by_row_groups(fn, x: jax.Array, groups: int) -> jax.Array:
   return jnp.moveaxis(ys, 0, 1).reshape(d0, *ys.shape[2:])
 
 
-def sketch(x: jax.Array, seed: jax.Array, layout: HoloLayout, groups: int = 1) -> jax.Array:
+def sketch(x: jax.Array, seed: jax.Array, layout: HoloLayout) -> jax.Array:
   """``trace_e = sum_c FFT(x_c) K_{e,c}`` per row of ``x [*lead, L]``:
-  complex64 ``[*lead, heads, h]``."""
+  complex64 ``[*lead, heads, h]``. Rows are transformed in
+  :meth:`HoloLayout.row_groups` groups (at most ``fft_chunk_size`` at once)."""
   h, n = layout.chunking(x.shape[-1])
+  groups = layout.row_groups(x.shape)
   lead = (1,) * (x.ndim - 1)
   keys = [phase_keys(e, h, n, seed, layout).reshape(*lead, n, h) for e in range(layout.heads)]
 
@@ -254,11 +255,11 @@ def sketch(x: jax.Array, seed: jax.Array, layout: HoloLayout, groups: int = 1) -
   return _by_row_groups(one, x, groups)
 
 
-def retrieve(hm: jax.Array, length: int, seed: jax.Array, layout: HoloLayout,
-             groups: int = 1) -> jax.Array:
+def retrieve(hm: jax.Array, length: int, seed: jax.Array, layout: HoloLayout) -> jax.Array:
   """``x^_c = mean_e Re IFFT(hm_e conj K_{e,c})``: float32 ``[*lead, length]``."""
   heads, h = hm.shape[-2:]
   _, n = layout.chunking(length)
+  groups = layout.row_groups(hm.shape[:-2] + (length,))
   lead = (1,) * (hm.ndim - 2)
   keys = [jnp.conj(phase_keys(e, h, n, seed, layout)).reshape(*lead, n, h)
           for e in range(heads)]
@@ -316,8 +317,11 @@ def _leaf_update(g, mu, nu, seed, count, *, layout, b1, b2, eps, rf):
   g32 = lay.reshard(g.astype(jnp.float32), spec)
   length, vb = g.shape[-1], layout.v_block_size
   h, n_chunks = layout.chunking(length)
-  ex = lay.explicit_spec(g32)
-  groups = layout.row_groups(g.shape, _shards(g32, ex[0]) if ex and g.ndim > 1 else 1)
+  lead = g.ndim - 1
+  sketch_ = lambda x: lay.per_shard(lambda a, sd: sketch(a, sd, layout), x, seed,
+                                    lead=lead, out_trailing=2)
+  retrieve_ = lambda hm: lay.per_shard(lambda a, sd: retrieve(a, length, sd, layout), hm, seed,
+                                       lead=lead, out_trailing=1)
   bc1 = 1.0 - jnp.asarray(b1, jnp.float32) ** count
   bc2 = 1.0 - jnp.asarray(b2, jnp.float32) ** count
 
@@ -328,15 +332,15 @@ def _leaf_update(g, mu, nu, seed, count, *, layout, b1, b2, eps, rf):
   else:
     s_el = per_element(rms / jnp.sqrt(bc2), vb, length)
     x = jnp.where(s_el > 0, g32 / jnp.where(s_el > 0, s_el, 1.0), 0.0)
-  trace = sketch(x, seed, layout, groups)
+  trace = sketch_(x)
   if layout.faithful:
     trace = trace * np.float32(1.0 / math.sqrt(n_chunks))
   hm = b1 * mu + (1.0 - b1) * trace
 
   if layout.exact_grad and not layout.faithful:
-    m_hat = b1 * retrieve(mu, length, seed, layout, groups) + (1.0 - b1) * x
+    m_hat = b1 * retrieve_(mu) + (1.0 - b1) * x
   else:
-    m_hat = retrieve(hm, length, seed, layout, groups)
+    m_hat = retrieve_(hm)
   gamma = resonance_gate(x, m_hat, layout.faithful)
   m_g = m_hat * (1.0 - rf + rf * gamma)
   if layout.faithful:
@@ -346,12 +350,6 @@ def _leaf_update(g, mu, nu, seed, count, *, layout, b1, b2, eps, rf):
   if spec is not None:
     u = lay.reshard(u, jax.sharding.PartitionSpec(*lay.explicit_spec(g)))
   return u, hm.astype(jnp.complex64), rms
-
-
-def _shards(x, entry) -> int:
-  axes = () if entry is None else (entry if isinstance(entry, tuple) else (entry,))
-  mesh = jax.typeof(x).sharding.mesh
-  return math.prod(mesh.shape[a] for a in axes)
 
 
 def _state_shapes_ok(g, mu, nu, layout) -> bool:

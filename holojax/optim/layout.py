@@ -104,6 +104,20 @@ def from_row_blocks(xb: jax.Array, length: int) -> jax.Array:
   return x if x.shape[-1] == length else x[..., :length]
 
 
-def as_rows(x) -> jax.Array:
-  """A 0-d or 1-d tensor as one row ``(1, n)``; others unchanged."""
-  return x.reshape(1, -1) if x.ndim < 2 else x
+def per_shard(fn, x: jax.Array, *scalars, lead: int, out_trailing: int):
+  """``fn(x, *scalars)`` for an ``fn`` that treats each index of ``x``'s first
+  ``lead`` axes independently (rows never mix), run on each device's shard.
+
+  Without explicit sharding this is ``fn(x, *scalars)``. With it, XLA's
+  partitioner would gather some row-wise ops (FFTs) over the leading axes;
+  ``jax.shard_map`` keeps them local. ``scalars`` are replicated; the output
+  has ``x``'s leading axes followed by ``out_trailing`` unsharded ones.
+  """
+  spec = explicit_spec(x)
+  if spec is None:
+    return fn(x, *scalars)
+  if any(_axes(e) for e in spec[lead:]):
+    raise ValueError(f"per_shard: only the first {lead} axes may be sharded, got {P(*spec)}")
+  return jax.shard_map(fn, mesh=jax.typeof(x).sharding.mesh,
+                       in_specs=(P(*spec),) + (P(),) * len(scalars),
+                       out_specs=P(*spec[:lead], *(None,) * out_trailing))(x, *scalars)

@@ -70,10 +70,43 @@ def dense_adam(g: jax.Array, m: jax.Array, s: jax.Array, *, b1, b2, eps, count
 def skip_non_finite(tx: optax.GradientTransformation) -> optax.GradientTransformationExtraArgs:
   """``tx`` skipped as a whole on any non-finite gradient.
 
-  ``optax.apply_if_finite`` around the whole chain: a NaN/Inf gradient gives
-  a zero update and leaves every inner state unchanged (moments, the
-  learning-rate schedule's count, weight decay); ``total_notfinite`` of the
-  returned state counts the skipped steps. Non-finite updates are never
-  applied, however many arrive in a row.
+  ``optax.apply_if_finite`` semantics around the whole chain: a NaN/Inf
+  gradient gives a zero update and leaves every inner state unchanged
+  (moments, the learning-rate schedule's count, weight decay); the state is
+  an ``optax.ApplyIfFiniteState`` whose ``total_notfinite`` counts the
+  skipped steps. Non-finite updates are never applied, however many arrive
+  in a row. The selection is ``optax.tree.where`` rather than
+  ``apply_if_finite``'s ``lax.cond``: outside ``jit`` under explicit
+  sharding, ``lax.cond`` gives the zero branch unsharded types and fails.
+
+  Example:
+    >>> import jax.numpy as jnp, optax
+    >>> tx = skip_non_finite(optax.sgd(1.0))
+    >>> s = tx.init({"w": jnp.ones(2)})
+    >>> u, s = tx.update({"w": jnp.array([1.0, jnp.nan])}, s)
+    >>> u["w"].tolist(), int(s.total_notfinite)
+    ([0.0, 0.0], 1)
   """
-  return optax.apply_if_finite(tx, max_consecutive_errors=int(jnp.iinfo(jnp.int32).max))
+  tx = optax.with_extra_args_support(tx)
+
+  def init_fn(params):
+    return optax.ApplyIfFiniteState(notfinite_count=jnp.zeros((), jnp.int32),
+                                    last_finite=jnp.array(True),
+                                    total_notfinite=jnp.zeros((), jnp.int32),
+                                    inner_state=tx.init(params))
+
+  def update_fn(updates, state, params=None, **extra_args):
+    finite = jnp.array(True)
+    for g in jax.tree.leaves(updates):
+      finite = finite & jnp.all(jnp.isfinite(g))
+    new_updates, inner = tx.update(updates, state.inner_state, params, **extra_args)
+    new_updates = optax.tree.where(finite, new_updates, optax.tree.zeros_like(new_updates))
+    inner = optax.tree.where(finite, inner, state.inner_state)
+    return new_updates, optax.ApplyIfFiniteState(
+        notfinite_count=jnp.where(finite, 0, optax.safe_increment(state.notfinite_count)),
+        last_finite=finite,
+        total_notfinite=jnp.where(finite, state.total_notfinite,
+                                  optax.safe_increment(state.total_notfinite)),
+        inner_state=inner)
+
+  return optax.GradientTransformationExtraArgs(init_fn, update_fn)

@@ -102,13 +102,14 @@ SHIFT_BITS = 60   # blocks with |g| or sqrt(v) above 2^60 are computed in units 
 
 
 class PackedV(NamedTuple):
-  """Log-scale v; each field a tree like the params (size-0 leaves where v is dense)."""
+  """Log-scale v; each field a tree like the params (``optax.MaskedNode()``,
+  which holds no array, where v is dense)."""
   codes: Any   # uint8[*lead, nb, block_size * v_bits / 8], planar packed
   bounds: Any  # float16[*lead, nb, 2]: log2 of the block's grid (lo, hi)
 
 
 class CoStateM(NamedTuple):
-  """CoState m; each field a tree like the params (size-0 leaves where unused)."""
+  """CoState m; each field a tree like the params (``optax.MaskedNode()`` where unused)."""
   alpha: Any   # float32[], projection coefficient (per tensor)
   ref: Any     # uint8[*lead, nb, block_size * m_ref_bits / 8] (default mode)
   levels: Any  # float16[*lead, nb, m_ref_bits] (default mode)
@@ -121,8 +122,8 @@ class ScaleByTurboAdamState(NamedTuple):
   """State of :func:`scale_by_turbo_adam`."""
   count: jax.Array  # int32[], steps taken
   key: jax.Array    # uint32[2] (raw key data), split every step
-  mu: Any           # per leaf: float32[param shape] where m is dense, else float32[0]
-  nu: Any           # per leaf: float32[param shape] sqrt(v) where v is dense, else float32[0]
+  mu: Any           # per leaf: float32[param shape] where m is dense, else MaskedNode()
+  nu: Any           # per leaf: float32[param shape] sqrt(v) where v is dense, else MaskedNode()
   v: PackedV
   m: CoStateM
 
@@ -329,11 +330,13 @@ def decode_sqrt_v(codes: jax.Array, lo: jax.Array, hi: jax.Array, bits: int) -> 
 
 
 def _init_leaf(p, layout: TurboAdamLayout):
-  """Per-leaf state ``(mu, nu, v codes, v bounds, m fields)``, built from
-  ``zeros_like(p)`` so every array carries the parameter's sharding."""
+  """Per-leaf state ``(mu, nu, (v codes, v bounds), m fields)``, built from
+  ``zeros_like(p)`` so every array carries the parameter's sharding; unused
+  fields are ``optax.MaskedNode()`` (no array: orbax and the accounting see
+  nothing)."""
   shape = tuple(p.shape)
   z = jnp.zeros_like(p, dtype=jnp.float32)
-  empty = lambda dtype: jnp.zeros((0,), dtype)
+  empty = lambda dtype: optax.MaskedNode()  # no leaves: nothing stored
   bs = layout.block_size
   mc, vc = layout.m_compressed(shape), layout.v_compressed(shape)
   zb = lay.row_blocks(lay.reshard(z, lay.work_spec(z, bs)), bs) if (mc or vc) else None
@@ -445,14 +448,13 @@ def _fused(gs, m_t, codes, lo, hi, scalars, seed, layout, impl):
 def _state_shapes_ok(g, mu, nu, v, layout) -> bool:
   """Whether the per-leaf state was built for a parameter of ``g``'s shape."""
   shape = tuple(g.shape)
+  shape_of = lambda x: tuple(x.shape) if hasattr(x, "shape") else None
   mc, vc = layout.m_compressed(shape), layout.v_compressed(shape)
-  if not mc and tuple(mu.shape) != shape:
-    return False
-  if not vc and tuple(nu.shape) != shape:
+  if (not mc and shape_of(mu) != shape) or (not vc and shape_of(nu) != shape):
     return False
   if vc:
-    want = shape[:-1] + (lay.num_blocks(shape[-1], layout.block_size),)
-    return tuple(v[1].shape[:-1]) == want
+    want = shape[:-1] + (lay.num_blocks(shape[-1], layout.block_size), 2)
+    return shape_of(v[1]) == want
   return True
 
 

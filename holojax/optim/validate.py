@@ -115,7 +115,7 @@ def check_seed(name: str, value) -> None:
 def check_float_params(fn_name: str, params) -> None:
   """Every leaf of ``params`` has a floating dtype (at ``init``)."""
   for path, leaf in jax.tree_util.tree_flatten_with_path(params)[0]:
-    if not np.issubdtype(np.dtype(leaf.dtype), np.floating):
+    if not jax.numpy.issubdtype(leaf.dtype, jax.numpy.floating):
       raise TypeError(f"{fn_name} needs floating-point params; "
                       f"{jax.tree_util.keystr(path)} has dtype {leaf.dtype}")
 
