@@ -1,14 +1,17 @@
 """The optax contract every holojax optimizer joins.
 
 Each ``check_*`` takes ``make_opt(learning_rate) -> GradientTransformation``
-(plus what it needs) and asserts one property; :func:`run_contract` runs
-them all. A new optimizer's test file needs only::
+(plus what it needs) and asserts one property. ``tests/optim/test_contract.py``
+runs :data:`CHECKS` for every optimizer in ``holojax.optim.registry``; a
+registered optimizer joins by being registered (give it small compression
+thresholds there if it compresses only large tensors).
 
-  from tests.optim import contract
-  def test_contract(tmp_path):
-    contract.run_contract(lambda lr: my_opt(lr), tmp_path)
-
-or one ``check_*`` per test for finer reports.
+The checks: convergence (parabola, Rosenbrock), one trace for two steps,
+``optax.MultiSteps``, ``optax.masked``, chains with clipping and a schedule,
+bf16/f32 dtypes, ``nnx.Optimizer`` (eager and under ``nnx.jit``), sharding on
+8 CPU devices (auto, and explicit FSDP: state sharded like its parameter,
+types stable across updates, no all-gather in the compiled update), orbax
+round trips and ``optax.inject_hyperparams``.
 """
 
 from __future__ import annotations
@@ -17,6 +20,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+from flax import nnx
+from jax.sharding import AxisType, NamedSharding, PartitionSpec as P
 
 
 def default_params(dtype=jnp.float32):
@@ -56,6 +61,7 @@ def check_parabola(make_opt, lr=0.05, steps=300, tol=1e-2):
 
 
 def check_rosenbrock(make_opt, lr=0.02, steps=800, n=4096, target=0.05):
+  """Batched Rosenbrock from (-0.5, 1.5): the loss falls below ``target`` of its start."""
   params = {"xy": jnp.stack([jnp.full((n,), -0.5), jnp.full((n,), 1.5)])
             + 0.1 * jax.random.normal(jax.random.key(1), (2, n))}
   l0 = float(rosenbrock_loss(params))
@@ -145,7 +151,7 @@ def check_dtypes(make_opt, dtypes=(jnp.float32, jnp.bfloat16)):
 
 
 def check_state_sharding(make_opt):
-  """On an 8-device mesh, a jitted step keeps the state's shardings.
+  """On an 8-device mesh (auto sharding), a jitted step keeps the state's shardings.
 
   Params are sharded on their leading axis; state leaves whose leading axis
   divides by 8 are sharded the same way, the others replicated.
@@ -153,11 +159,10 @@ def check_state_sharding(make_opt):
   devices = np.array(jax.devices()[:8])
   assert devices.size == 8, "needs 8 devices (tests/conftest.py)"
   mesh = jax.sharding.Mesh(devices, ("data",))
-  P = jax.sharding.PartitionSpec
 
   def place(x):
-    spec = P("data") if x.ndim and x.shape[0] % 8 == 0 else P()
-    return jax.device_put(x, jax.sharding.NamedSharding(mesh, spec))
+    spec = P("data") if x.ndim and x.shape[0] and x.shape[0] % 8 == 0 else P()
+    return jax.device_put(x, NamedSharding(mesh, spec))
 
   p = jax.tree.map(place, default_params())
   opt = make_opt(1e-2)
@@ -191,13 +196,146 @@ def check_orbax_roundtrip(make_opt, tmp_path):
     np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
 
 
+class _Net(nnx.Module):
+  """Linear regression model: a (128, 64) kernel (compressible) and a bias."""
+
+  def __init__(self, rngs: nnx.Rngs):
+    self.dense = nnx.Linear(128, 64, rngs=rngs)
+
+  def __call__(self, x_bd):
+    return self.dense(x_bd)
+
+
+def check_nnx_optimizer(make_opt, steps=4):
+  """``nnx.Optimizer(model, tx, wrt=nnx.Param)`` takes several updates, eagerly
+  and under ``nnx.jit``, and the loss goes down."""
+  k1, k2 = jax.random.split(jax.random.key(3))
+  x_bd = jax.random.normal(k1, (32, 128))
+  y_bo = jax.random.normal(k2, (32, 64))
+  loss_fn = lambda model: jnp.mean(jnp.square(model(x_bd) - y_bo))
+
+  def train_step(model, optimizer):
+    loss, grads = nnx.value_and_grad(loss_fn)(model)
+    optimizer.update(model, grads)
+    return loss
+
+  for step in (train_step, nnx.jit(train_step)):
+    model = _Net(nnx.Rngs(0))
+    optimizer = nnx.Optimizer(model, make_opt(1e-2), wrt=nnx.Param)
+    losses = [float(step(model, optimizer)) for _ in range(steps)] + [float(loss_fn(model))]
+    assert np.all(np.isfinite(losses)) and losses[-1] < losses[0], losses
+
+
+# FSDP-sharded parameters on an explicit 8-device mesh: a leading axis, a last
+# axis with whole 128-element blocks per shard, a last axis without (32 per
+# shard), a sharded vector and a small replicated one.
+FSDP_PARAMS = {"rows": ((256, 128), P("fsdp", None)), "cols": ((64, 1024), P(None, "fsdp")),
+               "odd": ((64, 256), P(None, "fsdp")), "vec": ((512,), P("fsdp")),
+               "small": ((10,), P())}
+
+
+def explicit_mesh():
+  assert len(jax.devices()) >= 8, "needs 8 devices (tests/conftest.py)"
+  return jax.make_mesh((8,), ("fsdp",), axis_types=(AxisType.Explicit,))
+
+
+def fsdp_params(mesh, dtype=jnp.float32):
+  keys = jax.random.split(jax.random.key(5), len(FSDP_PARAMS))
+  return {name: jax.device_put(jax.random.normal(k, shape, dtype), NamedSharding(mesh, spec))
+          for k, (name, (shape, spec)) in zip(keys, FSDP_PARAMS.items())}
+
+
+def _types(tree):
+  return jax.tree.structure(tree), [jax.typeof(x) for x in jax.tree.leaves(tree)]
+
+
+def _sharded(x) -> bool:
+  spec = jax.typeof(x).sharding.spec
+  return any(e is not None for e in spec)
+
+
+def _per_param_subtrees(state, params):
+  """``(param, state subtree)`` pairs of every state node laid out like
+  ``params`` (``mu``, ``nu``, per-leaf codes, ...; a subtree per parameter)."""
+  ptd = jax.tree.structure(params)
+  out = []
+
+  def walk(node):
+    if isinstance(node, jax.Array) or node is None:
+      return
+    try:
+      subs = ptd.flatten_up_to(node)
+    except (ValueError, TypeError):
+      children = (node.values() if isinstance(node, dict) else
+                  node if isinstance(node, (tuple, list)) else ())
+      for child in children:
+        walk(child)
+      return
+    out.extend(zip(jax.tree.leaves(params), subs))
+
+  walk(state)
+  return out
+
+
+def check_explicit_sharding(make_opt, steps=3):
+  """Explicit sharding (``AxisType.Explicit``) with FSDP-sharded parameters.
+
+  ``init`` (eager and jitted) and every update give the same state types
+  (shape, dtype and sharding); updates carry their parameter's sharding;
+  every state array holding at least 1/64 of its parameter's elements is
+  sharded when the parameter is (nothing is kept whole on one device); the
+  compiled update has no all-gather.
+  """
+  mesh = explicit_mesh()
+  with jax.set_mesh(mesh):
+    params = fsdp_params(mesh)
+    opt = make_opt(1e-2)
+    state = opt.init(params)
+    want = _types(state)
+    assert _types(jax.jit(opt.init)(params)) == want
+    update = jax.jit(opt.update)
+    grad = jax.jit(jax.grad(parabola_loss))
+    for _ in range(steps):
+      g = grad(params)
+      u, state = update(g, state, params)
+      assert _types(state) == want, "state types changed across an update"
+      assert _types(u) == _types(params), "updates do not carry the parameters' shardings"
+      params = optax.apply_updates(params, u)
+    pairs = _per_param_subtrees(state, params)
+    for p, sub in pairs:
+      for x in jax.tree.leaves(sub):
+        if _sharded(p) and x.size * 64 >= p.size:
+          assert _sharded(x), (jax.typeof(p), jax.typeof(x))
+    hlo = update.lower(g, state, params).compile().as_text()
+    assert "all-gather" not in hlo, "the update gathers a sharded tensor"
+
+
+def check_explicit_sharding_eager(make_opt):
+  """The same under explicit sharding without ``jax.jit`` (one eager update)."""
+  mesh = explicit_mesh()
+  with jax.set_mesh(mesh):
+    params = fsdp_params(mesh)
+    opt = make_opt(1e-2)
+    state = opt.init(params)
+    u, state2 = opt.update(jax.grad(parabola_loss)(params), state, params)
+    assert _types(state2) == _types(state)
+    assert _types(u) == _types(params)
+
+
+def check_inject_learning_rate(make_opt):
+  """``optax.inject_hyperparams`` over the learning rate gives the same updates."""
+  check_inject_hyperparams(lambda learning_rate: make_opt(learning_rate),
+                           dict(learning_rate=1e-2))
+
+
 # The checks that take only ``make_opt``: parametrise an optimizer's test over these.
 CHECKS = (check_parabola, check_rosenbrock, check_no_recompile, check_multisteps, check_masked,
-          check_chain, check_dtypes, check_state_sharding)
+          check_chain, check_dtypes, check_state_sharding, check_nnx_optimizer,
+          check_explicit_sharding, check_explicit_sharding_eager, check_inject_learning_rate)
 
 
 def run_contract(make_opt, tmp_path):
-  """Every check above (inject_hyperparams needs a factory: call it yourself)."""
+  """Every check above (inject_hyperparams with static args needs a factory: call it yourself)."""
   for check in CHECKS:
     check(make_opt)
   check_orbax_roundtrip(make_opt, tmp_path)

@@ -1,7 +1,13 @@
-"""HoloAdam: the optax contract plus its own claims (exactness, fidelity, gain, bits)."""
+"""HoloAdam: its own claims (exactness, fidelity, gain, bits, preconditioning).
 
-import importlib
+The optax contract (nnx.Optimizer, sharding, MultiSteps, ...) runs for every
+registered optimizer in test_contract.py; skips, overflow and validation
+shared with TurboAdam are in test_robustness.py.
+"""
+
+import functools
 import math
+import types
 
 import jax
 import jax.numpy as jnp
@@ -9,9 +15,11 @@ import numpy as np
 import optax
 import pytest
 
-from holojax.optim import HOLO_ADAM_PRESETS, holo_adam, registry, state_bits_per_param
-ha = importlib.import_module("holojax.optim.holo_adam")  # the module, not the function
+import holojax.optim.holo as ha
+from holojax.optim import (HOLO_ADAM_PRESETS, HOLO_ADAM_STATIC_ARGS, holo_adam, registry,
+                           state_bits_per_param)
 from tests.optim import contract
+from tests.optim.test_turbo import row_scaled_report
 
 SMALL = dict(min_compress_size=1024, warmup_steps=10)
 
@@ -20,16 +28,29 @@ def make(lr, **kw):
   return holo_adam(lr, weight_decay=0.0, **{**SMALL, **kw})
 
 
+def inner(state):
+  """The ScaleByHoloAdamState inside holo_adam's apply_if_finite(chain(...))."""
+  return state.inner_state[0]
+
+
 def test_contract_params_are_compressed():
-  s = make(1e-2).init(contract.default_params())[0]
-  assert s.mu["w"].dtype == jnp.complex64 and s.mu["w"].shape == (4, 410)
-  assert s.nu["w"].shape == (8192 // 32,)
+  s = inner(make(1e-2).init(contract.default_params()))
+  # Rows of 128: chunks of h = ceil(128 / 20) = 7, 19 of them; v blocks of 32.
+  assert s.mu["w"].dtype == jnp.complex64 and s.mu["w"].shape == (64, 4, 7)
+  assert s.nu["w"].shape == (64, 4)
   assert s.mu["b"].dtype == jnp.float32 and s.mu["b"].shape == (10,)
 
 
-@pytest.mark.parametrize("check", contract.CHECKS, ids=lambda c: c.__name__)
-def test_contract(check):
-  check(make)
+@pytest.mark.parametrize("kw", [dict(faithful=True), dict(exact_grad=False),
+                                dict(fft_chunk_size=2000)], ids=str)
+def test_variants_pass_the_core_contract(kw):
+  for check in (contract.check_nnx_optimizer, contract.check_explicit_sharding):
+    check(functools.partial(make, **kw))
+
+
+def test_module_is_importable_and_exports_static_args():
+  assert isinstance(ha, types.ModuleType) and ha.holo_adam is holo_adam
+  assert HOLO_ADAM_STATIC_ARGS == ha.STATIC_ARGS and "seed" not in HOLO_ADAM_STATIC_ARGS
 
 
 def _parabola_left(**kw):
@@ -57,12 +78,12 @@ def test_contract_orbax(tmp_path):
 def test_inject_hyperparams_static_shape_args():
   contract.check_inject_hyperparams(
       holo_adam, dict(learning_rate=1e-2, b1=0.9, b2=0.99, holo_ratio=10, heads=2,
-                      resonance_factor=0.3, warmup_steps=2, min_compress_size=1024),
-      static_args=ha.STATIC_ARGS)
+                      resonance_factor=0.3, warmup_steps=2, min_compress_size=1024, seed=4),
+      static_args=HOLO_ADAM_STATIC_ARGS)
 
 
 def test_inject_hyperparams_needs_static_shape_args():
-  opt = optax.inject_hyperparams(holo_adam, static_args=("seed",))(learning_rate=1e-2)
+  opt = optax.inject_hyperparams(holo_adam)(learning_rate=1e-2)
   with pytest.raises(TypeError, match="static_args"):
     opt.init(contract.default_params())
 
@@ -71,9 +92,9 @@ def test_registry_entries():
   p = {"w": jnp.zeros((256, 256))}
   for name, preset in (("holo_adam", "balanced"), ("holo_adam_max", "max"),
                        ("holo_adam_conservative", "conservative")):
-    s = registry.get(name, 1e-3, 0.01).init(p)[0]
-    h = max(64, 65536 // HOLO_ADAM_PRESETS[preset]["holo_ratio"])
-    assert s.mu["w"].shape == (HOLO_ADAM_PRESETS[preset]["heads"], h + h % 2), name
+    s = inner(registry.get(name, 1e-3, 0.01).init(p))
+    h = -(-256 // HOLO_ADAM_PRESETS[preset]["holo_ratio"])
+    assert s.mu["w"].shape == (256, HOLO_ADAM_PRESETS[preset]["heads"], h), name
 
 
 # ----------------------------------------------------------------------------
@@ -81,31 +102,34 @@ def test_registry_entries():
 
 
 def _reference_step(g, m, v, t, *, b1, b2, eps, vb, rf_max, warmup):
-  """Plain-numpy Adam with block-mean v and the default gate, one tensor."""
-  flat = g.reshape(-1).astype(np.float64)
-  m = b1 * m + (1 - b1) * flat
-  nb = -(-flat.size // vb)
-  sq = np.pad(flat**2, (0, nb * vb - flat.size)).reshape(nb, vb).sum(-1)
-  sq /= np.minimum(vb, flat.size - vb * np.arange(nb))
+  """Plain-numpy HoloAdam with an exact sketch: momentum of g / s (s the
+  bias-corrected block rms per row), block-mean v and the default gate."""
+  g = g.astype(np.float64)
+  rows, length = g.shape
+  nb = -(-length // vb)
+  sq = np.pad(g**2, ((0, 0), (0, nb * vb - length))).reshape(rows, nb, vb).sum(-1)
+  sq /= np.minimum(vb, length - vb * np.arange(nb))
   v = b2 * v + (1 - b2) * sq
+  s_el = np.repeat(np.sqrt(v / (1 - b2**t)), vb, axis=1)[:, :length]
+  p = g / s_el
+  m = b1 * m + (1 - b1) * p
   rms = lambda x: np.sqrt(np.mean(x**2))
-  gamma = 0.5 + 0.5 * np.tanh(flat * m / (rms(flat) * rms(m) + 1e-30))
+  gamma = 0.5 + 0.5 * np.tanh(p * m / (rms(p) * rms(m) + 1e-30))
   rf = rf_max * min(t / warmup, 1.0)
   mg = m * (1 - rf + rf * gamma)
-  v_el = np.repeat(v, vb)[:flat.size]
-  u = (mg / (1 - b1**t)) / (np.sqrt(v_el / (1 - b2**t)) + eps)
-  return u.reshape(g.shape), m, v
+  u = (mg / (1 - b1**t)) * s_el / (s_el + eps)
+  return u, m, v
 
 
 def test_ratio1_one_head_is_adam_with_block_v():
   kw = dict(b1=0.9, b2=0.99, eps=1e-8, resonance_factor=0.4, warmup_steps=3)
   opt = ha.scale_by_holo_adam(holo_ratio=1, heads=1, v_block_size=32, min_compress_size=0,
                               compress=True, **kw)
-  shape = (50, 41)  # 2050 elements: a partial last v block
+  shape = (50, 41)  # rows of 41: a partial last v block
   s = opt.init({"w": jnp.zeros(shape)})
-  assert s.mu["w"].shape == (1, 2050)
-  m = np.zeros(2050)
-  v = np.zeros(-(-2050 // 32))
+  assert s.mu["w"].shape == (50, 1, 41)
+  m = np.zeros(shape)
+  v = np.zeros((50, 2))
   upd = jax.jit(opt.update)
   for t in range(1, 7):
     g = jax.random.normal(jax.random.key(t), shape) * (1 + t)
@@ -131,15 +155,14 @@ def test_dense_params_are_exact_adam():
 # Retrieval fidelity and gain.
 
 
-def _retrieve_exact_chunks(n, heads, h=512, seed=0, faithful=False):
-  layout = ha.HoloLayout(holo_ratio=n, heads=heads, codebook_size=256, seed=seed,
-                         faithful=faithful)
-  m = jax.random.normal(jax.random.key(seed + 100), (n * h,))
-  tr = ha.sketch(m, h, n, layout)
+def _retrieve_exact_chunks(n, heads, h=512, seed=0, faithful=False, rows=1):
+  layout = ha.HoloLayout(holo_ratio=n, heads=heads, codebook_size=256, faithful=faithful)
+  m = jax.random.normal(jax.random.key(seed + 100), (rows, n * h))
+  tr = ha.sketch(m, jnp.uint32(seed), layout)
   if faithful:
     tr = tr / math.sqrt(n)
-  r = ha.retrieve(tr, n * h, n, layout)
-  return np.asarray(m, np.float64), np.asarray(r, np.float64)
+  r = ha.retrieve(tr, n * h, jnp.uint32(seed), layout)
+  return np.asarray(m, np.float64).ravel(), np.asarray(r, np.float64).ravel()
 
 
 @pytest.mark.parametrize("n, heads", [(20, 2), (20, 4), (10, 8), (50, 2), (64, 2)])
@@ -164,30 +187,69 @@ def test_faithful_gain_is_one_over_sqrt_n():
     assert abs((m @ r) / (m @ m) - 1 / math.sqrt(n)) < 0.05
 
 
+def test_rows_never_mix():
+  """Each row is its own sketch: a gradient in one row leaves the others' retrieval at 0."""
+  layout = ha.HoloLayout(holo_ratio=8, heads=2)
+  x = jnp.zeros((4, 256)).at[1].set(jax.random.normal(jax.random.key(0), (256,)))
+  r = ha.retrieve(ha.sketch(x, jnp.uint32(0), layout), 256, jnp.uint32(0), layout)
+  assert float(jnp.max(jnp.abs(r[jnp.array([0, 2, 3])]))) == 0.0
+  assert float(jnp.sum(r[1] * x[1])) > 0.3 * float(jnp.sum(x[1] * x[1]))
+
+
 def test_fft_groups_equal_single_pass():
   kw = dict(holo_ratio=20, heads=3)
   big, small = ha.HoloLayout(**kw), ha.HoloLayout(fft_chunk_size=1500, **kw)
-  n_el = 40_000
-  h, n = big.chunking(n_el)
-  assert small.groups(h, n)[1] > 1
-  m = jax.random.normal(jax.random.key(0), (n_el,))
-  a = ha.retrieve(ha.sketch(m, h, n, big), n_el, n, big)
-  b = ha.retrieve(ha.sketch(m, h, n, small), n_el, n, small)
+  shape = (40, 1000)
+  assert big.row_groups(shape) == 1 and small.row_groups(shape) > 1
+  m = jax.random.normal(jax.random.key(0), shape)
+  sd = jnp.uint32(0)
+  a = ha.retrieve(ha.sketch(m, sd, big), 1000, sd, big)
+  b = ha.retrieve(ha.sketch(m, sd, small), 1000, sd, small)
   np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-4)
 
 
-def test_codebook_is_not_in_state_and_depends_on_seed():
+def test_codebook_is_not_in_state_and_seed_is_a_runtime_value():
   p = {"w": jnp.ones((64, 128))}
   g = {"w": jax.random.normal(jax.random.key(0), (64, 128))}
+  opt = ha.scale_by_holo_adam(min_compress_size=1024)
+  init = jax.jit(lambda seed: ha.scale_by_holo_adam(min_compress_size=1024, seed=seed).init(p))
   outs = []
-  for seed in (0, 0, 1):
-    opt = make(1e-2, seed=seed)
-    s = opt.init(p)
-    assert len(jax.tree.leaves(s)) == 4  # count, skipped, mu, nu: no keys
+  for s in (init(jnp.int32(0)), ha.scale_by_holo_adam(min_compress_size=1024).init(p),
+            init(jnp.int32(1))):
+    assert len(jax.tree.leaves(s)) == 4  # count, key, mu, nu: no codebook
     _, s = opt.update(g, s, p)  # the first step is exact: m_{t-1} = 0
     outs.append(np.asarray(opt.update(g, s, p)[0]["w"]))
   np.testing.assert_array_equal(outs[0], outs[1])
   assert not np.allclose(outs[0], outs[2])
+
+
+def _row_scaled(tx, steps=20, seed=0, axis=0):
+  """Updates of ``tx`` and optax.scale_by_adam on a 256x256 tensor whose
+  rows' (axis 0) or columns' (axis 1) gradient scales span 1e-4..10."""
+  scales = jnp.logspace(-4, 1, 256)
+  scales = scales[:, None] if axis == 0 else scales[None, :]
+  p = {"w": jnp.zeros((256, 256))}
+  ref = optax.scale_by_adam()
+  s, sr = tx.init(p), ref.init(p)
+  up, upr = jax.jit(tx.update), jax.jit(ref.update)
+  for t in range(steps):
+    g = {"w": scales * jax.random.normal(jax.random.fold_in(jax.random.key(seed), t), (256, 256))}
+    u, s = up(g, s, p)
+    ur, sr = upr(g, sr, p)
+  return (u["w"], ur["w"]) if axis == 0 else (u["w"].T, ur["w"].T)
+
+
+@pytest.mark.parametrize("axis", [0, 1], ids=["rows", "columns"])
+def test_scaled_tensor_follows_adam(axis):
+  """Issue 11: scales spread over 4 decades (by row, and by column within each
+  row): at 20/4 the update's cosine with Adam's is >= 0.5 (the sketch's own
+  fidelity, 0.58 at one scale) and every row's (column's) median |update| is
+  within 3x of Adam's. The unpreconditioned sketch gave cosine 0.000."""
+  cos, worst = row_scaled_report(*_row_scaled(ha.scale_by_holo_adam(), axis=axis))
+  print(f"scaled along axis {axis}: cos {cos:.3f}, worst median ratio {worst:.2f}")
+  assert cos >= 0.5 and worst <= 3.0
+  faithful = row_scaled_report(*_row_scaled(ha.scale_by_holo_adam(faithful=True), axis=axis))
+  print(f"  faithful: cos {faithful[0]:.3f}, worst median ratio {faithful[1]:.2f}")
 
 
 # ----------------------------------------------------------------------------
@@ -197,14 +259,14 @@ def test_codebook_is_not_in_state_and_depends_on_seed():
 def test_auto_configuration_rule():
   p = {"bias": jnp.zeros((20_000,)), "small": jnp.zeros((64, 64)),
        "emb": jnp.zeros((4096, 64)), "w": jnp.zeros((256, 256)), "conv": jnp.zeros((3, 3, 64, 64))}
-  s = holo_adam(1e-3, min_compress_size=8192).init(p)[0]
+  s = inner(holo_adam(1e-3, min_compress_size=8192).init(p))
   compressed = {k: bool(jnp.iscomplexobj(v)) for k, v in s.mu.items()}
   assert compressed == {"bias": False, "small": False, "emb": False, "w": True, "conv": True}
-  s = holo_adam(1e-3, compress={"bias": False, "small": True, "emb": True, "w": False,
-                                "conv": False}).init(p)[0]
+  s = inner(holo_adam(1e-3, compress={"bias": False, "small": True, "emb": True, "w": False,
+                                      "conv": False}).init(p))
   assert jnp.iscomplexobj(s.mu["emb"]) and not jnp.iscomplexobj(s.mu["w"])
-  s = holo_adam(1e-3, compress=lambda params: jax.tree.map(lambda x: x.ndim == 4, params)
-                ).init(p)[0]
+  s = inner(holo_adam(1e-3, compress=lambda params: jax.tree.map(lambda x: x.ndim == 4, params)
+                      ).init(p))
   assert [k for k, v in s.mu.items() if jnp.iscomplexobj(v)] == ["conv"]
 
 
@@ -219,23 +281,23 @@ def test_state_bits_per_param_exact():
   total = sum(math.prod(s) for s in shapes.values())
   for name, preset in HOLO_ADAM_PRESETS.items():
     heads, ratio = preset["heads"], preset["holo_ratio"]
-    nbytes = 8  # count, skipped
+    nbytes = 4 + 8 + 9  # count, key, apply_if_finite (two int32 counters, a bool)
     for k, s in shapes.items():
       n = math.prod(s)
       if k in ("emb", "ln", "b"):
-        nbytes += 8 * n  # dense Adam m, v
+        nbytes += 8 * n  # dense Adam m, sqrt(v)
       else:
-        h = max(64, n // ratio)
-        h += h % 2
-        nbytes += heads * h * 8 + 4 * (-(-n // 32))
+        rows, length = s
+        h = -(-length // ratio)
+        nbytes += rows * (heads * h * 8 + 4 * (-(-length // 32)))
     state = jax.eval_shape(holo_adam(1e-3, **preset).init, params)
     bits = state_bits_per_param(state, params)
     print(f"{name}: {bits:.4f} bits/param on a {total:,}-element tree")
     assert bits == 8 * nbytes / total
-  # Compressed tensors alone: 64 heads / ratio + 1 bits (the docstring formula).
+  # Compressed tensors alone: 64 heads / ratio + 32 / vb bits (the docstring formula).
   w = {"w": jax.ShapeDtypeStruct((1000, 1000), jnp.float32)}
   state = jax.eval_shape(holo_adam(1e-3).init, w)
-  assert state_bits_per_param(state, w) == 8 * (4 * 50_000 * 8 + 4 * 31_250 + 8) / 1e6
+  assert state_bits_per_param(state, w) == 8 * (1000 * (4 * 50 * 8 + 4 * 32) + 21) / 1e6
 
 
 # ----------------------------------------------------------------------------
@@ -243,23 +305,32 @@ def test_state_bits_per_param_exact():
 
 
 @pytest.mark.parametrize("kwargs, match", [
-    (dict(holo_ratio=0), "holo_ratio"), (dict(holo_ratio=2.5), "holo_ratio"),
+    (dict(holo_ratio=0), "holo_ratio"),
     (dict(heads=0), "heads"), (dict(v_block_size=0), "v_block_size"),
     (dict(codebook_size=10), "codebook_size"), (dict(codebook_size=13, holo_ratio=10), "codebook_size"),
     (dict(codebook_width=0), "codebook_width"), (dict(fft_chunk_size=0), "fft_chunk_size"),
     (dict(b1=1.0), "b1"), (dict(b1=-0.1), "b1"), (dict(b2=1.0), "b2"), (dict(eps=-1.0), "eps"),
     (dict(resonance_factor=1.5), "resonance_factor"), (dict(warmup_steps=-1), "warmup_steps"),
-    (dict(weight_decay=-1.0), "weight_decay"), (dict(faithful="yes"), "faithful")])
+    (dict(weight_decay=-1.0), "weight_decay"), (dict(seed=-3), "seed")])
 def test_bad_arguments(kwargs, match):
   with pytest.raises(ValueError, match=match):
     holo_adam(1e-3, **kwargs)
 
 
+@pytest.mark.parametrize("kwargs, match", [
+    (dict(holo_ratio=2.5), "holo_ratio"), (dict(heads=4.0), "heads"),
+    (dict(faithful="yes"), "faithful"), (dict(v_block_size="32"), "v_block_size"),
+    (dict(b2="0.999"), "b2"), (dict(learning_rate="1e-3"), "learning_rate")])
+def test_bad_argument_types(kwargs, match):
+  with pytest.raises(TypeError, match=match):
+    holo_adam(**{"learning_rate": 1e-3, **kwargs})
+
+
 def test_codebook_too_small_for_a_tensor():
-  # The 64-element minimum chunk: 6464 elements, ratio 100 -> h = 64, 101 chunks.
-  opt = holo_adam(1e-3, holo_ratio=100, codebook_size=100, min_compress_size=0)
+  # Rows of 201 at ratio 100: h = 3, 67 chunks > 60 codebook rows.
+  opt = holo_adam(1e-3, holo_ratio=50, codebook_size=60, min_compress_size=0)
   with pytest.raises(ValueError, match="codebook_size"):
-    opt.init({"w": jnp.zeros((101, 64))})
+    opt.init({"w": jnp.zeros((4, 201))})
 
 
 def test_integer_params_rejected():
@@ -273,23 +344,7 @@ def test_low_precision_grads(dtype):
   p = contract.default_params(dtype)
   u, s = jax.jit(opt.update)(jax.grad(contract.parabola_loss)(p), opt.init(p), p)
   assert all(x.dtype == dtype and bool(jnp.all(jnp.isfinite(x))) for x in jax.tree.leaves(u))
-  assert s[0].mu["w"].dtype == jnp.complex64 and s[0].nu["w"].dtype == jnp.float32
-
-
-def test_non_finite_grads_leave_state():
-  opt = make(1e-2)
-  p = contract.default_params()
-  upd = jax.jit(opt.update)
-  _, s = upd(jax.grad(contract.parabola_loss)(p), opt.init(p), p)
-  for bad_value in (jnp.nan, jnp.inf):
-    bad = jax.grad(contract.parabola_loss)(p)
-    bad["b"] = bad["b"].at[3].set(bad_value)
-    u, s2 = upd(bad, s, p)
-    assert all(bool(jnp.all(x == 0)) for x in jax.tree.leaves(u))
-    assert int(s2[0].skipped) == int(s[0].skipped) + 1
-    for a, b in zip(jax.tree.leaves(s[0]._replace(skipped=0)),
-                    jax.tree.leaves(s2[0]._replace(skipped=0))):
-      np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+  assert inner(s).mu["w"].dtype == jnp.complex64 and inner(s).nu["w"].dtype == jnp.float32
 
 
 def test_default_gate_is_scale_invariant_faithful_is_not():
