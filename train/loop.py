@@ -18,7 +18,6 @@ import json
 import math
 import os
 import time
-from functools import partial
 from typing import Any
 
 import jax
@@ -33,6 +32,7 @@ from holojax.optim.accounting import state_bits_per_param, tree_size
 from holojax.train import checkpoint as ckpt
 from holojax.train import sharding
 from holojax.train.config import TrainConfig
+from holojax.train.step import init_state, make_eval_step, make_train_step, model_of
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -90,31 +90,6 @@ def model_spec(cfg: TrainConfig, **overrides):
   return spec
 
 
-def init_state(cfg: TrainConfig, spec, tx, mesh):
-  """Builds the model and its optimizer state directly sharded on ``mesh``.
-
-  Returns ``(graphdef, state)`` with ``state = {"model": nnx.State of every
-  model variable, "opt": optax state}``. The optimizer sees the parameters
-  as a plain nested dict (``State.to_pure_dict``): optax states with a
-  NamedTuple per parameter (TurboAdam, HoloAdam) then stay plain pytrees,
-  which ``nnx.Optimizer``'s variable wrapping does not preserve under jit in
-  flax 0.12.
-  """
-
-  def make():
-    model = spec.build(spec.config, rngs=nnx.Rngs(cfg.seed))
-    return model, tx.init(nnx.state(model, nnx.Param).to_pure_dict())
-
-  def as_state(model, opt_state):
-    graphdef, model_state = nnx.split(model)
-    return graphdef, {"model": model_state, "opt": opt_state}
-
-  graphdef, abstract = as_state(*nnx.eval_shape(make))
-  shardings = sharding.state_shardings(abstract, mesh)
-  state = jax.jit(lambda: as_state(*make())[1], out_shardings=shardings)()
-  return graphdef, state
-
-
 def loss_fn(model, batch_bt):
   """Mean next-token cross-entropy (nats per byte).
 
@@ -125,29 +100,6 @@ def loss_fn(model, batch_bt):
   return optax.softmax_cross_entropy_with_integer_labels(logits_btv, batch_bt[:, 1:]).mean()
 
 
-def make_steps(graphdef, tx, state_sh, mesh):
-  """The jitted train step (state donated) and eval step."""
-  rep = sharding.replicated(mesh)
-
-  @partial(jax.jit, donate_argnums=0, out_shardings=(state_sh, rep))
-  def train_step(state, batch_bt):
-    model = nnx.merge(graphdef, state["model"])
-    loss, grads = nnx.value_and_grad(loss_fn)(model, batch_bt)
-    params = nnx.state(model, nnx.Param)
-    p = params.to_pure_dict()
-    updates, opt_state = tx.update(grads.to_pure_dict(), state["opt"], p)
-    params.replace_by_pure_dict(optax.apply_updates(p, updates))
-    nnx.update(model, params)
-    metrics = {"train/loss": loss, "train/grad_norm": optax.tree.norm(grads)}
-    return {"model": nnx.state(model), "opt": opt_state}, metrics
-
-  @partial(jax.jit, out_shardings=rep)
-  def eval_step(state, batch_bt):
-    return loss_fn(nnx.merge(graphdef, state["model"]), batch_bt)
-
-  return train_step, eval_step
-
-
 def _evaluate(eval_step, state, batches) -> float:
   losses = [eval_step(state, b) for b in batches]
   return float(np.mean(jax.device_get(losses)))
@@ -155,7 +107,7 @@ def _evaluate(eval_step, state, batches) -> float:
 
 def _split(graphdef, state):
   """(parameters as an nnx.State, optimizer state)."""
-  return nnx.state(nnx.merge(graphdef, state["model"]), nnx.Param), state["opt"]
+  return nnx.state(model_of(graphdef, state), nnx.Param), state["opt"]
 
 
 def _check_finite(step: int, metrics: dict[str, float]):
@@ -190,9 +142,11 @@ def train(cfg: TrainConfig, *, bar_position: int = 0,
                      f"of the mesh {dict(mesh.shape)}")
   batch_sh = sharding.batch_sharding(mesh)
   tx = make_optimizer(cfg)
-  graphdef, state = init_state(cfg, spec, tx, mesh)
+  graphdef, state = init_state(lambda: spec.build(spec.config, rngs=nnx.Rngs(cfg.seed)), tx,
+                               mesh)
   state_sh = jax.tree.map(lambda x: x.sharding, state)
-  train_step, eval_step = make_steps(graphdef, tx, state_sh, mesh)
+  train_step = make_train_step(graphdef, tx, loss_fn, mesh=mesh, state_sharding=state_sh)
+  eval_step = make_eval_step(graphdef, loss_fn, mesh=mesh)
   params, opt_state = _split(graphdef, state)
   num_params = tree_size(params)
   bits = state_bits_per_param(opt_state, params)

@@ -31,6 +31,7 @@ from holojax.nn.holo import (
   HoloLinear, LowRankLinear, SineActivation, equal_param_rank,
   holo_basis_count, holo_param_count, lowrank_param_count)
 from holojax.optim.accounting import num_params
+from holojax.train.step import init_state, model_of, train_step
 
 __all__ = ["relu_mlp", "holo_mlp", "lowrank_mlp", "fit", "run_spiral",
            "holo_param_table", "format_param_table", "main"]
@@ -67,34 +68,33 @@ def lowrank_mlp(hidden: int = 64, harmonics: int = 16, *,
   return nnx.Sequential(l1, SineActivation(), l2, SineActivation(), l3)
 
 
-def fit(model, x_n2, y_n, *, steps: int, lr: float) -> np.ndarray:
-  """Full-batch Adam on BCE-with-logits; updates ``model`` in place.
+def bce_loss(model, batch) -> jax.Array:
+  """Mean binary cross-entropy of ``model(x)[:, 0]`` as logits; batch = (x_n2, y_n)."""
+  x_n2, y_n = batch
+  return optax.sigmoid_binary_cross_entropy(model(x_n2)[:, 0], y_n).mean()
 
-  The whole loop is one ``jax.lax.scan`` under ``jax.jit``.
+
+def fit(build, x_n2, y_n, *, steps: int, lr: float) -> tuple[nnx.Module, np.ndarray]:
+  """Full-batch Adam on BCE-with-logits for the model ``build()``.
+
+  The whole loop is one ``jax.lax.scan`` of the train step under ``jax.jit``.
 
   Returns:
-    the loss of every step, float32 [steps].
+    the trained model and the loss of every step, float32 [steps].
   """
-  graphdef, params, rest = nnx.split(model, nnx.Param, ...)
   tx = optax.adam(lr)
-
-  def loss_fn(params):
-    logit_n = nnx.merge(graphdef, params, rest)(x_n2)[:, 0]
-    return optax.sigmoid_binary_cross_entropy(logit_n, y_n).mean()
-
-  def step(carry, _):
-    params, opt_state = carry
-    loss, g = jax.value_and_grad(loss_fn)(params)
-    upd, opt_state = tx.update(g, opt_state, params)
-    return (optax.apply_updates(params, upd), opt_state), loss
+  graphdef, state = init_state(build, tx)
+  step = train_step(graphdef, tx, bce_loss)
 
   @jax.jit
-  def run(params, opt_state):
-    return jax.lax.scan(step, (params, opt_state), None, length=steps)
+  def run(state):
+    def body(state, _):
+      state, metrics = step(state, (x_n2, y_n))
+      return state, metrics["train/loss"]
+    return jax.lax.scan(body, state, None, length=steps)
 
-  (params, _), loss_s = run(params, tx.init(params))
-  nnx.update(model, params)
-  return np.asarray(loss_s)
+  state, loss_s = run(state)
+  return model_of(graphdef, state), np.asarray(loss_s)
 
 
 def _accuracy(model, x_n2, y_n) -> float:
@@ -167,10 +167,9 @@ def run_spiral(steps: int = 500, seed: int = 0, out_png: str | None = None,
                                                     init="seed", rngs=r)
   models, results = {}, {}
   for name, build in builders.items():
-    model = build(nnx.Rngs(seed))
     t0 = time.perf_counter()
-    loss_s = fit(model, jnp.asarray(x_n2), jnp.asarray(y_n), steps=steps,
-                 lr=lr)
+    model, loss_s = fit(lambda: build(nnx.Rngs(seed)), jnp.asarray(x_n2),
+                        jnp.asarray(y_n), steps=steps, lr=lr)
     results[name] = {"acc": _accuracy(model, x_n2, y_n),
                      "params": num_params(model),
                      "final_loss": float(loss_s[-1]),

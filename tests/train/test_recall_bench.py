@@ -7,18 +7,16 @@ import numpy as np
 import pytest
 
 from holojax.optim.accounting import num_params
-from holojax.train.bench import harness
+from holojax.train.bench.common import build_lm
 from holojax.train.bench import recall_bench as rb
 
 
 def test_heads_and_param_counts():
   assert [rb.num_heads(w, 64) for w in (32, 64, 128, 512)] == [1, 1, 2, 8]
-  ph, cfg = rb.build_model("phasor", 64, vocab_size=256, num_layers=2,
-                           head_width=64, max_seq_len=64, dtype="float32",
-                           seed=0)
-  at, _ = rb.build_model("attention", 64, vocab_size=256, num_layers=2,
-                         head_width=64, max_seq_len=64, dtype="float32", seed=0)
-  assert cfg["hd_dim"] == 128 and cfg["tie_embeddings"]
+  kw = dict(vocab_size=256, num_layers=2, head_width=64, max_seq_len=64, dtype="float32")
+  cfg = rb.model_config("phasor", 64, **kw)
+  ph, at = build_lm(cfg, 0), build_lm(rb.model_config("attention", 64, **kw), 0)
+  assert cfg.hd_dim == 128 and cfg.tie_embeddings
   d, v = 64, 256  # per layer, attention: 4 d^2 + 8 d^2; phasor: 10 d^2 + 8 d^2
   extra = 2 * (6 * d * d + 2 * 2 * d + 1 + 5 * d)  # + k, q, MLP biases, bandwidth
   assert num_params(ph) - num_params(at) == extra

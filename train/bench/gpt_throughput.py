@@ -21,6 +21,7 @@ import time
 
 import jax
 import jax.numpy as jnp
+from flax import nnx
 
 from holojax.train.bench.timing import median_time
 
@@ -38,7 +39,7 @@ def matmul_rate(n: int = 8192, repeats: int = 10) -> float:
 
 def time_training(cfg, *, warmup: int, steps: int, **model_overrides) -> dict:
   from holojax import data as hdata
-  from holojax.train import loop, sharding
+  from holojax.train import loop, sharding, step
   spec = loop.model_spec(cfg, **model_overrides)
   corpus = hdata.load_corpus(cfg.corpus, max_bytes=cfg.corpus_max_bytes)
   ds = hdata.PackedBatches(corpus.train, seq_len=cfg.seq_len, batch_size=cfg.batch_size)
@@ -46,9 +47,11 @@ def time_training(cfg, *, warmup: int, steps: int, **model_overrides) -> dict:
   batch_sh = sharding.batch_sharding(mesh)
   batches = [jax.device_put(ds.batch(k), batch_sh) for k in range(warmup + steps)]
   tx = loop.make_optimizer(cfg)
-  graphdef, state = loop.init_state(cfg, spec, tx, mesh)
+  graphdef, state = step.init_state(lambda: spec.build(spec.config, rngs=nnx.Rngs(cfg.seed)),
+                                    tx, mesh)
   state_sh = jax.tree.map(lambda x: x.sharding, state)
-  train_step, _ = loop.make_steps(graphdef, tx, state_sh, mesh)
+  train_step = step.make_train_step(graphdef, tx, loop.loss_fn, mesh=mesh,
+                                    state_sharding=state_sh)
   for b in batches[:warmup]:
     state, metrics = train_step(state, b)
   jax.block_until_ready((state, metrics))

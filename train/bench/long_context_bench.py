@@ -62,11 +62,14 @@ import numpy as np
 from flax import nnx
 
 from holojax import data as hdata
-from holojax.models.gpt import GPT, GPTConfig
+from holojax.models.gpt import GPTConfig
 from holojax.models.holo_transformer import HoloConfig, HoloForCausalLM, decode_steps
-from holojax.optim.accounting import tree_bytes, tree_size
-from holojax.train.bench.steps import adamw_direction, lr_at, lr_train_step
+from holojax.optim.accounting import num_params, tree_bytes
+from holojax.train.bench.common import (adamw, build_lm, fit_steps, lm_config, train_steps,
+                                        warmup_cosine)
 from holojax.train.loop import loss_fn
+from holojax.train.step import (host_lr, init_state, make_eval_step, make_train_step, model_of,
+                                schedule_values)
 
 PARTS = ("lm", "decode")
 
@@ -170,12 +173,11 @@ def model_configs(cfg: LongContextConfig) -> tuple[HoloConfig, GPTConfig]:
     True
   """
   max_len = max(cfg.train_len, *cfg.eval_lens)
-  holo = HoloConfig(vocab_size=hdata.VOCAB_SIZE, hidden_size=cfg.width, hd_dim=cfg.hd_dim,
-                    num_hidden_layers=cfg.layers, num_heads=cfg.heads, mlp_ratio=4.0,
-                    max_seq_len=max(max_len, cfg.decode_tokens), dtype=cfg.dtype)
-  gpt = GPTConfig(vocab_size=hdata.VOCAB_SIZE, d_model=cfg.width, n_layers=cfg.layers,
-                  n_heads=cfg.heads, d_ff=4 * cfg.width, max_seq_len=max_len, dtype=cfg.dtype)
-  return holo, gpt
+  kw = dict(vocab_size=hdata.VOCAB_SIZE, width=cfg.width, layers=cfg.layers, heads=cfg.heads,
+            dtype=cfg.dtype)
+  return (lm_config("phasor", hd_dim=cfg.hd_dim, max_seq_len=max(max_len, cfg.decode_tokens),
+                    **kw),
+          lm_config("attention", max_seq_len=max_len, **kw))
 
 
 def kv_cache_bytes(layers: int, width: int, context: int, *, batch: int = 1,
@@ -230,38 +232,29 @@ def eval_sets(val: np.ndarray, lens, *, n_tokens: int, batch_tokens: int
 # Part lm.
 
 
-def _make_steps(graphdef, tx):
-  """(train step with params and optimizer state donated, jitted eval step)."""
-
-  def loss(params, rest, batch_bt):
-    return loss_fn(nnx.merge(graphdef, params, rest), batch_bt)
-
-  return lr_train_step(loss, tx), jax.jit(loss)
-
-
 def _build(arch: str, mcfg, tx, seed: int) -> dict:
-  """One training arm: the model split into params / rest, optimizer state, steps."""
-  cls = HoloForCausalLM if arch == "phasor" else GPT
-  graphdef, params, rest = nnx.split(cls(mcfg, rngs=nnx.Rngs(seed)), nnx.Param, ...)
-  train_step, eval_step = _make_steps(graphdef, tx)
+  """One training arm: model and optimizer state, its train and eval steps."""
+  graphdef, state = init_state(lambda: build_lm(mcfg, seed), tx)
   return {"arch": arch, "config": dataclasses.asdict(mcfg), "graphdef": graphdef,
-          "params": params, "rest": rest, "opt": tx.init(params), "train_step": train_step,
-          "eval_step": eval_step, "losses": [],
-          "num_params": tree_size(params)}
+          "state": state, "train_step": make_train_step(graphdef, tx, loss_fn),
+          "eval_step": make_eval_step(graphdef, loss_fn), "losses": [],
+          "num_params": num_params(model_of(graphdef, state))}
 
 
 def _train(arm: dict, data, start: int, stop: int, total: int, cfg, say=None) -> float:
   """Steps [start, stop) of ``arm`` in place; returns the wall seconds (blocked)."""
   t0 = time.perf_counter()
   every = max((stop - start) // 8, 1)
-  for s in range(start, stop):
-    lr = jnp.float32(lr_at(s, total, peak=cfg.learning_rate, warmup=cfg.warmup))
-    arm["params"], arm["opt"], loss = arm["train_step"](
-        arm["params"], arm["opt"], arm["rest"], jnp.asarray(data.batch(s)), lr)
-    arm["losses"].append(loss)
-    if say is not None and (s + 1 - start) % every == 0:
-      say(f"  {arm['arch']:>8} step {s + 1}/{total}  loss {float(loss):.4f}")
-  jax.block_until_ready(arm["params"])
+  lrs = schedule_values(warmup_cosine(cfg.learning_rate, cfg.warmup, total), stop)
+
+  def on_loss(s, loss):
+    say(f"  {arm['arch']:>8} step {s + 1}/{total}  loss {loss:.4f}")
+
+  arm["state"], _ = train_steps(
+      arm["train_step"], arm["state"], lambda s: jnp.asarray(data.batch(s)), lrs.__getitem__,
+      range(start, stop), losses=arm["losses"], on_loss=say and on_loss,
+      log_at=lambda s: (s + 1 - start) % every == 0)
+  jax.block_until_ready(arm["state"])
   return time.perf_counter() - t0
 
 
@@ -270,7 +263,7 @@ def run_lm(cfg: LongContextConfig, corpus, say) -> tuple[dict, nnx.Module]:
   holo_cfg, gpt_cfg = model_configs(cfg)
   data = hdata.PackedBatches(corpus.train, seq_len=cfg.train_len, batch_size=cfg.batch_size,
                              seed=cfg.seed)
-  tx = adamw_direction(cfg.weight_decay, b2=0.95)
+  tx = host_lr(adamw, weight_decay=cfg.weight_decay, b2=0.95)
   t_start = time.perf_counter()
   arms = [_build("phasor", holo_cfg, tx, cfg.seed), _build("gpt_rope", gpt_cfg, tx, cfg.seed)]
   for arm in arms:
@@ -285,7 +278,7 @@ def run_lm(cfg: LongContextConfig, corpus, say) -> tuple[dict, nnx.Module]:
   if cfg.max_minutes is not None:
     left = 60 * cfg.max_minutes - (time.perf_counter() - t_start)
     per_step = 1.05 * sum(a["calib_step_s"] for a in arms)
-    steps = max(cfg.calib_steps, min(steps, cfg.calib_steps + int(left / per_step)))
+    steps = fit_steps(left, per_step, done=cfg.calib_steps, most=steps)
   say(f"training both for {steps} steps of {cfg.batch_size} x {cfg.train_len} bytes")
   for arm in arms:
     dt = _train(arm, data, cfg.calib_steps, steps, steps, cfg, say)
@@ -300,7 +293,7 @@ def run_lm(cfg: LongContextConfig, corpus, say) -> tuple[dict, nnx.Module]:
     losses = [float(x) for x in jax.device_get(arm["losses"])]
     val = {}
     for n, batches in sets.items():
-      ls = [arm["eval_step"](arm["params"], arm["rest"], jnp.asarray(b)) for b in batches]
+      ls = [arm["eval_step"](arm["state"], jnp.asarray(b)) for b in batches]
       val[str(n)] = float(np.mean(jax.device_get(ls)))
       say(f"{arm['arch']}: val@{n} = {val[str(n)]:.4f} nats/byte")
     keep = sorted(set(range(0, len(losses), max(len(losses) // 50, 1))) | {len(losses) - 1})
@@ -313,7 +306,7 @@ def run_lm(cfg: LongContextConfig, corpus, say) -> tuple[dict, nnx.Module]:
                  "model_config": arm["config"]})
   n_eval = sum(b[:, 1:].size for b in sets[cfg.eval_lens[0]])
   phasor = arms[0]
-  model = nnx.merge(phasor["graphdef"], phasor["params"], phasor["rest"])
+  model = model_of(phasor["graphdef"], phasor["state"])
   results = {"steps": steps, "tokens_per_model": steps * cfg.batch_size * cfg.train_len,
              "eval_tokens": n_eval, "wall_s": time.perf_counter() - t_start, "rows": rows}
   return results, model

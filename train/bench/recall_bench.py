@@ -67,7 +67,6 @@ import argparse
 import dataclasses
 import json
 import functools
-import math
 import multiprocessing as mp
 import os
 import time
@@ -76,15 +75,16 @@ from typing import Callable
 
 import jax
 import numpy as np
-import optax
 from flax import nnx
 
 from holojax.data.synthetic import LMExamples, mqar, passkey, shifted_correct
-from holojax.models.gpt import GPT, GPTConfig
-from holojax.models.holo_transformer import (HoloConfig, HoloForCausalLM,
-                                             causal_lm_loss)
+from holojax.models.holo_transformer import HoloForCausalLM, causal_lm_loss
 from holojax.optim.accounting import num_params
-from holojax.train.bench.steps import adamw_direction, lr_at, lr_train_step
+from holojax.train.bench.common import (adamw, build_lm, check_finite,
+                                        fit_steps, lm_config, train_steps,
+                                        warmup_cosine)
+from holojax.train.step import (host_lr, init_state, make_eval_step,
+                                make_train_step, model_of, schedule_values)
 
 ARCHS = ("phasor", "attention")
 # Seed ranges: training streams and test sets never share a seed.
@@ -176,31 +176,20 @@ def num_heads(width: int, head_width: int) -> int:
   return max(1, width // head_width)
 
 
-def build_model(arch: str, width: int, *, vocab_size: int, num_layers: int,
-                head_width: int, max_seq_len: int, dtype: str, seed: int
-                ) -> tuple[nnx.Module, dict]:
-  """A phasor or attention LM of ``width``, and its config as a dict.
+def model_config(arch: str, width: int, *, vocab_size: int, num_layers: int,
+                 head_width: int, max_seq_len: int, dtype: str):
+  """The phasor (memory width 2 width, tied embeddings) or attention LM config.
 
   Example:
-    >>> m, c = build_model("phasor", 64, vocab_size=128, num_layers=2,
-    ...                    head_width=64, max_seq_len=64, dtype="float32",
-    ...                    seed=0)
-    >>> c["hd_dim"], c["num_heads"]
+    >>> c = model_config("phasor", 64, vocab_size=128, num_layers=2,
+    ...                  head_width=64, max_seq_len=64, dtype="float32")
+    >>> c.hd_dim, c.num_heads
     (128, 1)
   """
-  h = num_heads(width, head_width)
-  if arch == "phasor":
-    cfg = HoloConfig(vocab_size=vocab_size, hidden_size=width,
-                     hd_dim=2 * width, num_hidden_layers=num_layers,
-                     num_heads=h, mlp_ratio=4.0, max_seq_len=max_seq_len,
-                     mode="content", tie_embeddings=True, dtype=dtype)
-    return HoloForCausalLM(cfg, rngs=nnx.Rngs(seed)), dataclasses.asdict(cfg)
-  if arch == "attention":
-    cfg = GPTConfig(vocab_size=vocab_size, d_model=width, n_layers=num_layers,
-                    n_heads=h, d_ff=4 * width, max_seq_len=max_seq_len,
-                    dtype=dtype)
-    return GPT(cfg, rngs=nnx.Rngs(seed)), dataclasses.asdict(cfg)
-  raise ValueError(f"arch {arch!r} must be one of {ARCHS}")
+  return lm_config(arch, vocab_size=vocab_size, width=width, layers=num_layers,
+                   heads=num_heads(width, head_width), max_seq_len=max_seq_len,
+                   dtype=dtype, hd_dim=2 * width, mode="content",
+                   tie_embeddings=True)
 
 
 def logits_of(model: nnx.Module, ids_bt: jax.Array) -> jax.Array:
@@ -214,25 +203,20 @@ def logits_of(model: nnx.Module, ids_bt: jax.Array) -> jax.Array:
 # optimisation
 
 
-def make_step_fns(graphdef, tx: optax.GradientTransformation, *,
-                  loss_on: str = "labels"):
-  """Jitted (train_step, eval_step) on split model state.
+def labels_loss(model: nnx.Module, ex: LMExamples) -> jax.Array:
+  """Next-token loss where ``ex.labels`` has a target."""
+  return causal_lm_loss(logits_of(model, ex.input_ids), ex.labels)
 
-  train_step(params, opt_state, rest, ids, labels, lr) -> (params, opt, loss)
-  eval_step(params, rest, ids, labels) -> (correct_b, count_b): per example,
-  argmax logits[t] == labels[t + 1] counted where labels[t + 1] != -100.
-  ``loss_on="all"`` trains on every next token (ids as labels) instead.
-  """
-  def loss_fn(params, rest, ids_bt, labels_bt):
-    model = nnx.merge(graphdef, params, rest)
-    targets_bt = ids_bt if loss_on == "all" else labels_bt
-    return causal_lm_loss(logits_of(model, ids_bt), targets_bt)
 
-  def eval_step(params, rest, ids_bt, labels_bt):
-    model = nnx.merge(graphdef, params, rest)
-    return shifted_correct(logits_of(model, ids_bt), labels_bt)
+def all_loss(model: nnx.Module, ex: LMExamples) -> jax.Array:
+  """Next-token loss on every position (the ids as labels)."""
+  return causal_lm_loss(logits_of(model, ex.input_ids), ex.input_ids)
 
-  return lr_train_step(loss_fn, tx), jax.jit(eval_step)
+
+def correct(model: nnx.Module, ex: LMExamples):
+  """Per example (correct_b, count_b): argmax logits[t] == labels[t + 1],
+  counted where labels[t + 1] != -100."""
+  return shifted_correct(logits_of(model, ex.input_ids), ex.labels)
 
 
 class BatchStream:
@@ -291,9 +275,8 @@ class Clock:
     print(f"[recall {self.now():7.1f}s] {msg}", flush=True)
 
 
-def train_model(train_step, params, rest, opt_state, stream: BatchStream, *,
-                steps: int, peak_lr: float, warmup_frac: float,
-                num_shapes: int,
+def train_model(train_step, state, stream: BatchStream, *, steps: int,
+                peak_lr: float, warmup_frac: float, num_shapes: int,
                 clock: Clock, plan_s: float | None, stop_at: float,
                 log_every: int, tag: str) -> tuple:
   """Trains for ``steps`` steps (fewer if ``plan_s`` or ``stop_at`` say so).
@@ -303,68 +286,61 @@ def train_model(train_step, params, rest, opt_state, stream: BatchStream, *,
   ``plan_s`` seconds from the start (warm-up, ``warmup_frac`` of the total,
   and the cosine follow it). Training stops at ``stop_at`` (perf_counter
   seconds), the end of the part's budget, whatever the plan.
-  Returns (params, info) with steps_done, losses [(step, loss)], step_ms.
+  Returns (state, info) with steps_done, losses [(step, loss)], step_ms.
   """
   start = time.perf_counter()
-  total, losses, pending = steps, [], None
+  total, losses, step_ms = steps, [], None
   plan_at = num_shapes * (1 + max(2, -(-24 // num_shapes)))
-  t_compiled, step_ms, stopped = None, None, False
-  i = 0
-  while i < total:
-    if time.perf_counter() >= stop_at:
-      stopped = True
-      clock.log(f"{tag}: time budget spent, stopping at step {i}/{total}")
-      break
-    ex = stream[i]
-    lr = lr_at(i, total, peak=peak_lr, warmup=max(1, int(warmup_frac * total)))
-    params, opt_state, loss = train_step(params, opt_state, rest,
-                                         ex.input_ids, ex.labels,
-                                         np.float32(lr))
-    if pending is not None:  # read the loss one log step late
-      val = float(pending[1])
-      if not math.isfinite(val):
-        raise FloatingPointError(f"{tag}: loss {val} at step {pending[0]}")
-      losses.append((pending[0], val))
-      clock.log(f"{tag}: step {pending[0]:>5}/{total} loss {val:.4f}")
-      pending = None
-    if i == num_shapes - 1:
-      loss.block_until_ready()
-      t_compiled = time.perf_counter()
-      clock.log(f"{tag}: compiled {num_shapes} shape(s) in "
-                f"{t_compiled - start:.1f}s")
-    if i == plan_at - 1 and t_compiled is not None:
-      loss.block_until_ready()
+
+  def on_loss(i, loss):
+    check_finite(tag, i, loss)
+    losses.append((i, loss))
+    clock.log(f"{tag}: step {i:>5}/{total} loss {loss:.4f}")
+
+  def run(state, begin, end):
+    sched = warmup_cosine(peak_lr, max(1, int(warmup_frac * total)), total)
+    lrs = schedule_values(sched, end)
+    return train_steps(train_step, state, stream.__getitem__, lrs.__getitem__,
+                       range(begin, min(end, total)), losses=[], stop_at=stop_at,
+                       log_at=lambda i: i % log_every == 0 or i == total - 1,
+                       on_loss=on_loss)
+
+  state, done = run(state, 0, num_shapes)
+  if done == num_shapes:
+    jax.block_until_ready(state)
+    t_compiled = time.perf_counter()
+    clock.log(f"{tag}: compiled {num_shapes} shape(s) in {t_compiled - start:.1f}s")
+    state, done = run(state, num_shapes, plan_at)
+    if done == plan_at:
+      jax.block_until_ready(state)
       now = time.perf_counter()
       step_s = (now - t_compiled) / (plan_at - num_shapes)
       step_ms = 1e3 * step_s
       if plan_s is not None:
-        fit = int((start + plan_s - now) / step_s)
-        total = max(plan_at, min(steps, plan_at + fit))
+        total = fit_steps(start + plan_s - now, step_s, done=plan_at, most=steps)
         clock.log(f"{tag}: {step_ms:.2f} ms/step -> {total} steps")
-    if i % log_every == 0 or i == total - 1:
-      pending = (i, loss)
-    i += 1
-  if pending is not None:
-    losses.append((pending[0], float(pending[1])))
-    clock.log(f"{tag}: step {pending[0]:>5}/{total} loss {losses[-1][1]:.4f}")
-  jax.block_until_ready(params)
-  info = {"steps_done": i, "planned_steps": total, "stopped_early": stopped,
+      state, done = run(state, plan_at, total)
+  stopped = done < total
+  if stopped:
+    clock.log(f"{tag}: time budget spent, stopping at step {done}/{total}")
+  jax.block_until_ready(state)
+  info = {"steps_done": done, "planned_steps": total, "stopped_early": stopped,
           "train_s": time.perf_counter() - start, "step_ms": step_ms,
           "final_loss": losses[-1][1] if losses else None, "losses": losses}
-  return params, info
+  return state, info
 
 
-def evaluate(eval_step, params, rest, ex: LMExamples, batch: int
+def evaluate(eval_step, state, ex: LMExamples, batch: int
              ) -> tuple[np.ndarray, np.ndarray]:
   """Per-example (correct, counted) targets over ``ex`` in batches."""
   n = ex.input_ids.shape[0]
   b = max(d for d in range(1, min(batch, n) + 1) if n % d == 0)
-  correct, count = [], []
+  hits, count = [], []
   for s in range(0, n, b):
-    c, k = eval_step(params, rest, ex.input_ids[s:s + b], ex.labels[s:s + b])
-    correct.append(np.asarray(c))
+    c, k = eval_step(state, LMExamples(ex.input_ids[s:s + b], ex.labels[s:s + b]))
+    hits.append(np.asarray(c))
     count.append(np.asarray(k))
-  return np.concatenate(correct), np.concatenate(count)
+  return np.concatenate(hits), np.concatenate(count)
 
 
 # ----------------------------------------------------------------------------
@@ -412,7 +388,7 @@ def _run_group(cfg: RecallConfig, clock: Clock, *, width: int, lr: float,
                evaluate_fn: Callable, record: Callable, part: str,
                compiled: dict, stop_at: float) -> list:
   """Trains every arch at one width: the first plans the steps, the rest
-  follow it; ``evaluate_fn(eval_step, params, rest, tag) -> dict``.
+  follow it; ``evaluate_fn(eval_step, state, tag) -> dict``.
   ``compiled`` keeps the jitted steps per (arch, width) across an lr sweep."""
   group_start = time.perf_counter()
   runs, planned = [], None
@@ -424,36 +400,37 @@ def _run_group(cfg: RecallConfig, clock: Clock, *, width: int, lr: float,
                    "error": "skipped: time budget spent"})
       record(runs[-1])
       continue
-    model, mcfg = build_model(arch, width, vocab_size=vocab_size,
-                              num_layers=cfg.num_layers,
-                              head_width=cfg.head_width,
-                              max_seq_len=max_seq_len, dtype=cfg.dtype,
-                              seed=cfg.seed)
+    mcfg = model_config(arch, width, vocab_size=vocab_size,
+                        num_layers=cfg.num_layers, head_width=cfg.head_width,
+                        max_seq_len=max_seq_len, dtype=cfg.dtype)
+    tx = host_lr(adamw, weight_decay=cfg.weight_decay, b2=0.98,
+                 matrices_only=True)
+    graphdef, state = init_state(lambda: build_lm(mcfg, cfg.seed), tx)
     run = {"arch": arch, "width": width, "lr": lr,
            "num_heads": num_heads(width, cfg.head_width),
-           "num_params": num_params(model), "model_config": mcfg}
+           "num_params": num_params(model_of(graphdef, state)),
+           "model_config": dataclasses.asdict(mcfg)}
     clock.log(f"{tag}: start, {run['num_params']:,} params, "
               f"{run['num_heads']} heads")
-    graphdef, params, rest = nnx.split(model, nnx.Param, ...)
-    tx = adamw_direction(cfg.weight_decay, b2=0.98, matrices_only=True)
     if (arch, width) not in compiled:
-      compiled[arch, width] = make_step_fns(graphdef, tx, loss_on=loss_on)
+      loss = all_loss if loss_on == "all" else labels_loss
+      compiled[arch, width] = (make_train_step(graphdef, tx, loss),
+                               make_eval_step(graphdef, correct))
     train_step, eval_step = compiled[arch, width]
     plan_s = None
     if planned is None:  # this arch's share of what is left of the group
       left = slice_s - (time.perf_counter() - group_start)
       plan_s = 0.8 * left / (len(cfg.archs) - k)
     try:
-      params, info = train_model(
-          train_step, params, rest, tx.init(params), stream,
-          steps=planned or steps, peak_lr=lr,
+      state, info = train_model(
+          train_step, state, stream, steps=planned or steps, peak_lr=lr,
           warmup_frac=cfg.warmup_frac, num_shapes=num_shapes,
           clock=clock, plan_s=plan_s, stop_at=stop_at,
           log_every=cfg.log_every, tag=tag)
       run.update(info)
       planned = planned or info["steps_done"]
       t = time.perf_counter()
-      run.update(evaluate_fn(eval_step, params, rest, tag))
+      run.update(evaluate_fn(eval_step, state, tag))
       run["eval_s"] = time.perf_counter() - t
     except FloatingPointError as e:  # record it, keep comparing the others
       run["error"] = str(e)
@@ -475,10 +452,10 @@ def run_mqar(cfg: RecallConfig, clock: Clock, budget_s: float,
                                  seed=_MQAR_TEST + 1000 * cfg.seed + g)
            for g, (t, n) in enumerate(cfg.grid)}
 
-  def evaluate_fn(eval_step, params, rest, tag):
+  def evaluate_fn(eval_step, state, tag):
     acc = {}
     for key, ex in tests.items():
-      c, k = evaluate(eval_step, params, rest, ex,
+      c, k = evaluate(eval_step, state, ex,
                       max(1, cfg.eval_tokens // ex.input_ids.shape[1]))
       acc[key] = float(c.sum() / max(k.sum(), 1))
       clock.log(f"{tag}: eval {key:>7} accuracy {acc[key]:.4f}")
@@ -548,10 +525,10 @@ def run_passkey(cfg: RecallConfig, clock: Clock, budget_s: float,
     tests[t] = LMExamples(np.concatenate([p.input_ids for p in parts]),
                           np.concatenate([p.labels for p in parts]))
 
-  def evaluate_fn(eval_step, params, rest, tag):
+  def evaluate_fn(eval_step, state, tag):
     rows = []
     for t, ex in tests.items():
-      c, k = evaluate(eval_step, params, rest, ex,
+      c, k = evaluate(eval_step, state, ex,
                       max(1, cfg.passkey_eval_tokens // t))
       n = cfg.passkey_test_examples
       for di, d in enumerate(cfg.passkey_depths):
