@@ -18,7 +18,7 @@ import json
 import math
 import os
 import time
-from typing import Any
+from typing import Any, Callable, NamedTuple
 
 import jax
 import numpy as np
@@ -100,6 +100,33 @@ def loss_fn(model, batch_bt):
   return optax.softmax_cross_entropy_with_integer_labels(logits_btv, batch_bt[:, 1:]).mean()
 
 
+class Setup(NamedTuple):
+  """A run before its first step: the mesh, how batches are sharded, the model
+  and optimizer state (sharded at creation) and the jitted steps."""
+  mesh: jax.sharding.Mesh
+  batch_sharding: jax.sharding.NamedSharding
+  graphdef: nnx.GraphDef
+  state: dict  # {"model": nnx.State, "opt": optax state}
+  train_step: Callable  # (state, batch_bt) -> (state, metrics), state donated
+  eval_step: Callable  # (state, batch_bt) -> loss
+
+
+def setup(cfg: TrainConfig, spec) -> Setup:
+  """Mesh, optimizer, state and steps of ``cfg`` for the model ``spec``."""
+  mesh = sharding.make_mesh(cfg.mesh_data, cfg.mesh_fsdp)
+  n_dev = mesh.devices.size
+  if cfg.batch_size % n_dev:
+    raise ValueError(f"batch_size={cfg.batch_size} must be a multiple of the {n_dev} devices "
+                     f"of the mesh {dict(mesh.shape)}")
+  tx = make_optimizer(cfg)
+  graphdef, state = init_state(lambda: spec.build(spec.config, rngs=nnx.Rngs(cfg.seed)), tx,
+                               mesh)
+  state_sh = jax.tree.map(lambda x: x.sharding, state)
+  return Setup(mesh, sharding.batch_sharding(mesh), graphdef, state,
+               make_train_step(graphdef, tx, loss_fn, mesh=mesh, state_sharding=state_sh),
+               make_eval_step(graphdef, loss_fn, mesh=mesh))
+
+
 def _evaluate(eval_step, state, batches) -> float:
   losses = [eval_step(state, b) for b in batches]
   return float(np.mean(jax.device_get(losses)))
@@ -135,18 +162,9 @@ def train(cfg: TrainConfig, *, bar_position: int = 0,
   val_batches = hdata.eval_batches(corpus.val, seq_len=cfg.seq_len, batch_size=cfg.batch_size,
                                    num_batches=cfg.eval_batches)
 
-  mesh = sharding.make_mesh(cfg.mesh_data, cfg.mesh_fsdp)
-  n_dev = mesh.devices.size
-  if cfg.batch_size % n_dev:
-    raise ValueError(f"batch_size={cfg.batch_size} must be a multiple of the {n_dev} devices "
-                     f"of the mesh {dict(mesh.shape)}")
-  batch_sh = sharding.batch_sharding(mesh)
-  tx = make_optimizer(cfg)
-  graphdef, state = init_state(lambda: spec.build(spec.config, rngs=nnx.Rngs(cfg.seed)), tx,
-                               mesh)
-  state_sh = jax.tree.map(lambda x: x.sharding, state)
-  train_step = make_train_step(graphdef, tx, loss_fn, mesh=mesh, state_sharding=state_sh)
-  eval_step = make_eval_step(graphdef, loss_fn, mesh=mesh)
+  run = setup(cfg, spec)
+  batch_sh, graphdef, state = run.batch_sharding, run.graphdef, run.state
+  train_step, eval_step = run.train_step, run.eval_step
   params, opt_state = _split(graphdef, state)
   num_params = tree_size(params)
   bits = state_bits_per_param(opt_state, params)

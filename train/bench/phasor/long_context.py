@@ -48,13 +48,10 @@ the training peak).
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import functools
 import gc
-import json
 import time
-from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -65,7 +62,8 @@ from holojax import data as hdata
 from holojax.models.gpt import GPTConfig
 from holojax.models.holo_transformer import HoloConfig, HoloForCausalLM, decode_steps
 from holojax.optim.accounting import num_params, tree_bytes
-from holojax.train.bench.common import (adamw, build_lm, fit_steps, lm_config, train_steps,
+from holojax.train.bench.common import (Progress, Result, adamw, build_lm, device_memory,
+                                        fit_steps, lm_config, require_positive, train_steps,
                                         warmup_cosine)
 from holojax.train.loop import loss_fn
 from holojax.train.step import (host_lr, init_state, make_eval_step, make_train_step, model_of,
@@ -87,13 +85,36 @@ class LongContextConfig:
   (record ``long_context--nvidia-h100-*``). ``TINY`` runs on a 2-core CPU in
   about 20 s.
 
-  ``hd_ratio``: phasor width hd_dim = hd_ratio * width. 1 keeps the two
-  models' parameter counts within ~10% at equal width and depth (the phasor
-  has 5 width x hd_dim projections per layer, attention has 4 width^2); the
-  seed's "capacity" choice is 2. ``max_minutes`` / ``decode_max_minutes``:
-  wall-clock budgets (None: no limit).
+  Attributes:
+    parts: which parts run: lm, decode.
+    width, layers, head_dim: both models' width, depth and head width.
+    hd_ratio: phasor memory width hd_dim = hd_ratio * width. 1 keeps the two
+      models' parameter counts within ~10% at equal width and depth (the phasor
+      has 5 width x hd_dim projections per layer, attention has 4 width^2); the
+      seed's "capacity" choice is 2.
+    dtype: compute dtype.
+    train_len: training sequence length.
+    eval_lens: evaluation lengths (each divides the longest).
+    batch_size: sequences per step.
+    steps: steps at most.
+    max_minutes: training budget, both models, compiles included (none: no limit).
+    warmup: learning-rate warm-up steps.
+    calib_steps: steps per model timed to fit the steps to the budget (2 of
+      them compile).
+    learning_rate, weight_decay: AdamW's peak learning rate and weight decay.
+    eval_tokens: held-out bytes evaluated at every length.
+    eval_batch_tokens: bytes per eval batch.
+    corpus_max_bytes: read at most this much of the corpus (none: all).
+    seed: data and init seed.
+    decode_tokens: context the decode reaches.
+    decode_chunk: recurrent steps per jitted scan.
+    decode_batch: sequences decoded side by side.
+    decode_max_minutes: decode budget (none: no limit).
+    decode_mode: prefill (a parallel prefill per context) or stream (one
+      continuous decode).
   """
 
+  parts: tuple[str, ...] = ("lm", "decode")
   width: int = 256
   layers: int = 4
   head_dim: int = 64
@@ -119,11 +140,11 @@ class LongContextConfig:
   decode_mode: str = "prefill"
 
   def __post_init__(self):
-    for name in ("width", "layers", "head_dim", "train_len", "batch_size", "steps",
-                 "calib_steps", "eval_tokens", "eval_batch_tokens", "decode_tokens",
-                 "decode_chunk", "decode_batch"):
-      if getattr(self, name) < 1:
-        raise ValueError(f"{name}={getattr(self, name)} must be positive")
+    if not self.parts or set(self.parts) - set(PARTS):
+      raise ValueError(f"parts={self.parts}: choose from {PARTS}")
+    require_positive(self, "width", "layers", "head_dim", "train_len", "batch_size", "steps",
+                     "calib_steps", "eval_tokens", "eval_batch_tokens", "decode_tokens",
+                     "decode_chunk", "decode_batch")
     if self.width % self.head_dim:
       raise ValueError(f"width={self.width} must be a multiple of head_dim={self.head_dim}")
     if self.hd_dim % self.heads:
@@ -330,17 +351,12 @@ def _all_finite(tree) -> jax.Array:
                             if jnp.issubdtype(x.dtype, jnp.floating)]))
 
 
-def _memory() -> dict:
-  stats = jax.devices()[0].memory_stats() or {}
-  return {k: stats.get(k) for k in ("bytes_in_use", "peak_bytes_in_use")}
-
-
 def _decode_row(cfg: LongContextConfig, carry, context: int, steps: int, dt: float) -> dict:
   """One decode record: time per step / token over ``steps`` steps, state, memory."""
   cache, b = carry[0], cfg.decode_batch
   return {"context": context, "us_per_step": 1e6 * dt / steps,
           "us_per_token": 1e6 * dt / (steps * b), "state_bytes": tree_bytes(cache),
-          "pos": int(cache[0].pos), "all_finite": bool(_all_finite(carry)), **_memory(),
+          "pos": int(cache[0].pos), "all_finite": bool(_all_finite(carry)), **device_memory(),
           "kv_bytes_computed": kv_cache_bytes(cfg.layers, cfg.width, context, batch=b)}
 
 
@@ -428,7 +444,7 @@ def run_decode_stream(cfg: LongContextConfig, model: HoloForCausalLM, say) -> di
   carry = fresh()
   jax.block_until_ready(_all_finite(carry))
   compile_s = time.perf_counter() - t0
-  mem_start = _memory()
+  mem_start = device_memory()
   say(f"decode: compiled a {n}-step scan in {compile_s:.1f} s; memory {mem_start}")
   rows, done, seg_start, first_toks = [], 0, 0, None
   t_seg = t_begin = time.perf_counter()
@@ -496,82 +512,21 @@ def format_table(cfg: LongContextConfig, results: dict) -> str:
   return "\n".join(lines)
 
 
-def parse(argv: list[str]) -> tuple[LongContextConfig, list[str], str | None]:
-  p = argparse.ArgumentParser(prog="holojax bench long_context", description=__doc__,
-                              formatter_class=argparse.RawDescriptionHelpFormatter)
-  p.add_argument("--tiny", action="store_true", help="tiny models, short lengths (CPU)")
-  p.add_argument("--parts", default="lm,decode", help="comma list of: lm, decode")
-  p.add_argument("--out", default=None, help="JSON written after each part")
-  p.add_argument("--max-minutes", type=float, default=argparse.SUPPRESS,
-                 help="training budget, both models, compiles included (<= 0: none)")
-  p.add_argument("--decode-max-minutes", type=float, default=argparse.SUPPRESS,
-                 help="decode budget (<= 0: none)")
-  for f in dataclasses.fields(LongContextConfig):
-    if f.name in ("max_minutes", "decode_max_minutes"):
-      continue
-    kind = type(f.default) if f.default is not None else int
-    if f.name == "eval_lens":
-      p.add_argument("--eval-lens", type=int, nargs="+", default=argparse.SUPPRESS)
-    else:
-      p.add_argument("--" + f.name.replace("_", "-"), type=kind, default=argparse.SUPPRESS)
-  a = vars(p.parse_args(argv))
-  tiny, parts, out = a.pop("tiny"), a.pop("parts").split(","), a.pop("out")
-  for k in ("max_minutes", "decode_max_minutes"):
-    if k in a and a[k] <= 0:
-      a[k] = None
-  if "eval_lens" in a:
-    a["eval_lens"] = tuple(a["eval_lens"])
-  bad = [x for x in parts if x not in PARTS]
-  if bad or not parts:
-    raise ValueError(f"--parts {','.join(parts)}: choose from {PARTS}")
-  return dataclasses.replace(TINY if tiny else LongContextConfig(), **a), parts, out
-
-
-def run(argv: list[str]) -> dict:
-  cfg, parts, out = parse(argv)
-  t0 = time.perf_counter()
-
-  def say(msg):
-    print(f"[long_context {time.perf_counter() - t0:7.1f} s] {msg}", flush=True)
-
-  say(f"device {jax.devices()[0]}, parts {parts}, config {dataclasses.asdict(cfg)}")
-  results, model = {}, None
-  config = {**dataclasses.asdict(cfg), "eval_lens": list(cfg.eval_lens), "parts": parts,
-            "heads": cfg.heads, "hd_dim": cfg.hd_dim}
-
-  def save():
-    if out:
-      rec = {"benchmark": "long_context", "config": config, "results": results,
-             "table": format_table(cfg, results)}
-      Path(out).parent.mkdir(parents=True, exist_ok=True)
-      Path(out).write_text(json.dumps(rec, indent=1) + "\n")
-      say(f"wrote {out}")
-
-  source = None
-  if "lm" in parts:
+def run(cfg: LongContextConfig, progress: Progress = Progress()) -> Result:
+  say = progress.say
+  say(f"device {jax.devices()[0]}, config {dataclasses.asdict(cfg)}")
+  results, model, source = {}, None, None
+  if "lm" in cfg.parts:
     corpus = hdata.load_corpus(max_bytes=cfg.corpus_max_bytes)
     say(f"corpus {corpus.source}: {len(corpus.train):,} train / {len(corpus.val):,} val bytes")
     results["lm"], model = run_lm(cfg, corpus, say)
     source = np.asarray(corpus.val[:1 << 20])
     del corpus
     gc.collect()  # the transformer's arrays go before the decode measures memory
-    save()
-  if "decode" in parts:
+    progress.partial(results)
+  if "decode" in cfg.parts:
     weights = "trained in part lm" if model is not None else "random init"
     if model is None:
-      model = HoloForCausalLM(model_configs(cfg)[0], rngs=nnx.Rngs(cfg.seed))
+      model = build_lm(model_configs(cfg)[0], cfg.seed)
     results["decode"] = {"weights": weights, **run_decode(cfg, model, say, source)}
-    save()
-  say("done")
-  return {"config": config, "results": results, "table": format_table(cfg, results)}
-
-
-def main(argv: list[str] | None = None) -> dict:
-  import sys
-  rec = run(sys.argv[1:] if argv is None else argv)
-  print(rec["table"], flush=True)
-  return rec
-
-
-if __name__ == "__main__":
-  main()
+  return Result(results, format_table(cfg, results))

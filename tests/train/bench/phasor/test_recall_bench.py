@@ -1,14 +1,14 @@
-"""recall_bench: the --tiny path end to end, and its small pure pieces."""
+"""recall benchmark (train/bench/phasor/recall.py): TINY end to end, and its pure pieces."""
 
+import dataclasses
 import functools
-import json
 
 import numpy as np
 import pytest
 
 from holojax.optim.accounting import num_params
-from holojax.train.bench.common import build_lm
-from holojax.train.bench import recall_bench as rb
+from holojax.train.bench.common import Progress, build_lm
+from holojax.train.bench.phasor import recall as rb
 
 
 def test_heads_and_param_counts():
@@ -68,11 +68,12 @@ def test_config_validation():
 
 
 @pytest.mark.slow
-def test_tiny_end_to_end(tmp_path):
-  out = tmp_path / "recall.json"
-  rec = rb.run(["--tiny", "--out", str(out)])
-  assert json.loads(out.read_text())["table"] == rec["table"]
-  cfg, res = rec["config"], rec["results"]
+def test_tiny_end_to_end():
+  partials = []
+  cfg = dataclasses.replace(rb.TINY, max_minutes=3.0)  # room for a loaded machine
+  out = rb.run(cfg, Progress(partial=lambda res: partials.append(len(res))))
+  res = out.results
+  assert partials  # the results so far, after each model
   mq = res["mqar"]["runs"]
   assert [r["arch"] for r in mq] == ["phasor", "attention"]
   assert all("error" not in r for r in mq)
@@ -85,8 +86,8 @@ def test_tiny_end_to_end(tmp_path):
   pk = res["passkey"]["runs"]
   assert [r["arch"] for r in pk] == ["phasor", "attention"]
   for r in pk:
-    assert len(r["eval"]) == len(cfg["passkey_lens"]) * len(cfg["passkey_depths"])
+    assert len(r["eval"]) == len(cfg.passkey_lens) * len(cfg.passkey_depths)
     for e in r["eval"]:
       assert 0.0 <= e["exact_match"] <= e["digit_accuracy"] <= 1.0
-  assert "MQAR" in rec["table"] and "Passkey" in rec["table"]
-  assert len(rec["table"].splitlines()) < 20
+  assert "MQAR" in out.table and "Passkey" in out.table
+  assert len(out.table.splitlines()) < 20
