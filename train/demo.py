@@ -82,7 +82,8 @@ def train_all(cfg: DemoConfig, say=lambda msg: None) -> list[dict]:
   steps = cfg.steps or DEMO_STEPS
   workers = cfg.workers or min(len(names), os.cpu_count() or 1)
   say(f"holojax demo: {cfg.model} model, {steps} steps per optimizer, {len(names)} "
-      f"optimizers, {workers} worker process(es)")
+      f"optimizers, {workers} worker process(es); tokens/s is per process while they run "
+      "side by side")
   jobs = [(n, DEMO_OPTIMIZERS.get(n, 1e-3), cfg.model, steps, cfg.corpus, cfg.progress,
            i % workers) for i, n in enumerate(names)]
   if workers == 1:
@@ -129,11 +130,8 @@ def run_demo(cfg: DemoConfig) -> list[dict]:
   """``holojax demo``: trains, prints the table, writes the plot and results.json."""
   t0 = time.perf_counter()
   rows = train_all(cfg, say=lambda msg: print(msg, flush=True))
-  wall = time.perf_counter() - t0
-  steps = cfg.steps or DEMO_STEPS
-  workers = cfg.workers or min(len(rows), os.cpu_count() or 1)
-  print("\n" + format_table(rows) + f"\n\n(wall time {wall:.0f} s; tokens/s is per process "
-        f"while {workers} ran side by side)")
+  wall, steps = time.perf_counter() - t0, cfg.steps or DEMO_STEPS
+  print("\n" + format_table(rows) + f"\n\n(wall time {wall:.0f} s)")
   out = Path(cfg.out)
   out.mkdir(parents=True, exist_ok=True)
   (out / "results.json").write_text(json.dumps({"model": cfg.model, "steps": steps,

@@ -119,7 +119,8 @@ def add_config_flags(parser: argparse.ArgumentParser, cls):
       continue
     default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
     flag = f.name.replace("_", "-")
-    text = f"{helps.get(f.name, '')} (default: {_show(default)})".lstrip()
+    shown = ("on; this flag turns it off" if default else "off") if hint is bool else _show(default)
+    text = f"{helps.get(f.name, '')} (default: {shown})".lstrip()
     kw = dict(dest=f.name, default=argparse.SUPPRESS, help=text.replace("%", "%%"))
     if hint is bool:
       parser.add_argument("--no-" + flag if default else "--" + flag,

@@ -74,16 +74,9 @@ PARTS = ("lm", "decode")
 
 @dataclasses.dataclass(frozen=True)
 class LongContextConfig:
-  """What the benchmark trains, evaluates and decodes.
-
-  Defaults (GPU): width 256, 4 layers, heads of 64, bf16 compute; 8 x 4096
-  bytes per step, N fitted to ``max_minutes`` = 2 of training (compiles
-  included; at most ``steps``); eval on 262,144 held-out bytes at 4096 and
-  16384; decode at contexts 1k..2^20 after a parallel prefill (``decode_mode``
-  "prefill"; "stream" decodes continuously and is stopped by
-  ``decode_max_minutes``). Measured on one H100: 90 s for both parts
-  (record ``long_context--nvidia-h100-*``). ``TINY`` runs on a 2-core CPU in
-  about 20 s.
+  """What the benchmark trains, evaluates and decodes. The defaults (GPU) took
+  90 s for both parts on one H100 (record ``long_context--nvidia-h100-*``);
+  ``TINY`` runs on a 2-core CPU in about 20 s.
 
   Attributes:
     parts: which parts run: lm, decode.
