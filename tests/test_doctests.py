@@ -18,7 +18,8 @@ def _modules():
   for pkg in PACKAGES:
     yield pkg.__name__
     for info in pkgutil.walk_packages(pkg.__path__, pkg.__name__ + "."):
-      if ".bench" in info.name or info.name.endswith(("cli", "__main__")):
+      if (".bench." in info.name and not info.name.endswith(".bench.common")
+          or info.name.endswith(("cli", "__main__"))):
         continue  # benchmarks and the CLI are run by their own tests
       yield info.name
 

@@ -15,24 +15,12 @@ optimizer-specific arguments go through ``--opt-arg name=value``.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import sys
-import typing
 
 from holojax.train.config import TrainConfig
-
-_HELP = {
-    "model": "model preset (see `holojax models`)",
-    "optimizer": "optimizer name (see `holojax optimizers`)",
-    "learning_rate": "peak learning rate",
-    "ckpt_dir": "checkpoint directory (orbax); metrics.jsonl goes there too",
-    "resume": "continue from the latest checkpoint in --ckpt-dir",
-    "mesh_data": "data-parallel mesh size (0: all devices left after --mesh-fsdp)",
-    "mesh_fsdp": "FSDP mesh size: shard parameters and optimizer state over this many devices",
-    "corpus": "text file or directory (default: the Python standard library's source)",
-}
-
+from holojax.train.demo import DemoConfig
+from holojax.train.flags import add_config_flags, config_from_args
 
 def _parse_value(text: str):
   """JSON or Python literals (``0.9``, ``true``/``True``, ``[1, 2]``), else the string."""
@@ -46,46 +34,19 @@ def _parse_value(text: str):
       return text
 
 
-def _add_config_flags(p: argparse.ArgumentParser):
-  hints = typing.get_type_hints(TrainConfig)
-  for f in dataclasses.fields(TrainConfig):
-    if f.name == "opt_kwargs":
-      continue
-    flag = "--" + f.name.replace("_", "-")
-    hint = hints[f.name]
-    default = f.default
-    helptext = _HELP.get(f.name, "") + f" (default: {default})"
-    if hint is bool:
-      if default:
-        p.add_argument("--no-" + f.name.replace("_", "-"), dest=f.name, action="store_false",
-                       help=helptext)
-      else:
-        p.add_argument(flag, dest=f.name, action="store_true", help=helptext)
-      continue
-    base = [a for a in typing.get_args(hint) if a is not type(None)] or [hint]
-    conv = base[0] if base[0] in (int, float) else str
-    names = [flag, "--lr"] if f.name == "learning_rate" else [flag]
-    p.add_argument(*names, dest=f.name, type=conv, default=default, help=helptext)
-  p.add_argument("--opt-arg", action="append", default=[], metavar="NAME=VALUE",
-                 help="extra optimizer argument (repeatable), e.g. --opt-arg b1=0.95")
-
-
-def _config_from_args(args, **extra) -> TrainConfig:
-  kw = {f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig)
-        if hasattr(args, f.name)}
-  opt_kwargs = {}
-  for item in args.opt_arg:
+def _opt_kwargs(items: list[str]) -> dict:
+  out = {}
+  for item in items:
     if "=" not in item:
       raise SystemExit(f"--opt-arg expects NAME=VALUE, got {item!r}")
     k, v = item.split("=", 1)
-    opt_kwargs[k] = _parse_value(v)
-  return TrainConfig(**kw, opt_kwargs=opt_kwargs, **extra)
+    out[k] = _parse_value(v)
+  return out
 
 
 def _cmd_train(args):
   from holojax.train.loop import train
-  cfg = _config_from_args(args)
-  result = train(cfg)
+  result = train(config_from_args(TrainConfig(), args, opt_kwargs=_opt_kwargs(args.opt_arg)))
   summary = {"final_eval_loss": result.final_eval_loss, "tokens_per_s": result.tokens_per_s,
              "state_bits_per_param": result.state_bits_per_param, "num_params": result.num_params,
              "steps": result.steps}
@@ -94,8 +55,7 @@ def _cmd_train(args):
 
 def _cmd_demo(args):
   from holojax.train.demo import run_demo
-  run_demo(optimizers=args.optimizers, model=args.model, steps=args.steps, out_dir=args.out,
-           corpus=args.corpus, progress=not args.no_progress)
+  run_demo(config_from_args(DemoConfig(), args))
 
 
 def _cmd_bench(args):
@@ -105,7 +65,7 @@ def _cmd_bench(args):
     print(f"wrote {path}")
     return
   if not args.name:
-    raise SystemExit(f"name a benchmark: one of {harness.names()}")
+    raise SystemExit(f"name a benchmark:\n{harness.listing()}")
   rest = [a for a in args.rest if a != "--no-save"]  # allowed after the name too
   harness.run(args.name, rest, save=not (args.no_save or len(rest) < len(args.rest)))
 
@@ -131,20 +91,20 @@ def build_parser() -> argparse.ArgumentParser:
   sub = parser.add_subparsers(dest="command", required=True)
 
   p = sub.add_parser("train", help="train a model on a text corpus")
-  _add_config_flags(p)
+  add_config_flags(p, TrainConfig)
+  p.add_argument("--opt-arg", action="append", default=[], metavar="NAME=VALUE",
+                 help="extra optimizer argument (repeatable), e.g. --opt-arg b1=0.95")
   p.set_defaults(func=_cmd_train)
 
   p = sub.add_parser("demo", help="compare optimizers on the small model (CPU, minutes)")
-  p.add_argument("--optimizers", nargs="+", default=None,
-                 help="optimizer names (default: every registered optimizer in the demo list)")
-  p.add_argument("--model", default="small")
-  p.add_argument("--steps", type=int, default=None, help="steps per optimizer")
-  p.add_argument("--out", default="holojax_demo", help="directory for the table and plot")
-  p.add_argument("--corpus", default=None)
-  p.add_argument("--no-progress", action="store_true")
+  add_config_flags(p, DemoConfig)
   p.set_defaults(func=_cmd_demo)
 
-  p = sub.add_parser("bench", help="run a named benchmark and store its JSON record")
+  from holojax.train.bench.harness import listing
+  p = sub.add_parser("bench", help="run a named benchmark and store its JSON record",
+                     usage="holojax bench [--report] [--no-save] [NAME [flags of NAME]]",
+                     description="Benchmarks (`holojax bench NAME --help` lists the flags of "
+                     "one):\n" + listing(), formatter_class=argparse.RawDescriptionHelpFormatter)
   p.add_argument("name", nargs="?")
   p.add_argument("rest", nargs=argparse.REMAINDER, help="arguments for the benchmark")
   p.add_argument("--report", action="store_true", help="regenerate BENCHMARKS.md")

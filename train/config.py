@@ -17,25 +17,31 @@ class TrainConfig:
   CPU cores, reaching roughly 2 nats/byte of validation loss.
 
   Attributes:
-    model: a model preset (``holojax.models.registry.names()``).
+    model: model preset (see ``holojax models``).
     dtype: overrides the preset's compute dtype (``float32``/``bfloat16``).
-    optimizer: an optimizer name (``holojax.optim.registry.names()``).
+    optimizer: optimizer name (see ``holojax optimizers``).
     opt_kwargs: extra keyword arguments for the optimizer factory.
     learning_rate: peak learning rate.
+    weight_decay: decoupled weight decay.
     schedule: ``constant``, ``cosine`` (decay to 10%) or ``linear`` (to 0),
       after ``warmup_steps`` of linear warm-up.
-    clip_norm: clip gradients to this global norm (``None``: no clipping).
+    warmup_steps: linear warm-up steps.
+    clip_norm: clip gradients to this global norm (none: no clipping).
     steps: total optimizer steps; one batch per step.
     batch_size, seq_len: sequences per step and tokens per sequence.
     eval_every, eval_batches: validation cadence and size.
-    ckpt_dir: where orbax checkpoints go (``None``: no checkpoints).
+    seed: data order and initialisation seed.
+    ckpt_dir: checkpoint directory (orbax; none: no checkpoints);
+      metrics.jsonl goes there too.
     ckpt_every, keep: checkpoint cadence and how many to keep.
     resume: continue from the latest checkpoint in ``ckpt_dir``.
-    mesh_data, mesh_fsdp: device mesh shape; ``mesh_data=0`` uses every
-      device left after ``mesh_fsdp``. Batches are split over both axes;
-      parameters and optimizer state are sharded over ``fsdp``.
-    corpus, corpus_max_bytes: text file or directory (``None``: stdlib).
-    metrics_path: JSON-lines metrics file (``None``: ``ckpt_dir/metrics.jsonl``
+    mesh_data: data-parallel mesh size (0: every device left after
+      ``mesh_fsdp``). Batches are split over both mesh axes.
+    mesh_fsdp: FSDP mesh size: parameters and optimizer state are sharded
+      over this many devices.
+    corpus: text file or directory (none: the Python standard library's source).
+    corpus_max_bytes: read at most this much of the corpus (none: all).
+    metrics_path: JSON-lines metrics file (none: ``ckpt_dir/metrics.jsonl``
       when checkpointing, else no file).
     log_every: how often a metrics line is written.
     progress: show a progress bar.
@@ -44,7 +50,7 @@ class TrainConfig:
   dtype: str | None = None
   optimizer: str = "adamw"
   opt_kwargs: dict[str, Any] = dataclasses.field(default_factory=dict)
-  learning_rate: float = 3e-3
+  learning_rate: float = dataclasses.field(default=3e-3, metadata={"aliases": ("--lr",)})
   weight_decay: float = 0.01
   schedule: str = "cosine"
   warmup_steps: int = 20

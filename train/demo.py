@@ -10,6 +10,8 @@ and ``results.json`` to the output directory.
 from __future__ import annotations
 
 import concurrent.futures as cf
+import dataclasses
+import io
 import json
 import multiprocessing as mp
 import os
@@ -22,6 +24,37 @@ DEMO_OPTIMIZERS: dict[str, float] = {"adamw": 3e-3, "adafactor": 3e-3, "lion": 3
                                      "turbo_adam": 3e-3, "turbo_adam_v": 3e-3,
                                      "holo_adam": 3e-3}
 DEMO_STEPS = 150
+
+
+@dataclasses.dataclass(frozen=True)
+class DemoConfig:
+  """The demo: every optimizer of ``DEMO_OPTIMIZERS`` on the ``small`` model,
+  150 steps each; a few minutes on a 2-core CPU.
+
+  Attributes:
+    optimizers: optimizer names (none: every registered one of the demo list).
+    model: model preset.
+    steps: steps per optimizer (none: 150).
+    out: directory for the table and the plot (``holojax demo``).
+    corpus: text file or directory (none: the Python standard library's source).
+    progress: show a progress bar per run.
+    workers: processes side by side (none: one per optimizer, at most one per
+      CPU core; 1 runs in this process).
+  """
+
+  optimizers: tuple[str, ...] | None = None
+  model: str = "small"
+  steps: int | None = None
+  out: str = "holojax_demo"
+  corpus: str | None = None
+  progress: bool = True
+  workers: int | None = None
+
+  def __post_init__(self):
+    if self.steps is not None and self.steps < 1:
+      raise ValueError(f"steps={self.steps} must be >= 1")
+    if self.workers is not None and self.workers < 1:
+      raise ValueError(f"workers={self.workers} must be >= 1")
 
 
 def _run_one(name: str, lr: float, model: str, steps: int, corpus, progress: bool, position: int):
@@ -39,6 +72,27 @@ def _run_one(name: str, lr: float, model: str, steps: int, corpus, progress: boo
           "num_params": r.num_params}
 
 
+def train_all(cfg: DemoConfig, say=lambda msg: None) -> list[dict]:
+  """Trains ``cfg.model`` once per optimizer; returns one summary dict per optimizer."""
+  from holojax.optim import registry
+  names = list(cfg.optimizers or [n for n in DEMO_OPTIMIZERS if n in registry.names()])
+  unknown = [n for n in names if n not in registry.names()]
+  if unknown:
+    raise ValueError(f"unknown optimizer(s) {unknown}; choose from {registry.names()}")
+  steps = cfg.steps or DEMO_STEPS
+  workers = cfg.workers or min(len(names), os.cpu_count() or 1)
+  say(f"holojax demo: {cfg.model} model, {steps} steps per optimizer, {len(names)} "
+      f"optimizers, {workers} worker process(es); tokens/s is per process while they run "
+      "side by side")
+  jobs = [(n, DEMO_OPTIMIZERS.get(n, 1e-3), cfg.model, steps, cfg.corpus, cfg.progress,
+           i % workers) for i, n in enumerate(names)]
+  if workers == 1:
+    return [_run_one(*job) for job in jobs]
+  ctx = mp.get_context("spawn")  # JAX does not survive fork
+  with cf.ProcessPoolExecutor(max_workers=workers, mp_context=ctx) as pool:
+    return [f.result() for f in [pool.submit(_run_one, *job) for job in jobs]]
+
+
 def format_table(rows: list[dict]) -> str:
   head = f"{'optimizer':<14}{'val loss':>10}{'tokens/s':>11}{'state bits/param':>18}"
   lines = [head, "-" * len(head)]
@@ -48,7 +102,8 @@ def format_table(rows: list[dict]) -> str:
   return "\n".join(lines)
 
 
-def plot(rows: list[dict], path: Path, title: str) -> None:
+def plot_png(rows: list[dict], title: str) -> bytes:
+  """Train (lines) and validation (dots) loss curves of ``rows``, as PNG bytes."""
   import matplotlib
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt
@@ -65,54 +120,23 @@ def plot(rows: list[dict], path: Path, title: str) -> None:
   ax.grid(alpha=0.3)
   ax.legend(fontsize=8)
   fig.tight_layout()
-  fig.savefig(path, dpi=120)
+  buf = io.BytesIO()
+  fig.savefig(buf, format="png", dpi=120)
   plt.close(fig)
+  return buf.getvalue()
 
 
-def run_demo(optimizers=None, *, model: str = "small", steps: int | None = None,
-             out_dir: str = "holojax_demo", corpus=None, progress: bool = True,
-             workers: int | None = None) -> list[dict]:
-  """Trains ``model`` once per optimizer; returns one summary dict per optimizer."""
-  from holojax.optim import registry
-  names = optimizers or [n for n in DEMO_OPTIMIZERS if n in registry.names()]
-  unknown = [n for n in names if n not in registry.names()]
-  if unknown:
-    raise ValueError(f"unknown optimizer(s) {unknown}; choose from {registry.names()}")
-  steps = steps or DEMO_STEPS
-  workers = workers or min(len(names), os.cpu_count() or 1)
-  out = Path(out_dir)
-  out.mkdir(parents=True, exist_ok=True)
+def run_demo(cfg: DemoConfig) -> list[dict]:
+  """``holojax demo``: trains, prints the table, writes the plot and results.json."""
   t0 = time.perf_counter()
-  print(f"holojax demo: {model} model, {steps} steps per optimizer, {len(names)} optimizers, "
-        f"{workers} worker process(es)", flush=True)
-  ctx = mp.get_context("spawn")  # JAX does not survive fork
-  with cf.ProcessPoolExecutor(max_workers=workers, mp_context=ctx) as pool:
-    futures = [pool.submit(_run_one, n, DEMO_OPTIMIZERS.get(n, 1e-3), model, steps, corpus,
-                           progress, i % workers) for i, n in enumerate(names)]
-    rows = [f.result() for f in futures]
-  wall = time.perf_counter() - t0
-  table = format_table(rows)
-  print("\n" + table + f"\n\n(wall time {wall:.0f} s; tokens/s is per process while "
-        f"{workers} ran side by side)")
-  (out / "results.json").write_text(json.dumps({"model": model, "steps": steps, "wall_s": wall,
-                                                "rows": rows}, indent=1))
-  plot(rows, out / "loss_curves.png", f"holojax demo: {model} model, {steps} steps")
+  rows = train_all(cfg, say=lambda msg: print(msg, flush=True))
+  wall, steps = time.perf_counter() - t0, cfg.steps or DEMO_STEPS
+  print("\n" + format_table(rows) + f"\n\n(wall time {wall:.0f} s)")
+  out = Path(cfg.out)
+  out.mkdir(parents=True, exist_ok=True)
+  (out / "results.json").write_text(json.dumps({"model": cfg.model, "steps": steps,
+                                                "wall_s": wall, "rows": rows}, indent=1))
+  (out / "loss_curves.png").write_bytes(
+      plot_png(rows, f"holojax demo: {cfg.model} model, {steps} steps"))
   print(f"wrote {out / 'loss_curves.png'} and {out / 'results.json'}")
   return rows
-
-
-def run(argv: list[str]) -> dict:
-  """``holojax bench demo``: the demo as a benchmark record."""
-  import argparse
-  p = argparse.ArgumentParser(prog="holojax bench demo")
-  p.add_argument("--optimizers", nargs="+", default=None)
-  p.add_argument("--model", default="small")
-  p.add_argument("--steps", type=int, default=None)
-  p.add_argument("--out", default="holojax_demo")
-  a = p.parse_args(argv)
-  rows = run_demo(a.optimizers, model=a.model, steps=a.steps, out_dir=a.out, progress=False)
-  summary = [{k: r[k] for k in ("optimizer", "learning_rate", "final_eval_loss", "tokens_per_s",
-                                "state_bits_per_param")} for r in rows]
-  return {"config": {"model": a.model, "steps": a.steps or DEMO_STEPS,
-                     "optimizers": [r["optimizer"] for r in rows]},
-          "results": {"rows": summary}, "table": format_table(rows)}

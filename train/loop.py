@@ -18,8 +18,7 @@ import json
 import math
 import os
 import time
-from functools import partial
-from typing import Any
+from typing import Any, Callable, NamedTuple
 
 import jax
 import numpy as np
@@ -34,6 +33,7 @@ from holojax.optim.accounting import state_bits_per_param, tree_size
 from holojax.train import checkpoint as ckpt
 from holojax.train import sharding
 from holojax.train.config import TrainConfig
+from holojax.train.step import init_state, make_eval_step, make_train_step, model_of
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -91,57 +91,36 @@ def model_spec(cfg: TrainConfig, **overrides):
   return spec
 
 
-def init_state(cfg: TrainConfig, spec, tx, mesh):
-  """Builds the model and its optimizer state directly sharded on ``mesh``.
-
-  Returns ``(graphdef, state)`` with ``state = {"model": nnx.State of every
-  model variable, "opt": optax state}``. The optimizer sees the parameters
-  as a plain nested dict (``State.to_pure_dict``): optax states with a
-  NamedTuple per parameter (TurboAdam, HoloAdam) then stay plain pytrees,
-  which ``nnx.Optimizer``'s variable wrapping does not preserve under jit in
-  flax 0.12.
-  """
-
-  def make():
-    model = spec.build(spec.config, rngs=nnx.Rngs(cfg.seed))
-    return model, tx.init(nnx.state(model, nnx.Param).to_pure_dict())
-
-  def as_state(model, opt_state):
-    graphdef, model_state = nnx.split(model)
-    return graphdef, {"model": model_state, "opt": opt_state}
-
-  graphdef, abstract = as_state(*nnx.eval_shape(make))
-  shardings = sharding.state_shardings(abstract, mesh)
-  state = jax.jit(lambda: as_state(*make())[1], out_shardings=shardings)()
-  return graphdef, state
-
-
 def loss_fn(model, batch_bt):
   """Mean next-token cross-entropy (nats per byte) of ``model(tokens) -> logits``."""
   return next_token_loss(model(batch_bt[:, :-1]), batch_bt[:, 1:])
 
 
-def make_steps(graphdef, tx, state_sh, mesh):
-  """The jitted train step (state donated) and eval step."""
-  rep = sharding.replicated(mesh)
+class Setup(NamedTuple):
+  """A run before its first step: the mesh, how batches are sharded, the model
+  and optimizer state (sharded at creation) and the jitted steps."""
+  mesh: jax.sharding.Mesh
+  batch_sharding: jax.sharding.NamedSharding
+  graphdef: nnx.GraphDef
+  state: dict  # {"model": nnx.State, "opt": optax state}
+  train_step: Callable  # (state, batch_bt) -> (state, metrics), state donated
+  eval_step: Callable  # (state, batch_bt) -> loss
 
-  @partial(jax.jit, donate_argnums=0, out_shardings=(state_sh, rep))
-  def train_step(state, batch_bt):
-    model = nnx.merge(graphdef, state["model"])
-    loss, grads = nnx.value_and_grad(loss_fn)(model, batch_bt)
-    params = nnx.state(model, nnx.Param)
-    p = params.to_pure_dict()
-    updates, opt_state = tx.update(grads.to_pure_dict(), state["opt"], p)
-    params.replace_by_pure_dict(optax.apply_updates(p, updates))
-    nnx.update(model, params)
-    metrics = {"train/loss": loss, "train/grad_norm": optax.tree.norm(grads)}
-    return {"model": nnx.state(model), "opt": opt_state}, metrics
 
-  @partial(jax.jit, out_shardings=rep)
-  def eval_step(state, batch_bt):
-    return loss_fn(nnx.merge(graphdef, state["model"]), batch_bt)
-
-  return train_step, eval_step
+def setup(cfg: TrainConfig, spec) -> Setup:
+  """Mesh, optimizer, state and steps of ``cfg`` for the model ``spec``."""
+  mesh = sharding.make_mesh(cfg.mesh_data, cfg.mesh_fsdp)
+  n_dev = mesh.devices.size
+  if cfg.batch_size % n_dev:
+    raise ValueError(f"batch_size={cfg.batch_size} must be a multiple of the {n_dev} devices "
+                     f"of the mesh {dict(mesh.shape)}")
+  tx = make_optimizer(cfg)
+  graphdef, state = init_state(lambda: spec.build(spec.config, rngs=nnx.Rngs(cfg.seed)), tx,
+                               mesh)
+  state_sh = jax.tree.map(lambda x: x.sharding, state)
+  return Setup(mesh, sharding.batch_sharding(mesh), graphdef, state,
+               make_train_step(graphdef, tx, loss_fn, mesh=mesh, state_sharding=state_sh),
+               make_eval_step(graphdef, loss_fn, mesh=mesh))
 
 
 def _evaluate(eval_step, state, batches) -> float:
@@ -151,7 +130,7 @@ def _evaluate(eval_step, state, batches) -> float:
 
 def _split(graphdef, state):
   """(parameters as an nnx.State, optimizer state)."""
-  return nnx.state(nnx.merge(graphdef, state["model"]), nnx.Param), state["opt"]
+  return nnx.state(model_of(graphdef, state), nnx.Param), state["opt"]
 
 
 def _check_finite(step: int, metrics: dict[str, float]):
@@ -179,16 +158,9 @@ def train(cfg: TrainConfig, *, bar_position: int = 0,
   val_batches = hdata.eval_batches(corpus.val, seq_len=cfg.seq_len, batch_size=cfg.batch_size,
                                    num_batches=cfg.eval_batches)
 
-  mesh = sharding.make_mesh(cfg.mesh_data, cfg.mesh_fsdp)
-  n_dev = mesh.devices.size
-  if cfg.batch_size % n_dev:
-    raise ValueError(f"batch_size={cfg.batch_size} must be a multiple of the {n_dev} devices "
-                     f"of the mesh {dict(mesh.shape)}")
-  batch_sh = sharding.batch_sharding(mesh)
-  tx = make_optimizer(cfg)
-  graphdef, state = init_state(cfg, spec, tx, mesh)
-  state_sh = jax.tree.map(lambda x: x.sharding, state)
-  train_step, eval_step = make_steps(graphdef, tx, state_sh, mesh)
+  run = setup(cfg, spec)
+  batch_sh, graphdef, state = run.batch_sharding, run.graphdef, run.state
+  train_step, eval_step = run.train_step, run.eval_step
   params, opt_state = _split(graphdef, state)
   num_params = tree_size(params)
   bits = state_bits_per_param(opt_state, params)

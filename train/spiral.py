@@ -17,6 +17,7 @@ Run ``python -m holojax.train.spiral --out-png spiral.png`` (seconds on CPU).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import time
 
@@ -31,9 +32,11 @@ from holojax.nn.holo import (
   HoloLinear, LowRankLinear, SineActivation, equal_param_rank,
   holo_basis_count, holo_param_count, lowrank_param_count)
 from holojax.optim.accounting import num_params
+from holojax.train.flags import add_config_flags, config_from_args
+from holojax.train.step import init_state, model_of, train_step
 
 __all__ = ["relu_mlp", "holo_mlp", "lowrank_mlp", "fit", "run_spiral",
-           "holo_param_table", "format_param_table", "main"]
+           "holo_param_table", "format_param_table", "SpiralConfig", "main"]
 
 # The seed README's "Holo Params (32H)" column, kept only to compare.
 SEED_CLAIMS_32H = {(784, 256): 8_192, (512, 2048): 49_152,
@@ -67,34 +70,33 @@ def lowrank_mlp(hidden: int = 64, harmonics: int = 16, *,
   return nnx.Sequential(l1, SineActivation(), l2, SineActivation(), l3)
 
 
-def fit(model, x_n2, y_n, *, steps: int, lr: float) -> np.ndarray:
-  """Full-batch Adam on BCE-with-logits; updates ``model`` in place.
+def bce_loss(model, batch) -> jax.Array:
+  """Mean binary cross-entropy of ``model(x)[:, 0]`` as logits; batch = (x_n2, y_n)."""
+  x_n2, y_n = batch
+  return optax.sigmoid_binary_cross_entropy(model(x_n2)[:, 0], y_n).mean()
 
-  The whole loop is one ``jax.lax.scan`` under ``jax.jit``.
+
+def fit(build, x_n2, y_n, *, steps: int, lr: float) -> tuple[nnx.Module, np.ndarray]:
+  """Full-batch Adam on BCE-with-logits for the model ``build()``.
+
+  The whole loop is one ``jax.lax.scan`` of the train step under ``jax.jit``.
 
   Returns:
-    the loss of every step, float32 [steps].
+    the trained model and the loss of every step, float32 [steps].
   """
-  graphdef, params, rest = nnx.split(model, nnx.Param, ...)
   tx = optax.adam(lr)
-
-  def loss_fn(params):
-    logit_n = nnx.merge(graphdef, params, rest)(x_n2)[:, 0]
-    return optax.sigmoid_binary_cross_entropy(logit_n, y_n).mean()
-
-  def step(carry, _):
-    params, opt_state = carry
-    loss, g = jax.value_and_grad(loss_fn)(params)
-    upd, opt_state = tx.update(g, opt_state, params)
-    return (optax.apply_updates(params, upd), opt_state), loss
+  graphdef, state = init_state(build, tx)
+  step = train_step(graphdef, tx, bce_loss)
 
   @jax.jit
-  def run(params, opt_state):
-    return jax.lax.scan(step, (params, opt_state), None, length=steps)
+  def run(state):
+    def body(state, _):
+      state, metrics = step(state, (x_n2, y_n))
+      return state, metrics["train/loss"]
+    return jax.lax.scan(body, state, None, length=steps)
 
-  (params, _), loss_s = run(params, tx.init(params))
-  nnx.update(model, params)
-  return np.asarray(loss_s)
+  state, loss_s = run(state)
+  return model_of(graphdef, state), np.asarray(loss_s)
 
 
 def _accuracy(model, x_n2, y_n) -> float:
@@ -167,10 +169,9 @@ def run_spiral(steps: int = 500, seed: int = 0, out_png: str | None = None,
                                                     init="seed", rngs=r)
   models, results = {}, {}
   for name, build in builders.items():
-    model = build(nnx.Rngs(seed))
     t0 = time.perf_counter()
-    loss_s = fit(model, jnp.asarray(x_n2), jnp.asarray(y_n), steps=steps,
-                 lr=lr)
+    model, loss_s = fit(lambda: build(nnx.Rngs(seed)), jnp.asarray(x_n2),
+                        jnp.asarray(y_n), steps=steps, lr=lr)
     results[name] = {"acc": _accuracy(model, x_n2, y_n),
                      "params": num_params(model),
                      "final_loss": float(loss_s[-1]),
@@ -233,52 +234,46 @@ def format_param_table(rows: list[dict]) -> str:
   return "\n".join(lines)
 
 
+@dataclasses.dataclass(frozen=True)
+class SpiralConfig:
+  """``holojax spiral``: the three nets on one seed, seconds on a CPU.
+
+  Attributes:
+    steps: full-batch Adam steps per net.
+    seed: data and init seed.
+    n: points per spiral.
+    lr: Adam learning rate.
+    harmonics: H of the holo net (and the rank budget of the low-rank one).
+    out_png: write the decision boundaries here.
+    nets: which of relu, holo, lowrank to train.
+    seed_init: also train the holo net with the seed's 1/H amplitude init.
+    table: also print the parameter table.
+  """
+
+  steps: int = 500
+  seed: int = 0
+  n: int = 1000
+  lr: float = 0.01
+  harmonics: int = 16
+  out_png: str | None = None
+  nets: tuple[str, ...] = ("relu", "holo", "lowrank")
+  seed_init: bool = True
+  table: bool = False
+
+
 def main(argv: list[str] | None = None) -> dict:
-  """CLI: ``holojax spiral [--steps N] [--seed S] [--out-png P] [--table]``."""
+  """CLI: ``holojax spiral [--steps N] [--seed S] [--out-png P] [--table] ...``."""
   p = argparse.ArgumentParser(prog="holojax spiral", description=__doc__,
                               formatter_class=argparse.RawTextHelpFormatter)
-  p.add_argument("--steps", type=int, default=500)
-  p.add_argument("--seed", type=int, default=0)
-  p.add_argument("--n", type=int, default=1000, help="points per spiral")
-  p.add_argument("--lr", type=float, default=0.01)
-  p.add_argument("--harmonics", type=int, default=16)
-  p.add_argument("--out-png", default=None)
-  p.add_argument("--nets", default="relu,holo,lowrank",
-                 help="comma-separated subset of relu,holo,lowrank")
-  p.add_argument("--no-seed-init", action="store_true",
-                 help="skip the holo net with the seed's 1/H amplitude init")
-  p.add_argument("--table", action="store_true",
-                 help="also print the parameter table")
-  a = p.parse_args(argv)
-  res = run_spiral(a.steps, a.seed, a.out_png, n=a.n, lr=a.lr,
-                   harmonics=a.harmonics, with_seed_init=not a.no_seed_init,
-                   nets=tuple(a.nets.split(",")))
+  add_config_flags(p, SpiralConfig)
+  c = config_from_args(SpiralConfig(), p.parse_args(argv))
+  res = run_spiral(c.steps, c.seed, c.out_png, n=c.n, lr=c.lr, harmonics=c.harmonics,
+                   with_seed_init=c.seed_init, nets=c.nets)
   print(json.dumps(res, indent=2))
-  if a.table:
+  if c.table:
     print(format_param_table(holo_param_table()))
   return res
 
 
 if __name__ == "__main__":
   main()
-
-
-def run(argv: list[str]) -> dict:
-  """``holojax bench spiral``: spiral accuracies and the parameter table as a record."""
-  p = argparse.ArgumentParser(prog="holojax bench spiral")
-  p.add_argument("--steps", type=int, default=500)
-  p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-  a = p.parse_args(argv)
-  runs = {s: run_spiral(a.steps, s) for s in a.seeds}
-  nets = ("relu", "holo", "lowrank", "holo_seed_init")
-  lines = [f"spiral: 2000 points, {a.steps} full-batch Adam steps; training accuracy per seed",
-           f"{'net':<16}{'learned params':>15}" + "".join(f"{f'seed {s}':>9}" for s in a.seeds)]
-  for net in nets:
-    r0 = runs[a.seeds[0]][net]
-    lines.append(f"{net:<16}{r0['params']:>15,}" +
-                 "".join(f"{runs[s][net]['acc']:>9.3f}" for s in a.seeds))
-  table = holo_param_table()
-  lines += ["", "parameter table (holo = learned 2*out*H; basis = fixed H*in, counted apart)",
-            format_param_table(table)]
-  return {"config": vars(a), "results": {"spiral": runs, "param_table": table},
-          "table": "\n".join(lines)}

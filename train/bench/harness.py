@@ -1,17 +1,25 @@
 """Run a named benchmark, store its JSON record, regenerate BENCHMARKS.md.
 
-A benchmark is a module in ``holojax.train.bench`` with
-``run(argv) -> dict(config=..., results=..., table=str)``. The harness adds
-the device, library versions, date and command, and writes
-``train/bench/records/<name>--<device>--<date>.json`` (and a copy under
-``$OUT`` when that variable is set, as on the lent GPU machine).
+A benchmark is a module (``BENCHMARKS`` below, grouped by the system it
+measures) with a frozen config dataclass, a ``TINY`` instance and
+``run(config, progress) -> common.Result``; its flags come from the config
+(``holojax bench NAME --help``), ``--tiny`` starts from ``TINY``. The
+harness prints progress and the table, and adds the device, library
+versions, date and command to the numbers: the record goes to
+``train/bench/records/<name>--<device>--<date>.json`` with the result's
+files beside it (and copies under ``$OUT`` when that variable is set, as on
+the lent GPU machine, where ``<name>_partial.json`` also holds the results
+so far while a benchmark runs).
 
   holojax bench gpt_throughput --steps 20
+  holojax bench recall --tiny --no-save
   holojax bench --report          # BENCHMARKS.md from every record
 """
 
 from __future__ import annotations
 
+import argparse
+import dataclasses
 import datetime as dt
 import importlib
 import json
@@ -20,40 +28,81 @@ import platform
 import re
 import shlex
 import sys
+import time
 from pathlib import Path
+
+from holojax.train import flags
+from holojax.train.bench.common import Progress
 
 RECORDS = Path(__file__).resolve().parent / "records"
 REPORT = Path(__file__).resolve().parents[2] / "BENCHMARKS.md"
 
 # name -> (module, one-line description). Later issues add theirs.
 BENCHMARKS: dict[str, tuple[str, str]] = {
-    "gpt_throughput": ("holojax.train.bench.gpt_throughput",
+    "gpt_throughput": ("holojax.train.bench.lm.throughput",
                        "Baseline transformer training throughput (tokens/s, MFU)"),
-    "turbo_adam": ("holojax.train.bench.turbo_adam_bench",
-                   "TurboAdam: state bits/param (GPT-2 124M tree) and optimizer step time"),
-    "holo_adam": ("holojax.train.bench.holo_adam_bench",
-                  "HoloAdam: state bits/param per preset, projected table, step time"),
-    "phasor": ("holojax.train.bench.phasor_bench",
-               "Phasor memory: orthogonality of codes; speed vs cuDNN attention by length"),
-    "holo_layers": ("holojax.train.bench.holo_layers_bench",
-                    "HoloLinear / LowRankLinear vs nnx.Linear: forward+backward time"),
-    "long_context": ("holojax.train.bench.long_context_bench",
-                     "Phasor LM vs RoPE transformer at 4k/16k; recurrent decode memory to 1M"),
-    "convergence": ("holojax.train.bench.convergence",
-                    "Optimizers at equal steps on one model: final loss, gap to AdamW"),
-    "recall": ("holojax.train.bench.recall_bench",
-               "Holo-Transformer vs attention: MQAR (Zoology grid) and passkey by length"),
-    "spiral": ("holojax.train.spiral",
-               "HOLO layers: spiral accuracy (ReLU / Holo / low-rank) and the parameter table"),
-    "embed_grad": ("holojax.train.bench.embed_grad_bench",
+    "embed_grad": ("holojax.train.bench.lm.embed_grad",
                    "Token-embedding gradient: scatter-add vs one-hot matmul, text vs uniform ids"),
-    "demo": ("holojax.train.demo",
+    "turbo_adam": ("holojax.train.bench.optim.turbo_adam",
+                   "TurboAdam: state bits/param (GPT-2 124M tree) and optimizer step time"),
+    "holo_adam": ("holojax.train.bench.optim.holo_adam",
+                  "HoloAdam: state bits/param per preset, projected table, step time"),
+    "convergence": ("holojax.train.bench.optim.convergence",
+                    "Optimizers at equal steps on one model: final loss, gap to AdamW"),
+    "demo": ("holojax.train.bench.optim.demo",
              "`holojax demo`: optimizers on the small model, equal steps (CPU)"),
+    "phasor": ("holojax.train.bench.phasor.memory",
+               "Phasor memory: orthogonality of codes; speed vs cuDNN attention by length"),
+    "recall": ("holojax.train.bench.phasor.recall",
+               "Holo-Transformer vs attention: MQAR (Zoology grid) and passkey by length"),
+    "long_context": ("holojax.train.bench.phasor.long_context",
+                     "Phasor LM vs RoPE transformer at 4k/16k; recurrent decode memory to 1M"),
+    "holo_layers": ("holojax.train.bench.holo.layers",
+                    "HoloLinear / LowRankLinear vs nnx.Linear: forward+backward time"),
+    "spiral": ("holojax.train.bench.holo.spiral",
+               "HOLO layers: spiral accuracy (ReLU / Holo / low-rank) and the parameter table"),
 }
 
 
 def names() -> list[str]:
   return sorted(BENCHMARKS)
+
+
+def listing() -> str:
+  """One line per benchmark: its name and description."""
+  return "\n".join(f"  {n:<15}{BENCHMARKS[n][1]}" for n in names())
+
+
+def module(name: str):
+  """The benchmark's module."""
+  if name not in BENCHMARKS:
+    raise ValueError(f"unknown benchmark {name!r}; choose one of {names()}")
+  return importlib.import_module(BENCHMARKS[name][0])
+
+
+def default_config(name: str):
+  """The config a plain ``holojax bench NAME`` runs."""
+  mod = module(name)
+  return getattr(mod, "DEFAULT", None) or type(mod.TINY)()
+
+
+def parser(name: str) -> argparse.ArgumentParser:
+  """``holojax bench NAME``'s flags: one per config field, and ``--tiny``."""
+  mod = module(name)
+  p = argparse.ArgumentParser(prog=f"holojax bench {name}", description=mod.__doc__,
+                              usage=f"holojax bench {name} [--tiny] [--FLAG VALUE ...]",
+                              formatter_class=argparse.RawDescriptionHelpFormatter)
+  p.add_argument("--tiny", action="store_true",
+                 help="start from the TINY config (a CPU run of well under a minute)")
+  flags.add_config_flags(p, type(mod.TINY))
+  return p
+
+
+def parse(name: str, argv: list[str]):
+  """The config of ``holojax bench NAME *argv``."""
+  args = parser(name).parse_args(argv)
+  base = module(name).TINY if args.tiny else default_config(name)
+  return flags.config_from_args(base, args)
 
 
 def environment() -> dict:
@@ -72,51 +121,60 @@ def environment() -> dict:
   }
 
 
-def _run_main(module, argv: list[str]) -> dict:
-  """Adapter for benchmarks written as ``main(argv) -> dict`` that print their table."""
-  import contextlib
-  import io
-
-  class Tee(io.StringIO):  # keep the table, still show progress as it prints
-    def write(self, s):
-      sys.__stdout__.write(s)
-      sys.__stdout__.flush()
-      return super().write(s)
-
-  buf = Tee()
-  with contextlib.redirect_stdout(buf):
-    results = module.main(argv)
-  return {"config": {"argv": argv}, "results": results, "table": buf.getvalue()}
-
-
 def _slug(text: str) -> str:
   return re.sub(r"[^A-Za-z0-9]+", "-", text).strip("-").lower()
 
 
-def run(name: str, argv: list[str], *, save: bool = True, record_dir: Path = RECORDS) -> dict:
-  """Runs benchmark ``name`` with ``argv``; returns (and saves) its record."""
-  if name not in BENCHMARKS:
-    raise ValueError(f"unknown benchmark {name!r}; choose one of {names()}")
-  module = importlib.import_module(BENCHMARKS[name][0])
-  out = module.run(list(argv)) if hasattr(module, "run") else _run_main(module, list(argv))
+def _out_dirs(record_dir: Path) -> list[Path]:
+  return [Path(record_dir)] + ([Path(os.environ["OUT"])] if os.environ.get("OUT") else [])
+
+
+def _write(path: Path, data: bytes):
+  path.parent.mkdir(parents=True, exist_ok=True)
+  path.write_bytes(data)
+  print(f"wrote {path}", file=sys.stderr)
+
+
+def run(name: str, argv: list[str] = (), *, config=None, save: bool = True,
+        record_dir: Path = RECORDS, quiet: bool = False) -> dict:
+  """Runs benchmark ``name`` with ``config`` (default: parsed from ``argv``),
+  prints its table and, with ``save``, writes its record; returns the record.
+
+  ``quiet`` prints nothing (tests).
+  """
+  mod, argv = module(name), list(argv)
+  if config is None:
+    config = parse(name, argv)
+  elif not argv:
+    argv = ["--tiny"] if config == mod.TINY else flags.config_argv(config)
+  t0 = time.perf_counter()
+  show = (lambda *a, **k: None) if quiet else print
+
+  def say(msg: str):
+    show(f"[{name} {time.perf_counter() - t0:7.1f}s] {msg}", flush=True)
+
+  def partial(results: dict):
+    if save and os.environ.get("OUT"):
+      rec = {"name": name, "config": dataclasses.asdict(config), "results": results}
+      _write(Path(os.environ["OUT"]) / f"{name}_partial.json",
+             (json.dumps(rec, indent=1) + "\n").encode())
+
+  out = mod.run(config, Progress(say, partial))
   now = dt.datetime.now(dt.timezone.utc)
   env = environment()
   record = {"name": name, "description": BENCHMARKS[name][1],
             "date": now.strftime("%Y-%m-%d %H:%M UTC"),
             "command": "holojax bench " + " ".join(shlex.quote(a) for a in [name, *argv]),
-            "environment": env, "config": out["config"], "results": out["results"],
-            "table": out["table"]}
-  if hasattr(module, "run"):
-    print(out["table"])
+            "environment": env, "config": dataclasses.asdict(config),
+            "results": out.results, "table": out.table}
+  record = json.loads(json.dumps(record))  # as stored: lists for tuples, string keys
+  show(out.table, flush=True)
   if save:
     fname = f"{name}--{_slug(env['device'])}--{now.strftime('%Y%m%d-%H%M%S')}.json"
-    targets = [Path(record_dir) / fname]
-    if os.environ.get("OUT"):
-      targets.append(Path(os.environ["OUT"]) / fname)
-    for path in targets:
-      path.parent.mkdir(parents=True, exist_ok=True)
-      path.write_text(json.dumps(record, indent=1) + "\n")
-      print(f"wrote {path}", file=sys.stderr)
+    for d in _out_dirs(record_dir):
+      _write(d / fname, (json.dumps(record, indent=1) + "\n").encode())
+      for file, data in out.files.items():
+        _write(d / file, data)
   return record
 
 

@@ -1,22 +1,22 @@
-"""phasor_bench: orthogonality metrics and the CLI (speed part skipped)."""
+"""phasor benchmark (train/bench/phasor/memory.py): orthogonality metrics."""
 
-import json
+import dataclasses
 
 import numpy as np
 
-from holojax.train.bench import phasor_bench as pb
+from holojax.train.bench.phasor import memory as pb
 
 
-def test_orthogonality_random_beats_rope(tmp_path):
-  out = tmp_path / "p.json"
-  rec = pb.main(["--tiny", "--skip-speed", "--out", str(out)])
-  assert json.loads(out.read_text())["benchmark"] == "phasor_bench"
-  rows = {r["codes"]: r for r in rec["orthogonality"]}
+def test_orthogonality_random_beats_rope():
+  out = pb.run(dataclasses.replace(pb.TINY, skip_speed=True))
+  assert out.results["benchmark"] == "phasor_bench" and "speed" not in out.results
+  rows = {r["codes"]: r for r in out.results["orthogonality"]}
   rand, rope = rows["random_uniform"], rows["rope"]
   assert rand["crosstalk_ratio"] > 3 * rope["crosstalk_ratio"]
   assert rope["neighbour_sim"] > 0.9 and abs(rand["neighbour_sim"]) < 0.3
   d = rand["d"]  # random codes: E|sim| ~ sqrt(1 / (pi d))
   assert abs(rand["mean_abs_sim"] / np.sqrt(1 / (np.pi * d)) - 1) < 0.3
+  assert "random_uniform" in out.table
 
 
 def test_lag_similarity_self_is_one():

@@ -22,19 +22,16 @@
     float32 phases).
     Cases that run out of memory are recorded as "oom" and skipped.
 
-Usage (GPU):  python -m holojax.train.bench.phasor_bench --tune --out $OUT/phasor.json
-CPU smoke:    python -m holojax.train.bench.phasor_bench --tiny --out /tmp/p.json
+  holojax bench phasor --tune           # GPU: tune the tiles, then every length
+  holojax bench phasor --tiny --no-save # CPU smoke run (Pallas in interpret mode)
 """
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import datetime
-import json
 import math
 import platform
-import sys
 
 import jax
 import jax.numpy as jnp
@@ -42,7 +39,9 @@ import numpy as np
 
 from holojax.kernels.phasor import PhasorBlocks, phasor_memory
 from holojax.nn.phasor import generate_random_phasors, rope_frequencies
-from holojax.train.bench.timing import copy_bandwidth, median_time
+from holojax.train.bench.common import (Progress, Result, copy_bandwidth, device_memory,
+                                        median_time)
+from holojax.train.flags import config_argv
 
 
 # ----------------------------------------------------------------------------
@@ -90,11 +89,6 @@ def _compiled_bytes(f, *args) -> int | None:
     return None
 
 
-def _peak_bytes() -> int | None:
-  stats = jax.devices()[0].memory_stats() or {}
-  return stats.get("peak_bytes_in_use")
-
-
 def _is_oom(err: Exception) -> bool:
   msg = str(err).lower()
   return any(s in msg for s in ("resource_exhausted", "out of memory",
@@ -102,15 +96,32 @@ def _is_oom(err: Exception) -> bool:
 
 
 @dataclasses.dataclass(frozen=True)
-class SpeedConfig:
-  """Shapes and options of the speed part.
+class PhasorConfig:
+  """Both parts; the speed part at the defaults takes minutes on an H100.
 
   The phasor inputs are what ``PhasorAttention`` passes: bf16 values, content
   phases in ``phase_dtype`` and positional frequencies float32[H, D] added
-  inside the memory. ``tune`` times the kernel's tile configurations at the
-  first length (forward+backward) and keeps the fastest.
+  inside the memory.
+
+  Attributes:
+    ortho_dims: code dimensions d of part (a).
+    ortho_positions: numbers of positions T of part (a).
+    skip_speed: run part (a) only.
+    batch, heads, head_dim: the [B, T, H, D] shape of part (b).
+    seq_lens: lengths T of part (b).
+    repeats: timed calls per case (their median is reported).
+    copy_bytes: size of the copy whose bandwidth is the reference.
+    interpret: run the Pallas kernel in interpret mode (CPU smoke runs).
+    attention: ``jax.nn.dot_product_attention`` implementation to compare with
+      (none: no attention cases, unless ``interpret``, then JAX's default).
+    phase_dtype: dtype of the content phases.
+    tune: time the kernel's tile configurations (fwd+bwd) first, keep the fastest.
+    tune_len: the length the tiles are tuned at (or the first length).
   """
 
+  ortho_dims: tuple[int, ...] = (64, 128)
+  ortho_positions: tuple[int, ...] = (1024, 4096, 16384)
+  skip_speed: bool = False
   batch: int = 4
   heads: int = 16
   head_dim: int = 128
@@ -124,6 +135,17 @@ class SpeedConfig:
   tune: bool = False
   tune_len: int = 16384  # tiles are tuned here (or at the first length)
 
+  def __post_init__(self):
+    if self.phase_dtype not in ("bfloat16", "float32"):
+      raise ValueError(f"phase_dtype={self.phase_dtype!r} must be bfloat16 or float32")
+    if not self.seq_lens or min(self.seq_lens) < 1 or self.repeats < 1:
+      raise ValueError("seq_lens and repeats must be positive")
+
+
+TINY = PhasorConfig(ortho_dims=(64,), ortho_positions=(256,), batch=1, heads=2, head_dim=16,
+                    seq_lens=(64, 128), repeats=2, copy_bytes=1 << 22, interpret=True,
+                    attention=None)
+
 
 TUNE_BLOCKS = tuple(
     PhasorBlocks(block_t=16, chunks=c, block_d=64, num_warps=w)
@@ -133,6 +155,13 @@ TUNE_BLOCKS = tuple(
         PhasorBlocks(fast_trig=False),)
 
 
+def _fwd_and_grad(fwd, n: int):
+  """jit(fwd) and jit(d/dx of sum(fwd(*x) * g)) over its ``n`` inputs x."""
+  def loss(*args):
+    return jnp.sum((fwd(*args[:-1]) * args[-1]).astype(jnp.float32))
+  return jax.jit(fwd), jax.jit(jax.grad(loss, argnums=tuple(range(n))))
+
+
 def _phasor_fns(impl: str, interpret: bool, blocks: PhasorBlocks | None):
   if impl == "pallas" and interpret:
     impl = "interpret"
@@ -140,24 +169,12 @@ def _phasor_fns(impl: str, interpret: bool, blocks: PhasorBlocks | None):
   def fwd(v, k, q, f):
     return phasor_memory(v, k, q, freq_hd=f, implementation=impl,
                          blocks=blocks)
-
-  def loss(v, k, q, f, g):
-    return jnp.sum((fwd(v, k, q, f) * g).astype(jnp.float32))
-
-  grad = jax.grad(loss, argnums=(0, 1, 2, 3))
-  return jax.jit(fwd), jax.jit(grad)
+  return _fwd_and_grad(fwd, 4)
 
 
 def _attn_fns(implementation):
-  def fwd(q, k, v):
-    return jax.nn.dot_product_attention(q, k, v, is_causal=True,
-                                        implementation=implementation)
-
-  def loss(q, k, v, g):
-    return jnp.sum((fwd(q, k, v) * g).astype(jnp.float32))
-
-  grad = jax.grad(loss, argnums=(0, 1, 2))
-  return jax.jit(fwd), jax.jit(lambda q, k, v, g: grad(q, k, v, g))
+  return _fwd_and_grad(lambda q, k, v: jax.nn.dot_product_attention(
+      q, k, v, is_causal=True, implementation=implementation), 3)
 
 
 def min_bytes(n: int, kind: str, *, value_bytes: int = 2,
@@ -176,7 +193,7 @@ def min_bytes(n: int, kind: str, *, value_bytes: int = 2,
       value_bytes + 2 * phase_bytes)
 
 
-def _inputs(cfg: SpeedConfig, t: int):
+def _inputs(cfg: PhasorConfig, t: int):
   shape = (cfg.batch, t, cfg.heads, cfg.head_dim)
   ks = jax.random.split(jax.random.key(t), 5)
   pdt = jnp.dtype(cfg.phase_dtype)
@@ -188,7 +205,7 @@ def _inputs(cfg: SpeedConfig, t: int):
   return v, k.astype(pdt), q.astype(pdt), f, g
 
 
-def check_against_xla(cfg: SpeedConfig, t: int, blocks) -> dict:
+def check_against_xla(cfg: PhasorConfig, t: int, blocks) -> dict:
   """Max |pallas - xla| of y and of each gradient, relative to max |xla|."""
   v, k, q, f, g = _inputs(cfg, t)
   out = {"seq_len": t}
@@ -204,7 +221,7 @@ def check_against_xla(cfg: SpeedConfig, t: int, blocks) -> dict:
   return out
 
 
-def tune_blocks(cfg: SpeedConfig, t: int) -> tuple[PhasorBlocks, list]:
+def tune_blocks(cfg: PhasorConfig, t: int, say) -> tuple[PhasorBlocks, list]:
   """Fastest PhasorBlocks for fwd+bwd at length t (and every timing)."""
   v, k, q, f, g = _inputs(cfg, t)
   rows = []
@@ -214,25 +231,25 @@ def tune_blocks(cfg: SpeedConfig, t: int) -> tuple[PhasorBlocks, list]:
       ms = 1e3 * median_time(fb, v, k, q, f, g, repeats=cfg.repeats)
     except Exception as e:  # noqa: BLE001 (a tile that fails to compile)
       ms = None
-      print(f"  {blocks}: {repr(e)[:120]}", flush=True)
+      say(f"  {blocks}: {repr(e)[:120]}")
     rows.append({**dataclasses.asdict(blocks), "fwd_bwd_ms": ms})
-    print(f"  tune {blocks}: {ms}", flush=True)
+    say(f"  tune {blocks}: {ms}")
   best = min((r for r in rows if r["fwd_bwd_ms"] is not None),
              key=lambda r: r["fwd_bwd_ms"])
   best = {k: v for k, v in best.items() if k != "fwd_bwd_ms"}
   return PhasorBlocks(**best), rows
 
 
-def run_speed(cfg: SpeedConfig) -> dict:
+def run_speed(cfg: PhasorConfig, say) -> dict:
   bw = copy_bandwidth(cfg.copy_bytes, cfg.repeats)
-  print(f"copy bandwidth {bw / 1e9:.1f} GB/s", flush=True)
+  say(f"copy bandwidth {bw / 1e9:.1f} GB/s")
   blocks, tuning = PhasorBlocks(), []
   t_tune = cfg.tune_len if cfg.tune_len in cfg.seq_lens else cfg.seq_lens[0]
   if cfg.tune:
-    blocks, tuning = tune_blocks(cfg, t_tune)
-    print(f"best tiles {blocks}", flush=True)
+    blocks, tuning = tune_blocks(cfg, t_tune, say)
+    say(f"best tiles {blocks}")
   check = check_against_xla(cfg, t_tune, blocks)
-  print(f"check {check}", flush=True)
+  say(f"check {check}")
   pbytes = jnp.dtype(cfg.phase_dtype).itemsize
   rows = []
   for t in cfg.seq_lens:
@@ -258,7 +275,7 @@ def run_speed(cfg: SpeedConfig) -> dict:
         fn = fwd if kind == "fwd" else fb
         row["ms"] = 1e3 * median_time(fn, *args, repeats=cfg.repeats)
         row["compiled_bytes"] = _compiled_bytes(fn, *args)
-        row["device_peak_bytes"] = _peak_bytes()
+        row["device_peak_bytes"] = device_memory()["peak_bytes_in_use"]
         if name.startswith("phasor"):
           by = min_bytes(n, kind, phase_bytes=pbytes)
           row["min_bytes"] = by
@@ -267,7 +284,7 @@ def run_speed(cfg: SpeedConfig) -> dict:
         row["status"] = "oom" if _is_oom(e) else "error"
         row["error"] = repr(e)[:300]
       rows.append(row)
-      print(_fmt_row(row), flush=True)
+      say(_fmt_row(row))
   return {"copy_bandwidth_Bps": bw, "blocks": dataclasses.asdict(blocks),
           "tuning": tuning, "check": check, "rows": rows,
           "speedup_vs_attention": _speedups(rows)}
@@ -297,66 +314,25 @@ def _fmt_row(r: dict) -> str:
           f"{r['ms']:10.3f} ms  mem={mem:>12}{frac}")
 
 
-def main(argv=None) -> dict:
-  p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-  p.add_argument("--tiny", action="store_true",
-                 help="CPU-sized smoke run (Pallas in interpret mode)")
-  p.add_argument("--out", default=None, help="write the JSON record here")
-  p.add_argument("--seq-lens", default=None,
-                 help="comma-separated T list (default 2k..128k)")
-  p.add_argument("--repeats", type=int, default=None)
-  p.add_argument("--skip-speed", action="store_true")
-  p.add_argument("--tune", action="store_true",
-                 help="time the kernel's tile configurations first")
-  p.add_argument("--phase-dtype", default=None,
-                 choices=("bfloat16", "float32"))
-  args = p.parse_args(argv)
-  if args.tiny:
-    cfg = SpeedConfig(batch=1, heads=2, head_dim=16, seq_lens=(64, 128),
-                      repeats=2, copy_bytes=1 << 22, interpret=True,
-                      attention=None if jax.default_backend() != "gpu"
-                      else "cudnn")
-    ortho = run_orthogonality((64,), (256,))
-  else:
-    cfg = SpeedConfig()
-    ortho = run_orthogonality((64, 128), (1024, 4096, 16384))
-  if args.seq_lens:
-    cfg = dataclasses.replace(
-        cfg, seq_lens=tuple(int(s) for s in args.seq_lens.split(",")))
-  if args.repeats:
-    cfg = dataclasses.replace(cfg, repeats=args.repeats)
-  if args.tune:
-    cfg = dataclasses.replace(cfg, tune=True)
-  if args.phase_dtype:
-    cfg = dataclasses.replace(cfg, phase_dtype=args.phase_dtype)
-  print(f"{'codes':>15} {'d':>4} {'T':>6} {'mean|sim|':>10} "
-        f"{'sim(1)':>8} {'max|sim|':>9} {'ratio':>7}")
-  for r in ortho:
-    print(f"{r['codes']:>15} {r['d']:>4} {r['positions']:>6} "
-          f"{r['mean_abs_sim']:10.4f} {r['neighbour_sim']:8.4f} "
-          f"{r['max_abs_sim']:9.4f} {r['crosstalk_ratio']:7.2f}")
-  record = {
-      "benchmark": "phasor_bench",
-      "date": datetime.datetime.now(datetime.timezone.utc).isoformat(),
-      "device": str(jax.devices()[0]),
-      "device_kind": jax.devices()[0].device_kind,
-      "backend": jax.default_backend(),
-      "versions": {"jax": jax.__version__, "python": platform.python_version()},
-      "argv": list(sys.argv if argv is None else argv),
-      "config": dataclasses.asdict(cfg),
-      "orthogonality": ortho,
-  }
-  if not args.skip_speed:
-    print(f"\n{'case':>14} {'kind':>8} {'T':>9} {'time':>13}")
-    record["speed"] = run_speed(cfg)
-    for r in record["speed"]["speedup_vs_attention"]:
-      print(f"{r['case']:>14} {r['kind']:>8} T={r['seq_len']:>7} "
-            f"{r['speedup']:7.2f}x faster than attention")
-  if args.out:
-    with open(args.out, "w") as fh:
-      json.dump(record, fh, indent=1)
-  return record
-
-
-if __name__ == "__main__":
-  main()
+def run(cfg: PhasorConfig, progress: Progress = Progress()) -> Result:
+  dev = jax.devices()[0]
+  ortho = run_orthogonality(cfg.ortho_dims, cfg.ortho_positions)
+  res = {"benchmark": "phasor_bench",
+         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(),
+         "device": str(dev), "device_kind": dev.device_kind, "backend": jax.default_backend(),
+         "versions": {"jax": jax.__version__, "python": platform.python_version()},
+         "argv": config_argv(cfg), "config": dataclasses.asdict(cfg), "orthogonality": ortho}
+  lines = [f"{'codes':>15} {'d':>4} {'T':>6} {'mean|sim|':>10} "
+           f"{'sim(1)':>8} {'max|sim|':>9} {'ratio':>7}"]
+  lines += [f"{r['codes']:>15} {r['d']:>4} {r['positions']:>6} {r['mean_abs_sim']:10.4f} "
+            f"{r['neighbour_sim']:8.4f} {r['max_abs_sim']:9.4f} {r['crosstalk_ratio']:7.2f}"
+            for r in ortho]
+  if not cfg.skip_speed:
+    res["speed"] = sp = run_speed(cfg, progress.say)
+    lines += ["", f"copy bandwidth {sp['copy_bandwidth_Bps'] / 1e9:.1f} GB/s; tiles "
+              f"{PhasorBlocks(**sp['blocks'])}", f"check {sp['check']}",
+              f"{'case':>14} {'kind':>8} {'T':>9} {'time':>13}",
+              *map(_fmt_row, sp["rows"])]
+    lines += [f"{r['case']:>14} {r['kind']:>8} T={r['seq_len']:>7} "
+              f"{r['speedup']:7.2f}x faster than attention" for r in sp["speedup_vs_attention"]]
+  return Result(res, "\n".join(lines))

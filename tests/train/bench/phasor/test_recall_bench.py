@@ -1,24 +1,22 @@
-"""recall_bench: the --tiny path end to end, and its small pure pieces."""
+"""recall benchmark (train/bench/phasor/recall.py): TINY end to end, and its pure pieces."""
 
+import dataclasses
 import functools
-import json
 
 import numpy as np
 import pytest
 
 from holojax.optim.accounting import num_params
-from holojax.train.bench import harness
-from holojax.train.bench import recall_bench as rb
+from holojax.train.bench.common import Progress, build_lm
+from holojax.train.bench.phasor import recall as rb
 
 
 def test_heads_and_param_counts():
   assert [rb.num_heads(w, 64) for w in (32, 64, 128, 512)] == [1, 1, 2, 8]
-  ph, cfg = rb.build_model("phasor", 64, vocab_size=256, num_layers=2,
-                           head_width=64, max_seq_len=64, dtype="float32",
-                           seed=0)
-  at, _ = rb.build_model("attention", 64, vocab_size=256, num_layers=2,
-                         head_width=64, max_seq_len=64, dtype="float32", seed=0)
-  assert cfg["hd_dim"] == 128 and cfg["tie_embeddings"]
+  kw = dict(vocab_size=256, num_layers=2, head_width=64, max_seq_len=64, dtype="float32")
+  cfg = rb.model_config("phasor", 64, **kw)
+  ph, at = build_lm(cfg, 0), build_lm(rb.model_config("attention", 64, **kw), 0)
+  assert cfg.hd_dim == 128 and cfg.tie_embeddings
   d, v = 64, 256  # per layer, attention: 4 d^2 + 8 d^2; phasor: 10 d^2 + 8 d^2
   extra = 2 * (6 * d * d + 2 * 2 * d + 1 + 5 * d)  # + k, q, MLP biases, bandwidth
   assert num_params(ph) - num_params(at) == extra
@@ -70,11 +68,12 @@ def test_config_validation():
 
 
 @pytest.mark.slow
-def test_tiny_end_to_end(tmp_path):
-  out = tmp_path / "recall.json"
-  rec = rb.run(["--tiny", "--out", str(out)])
-  assert json.loads(out.read_text())["table"] == rec["table"]
-  cfg, res = rec["config"], rec["results"]
+def test_tiny_end_to_end():
+  partials = []
+  cfg = dataclasses.replace(rb.TINY, max_minutes=3.0)  # room for a loaded machine
+  out = rb.run(cfg, Progress(partial=lambda res: partials.append(len(res))))
+  res = out.results
+  assert partials  # the results so far, after each model
   mq = res["mqar"]["runs"]
   assert [r["arch"] for r in mq] == ["phasor", "attention"]
   assert all("error" not in r for r in mq)
@@ -87,8 +86,8 @@ def test_tiny_end_to_end(tmp_path):
   pk = res["passkey"]["runs"]
   assert [r["arch"] for r in pk] == ["phasor", "attention"]
   for r in pk:
-    assert len(r["eval"]) == len(cfg["passkey_lens"]) * len(cfg["passkey_depths"])
+    assert len(r["eval"]) == len(cfg.passkey_lens) * len(cfg.passkey_depths)
     for e in r["eval"]:
       assert 0.0 <= e["exact_match"] <= e["digit_accuracy"] <= 1.0
-  assert "MQAR" in rec["table"] and "Passkey" in rec["table"]
-  assert len(rec["table"].splitlines()) < 20
+  assert "MQAR" in out.table and "Passkey" in out.table
+  assert len(out.table.splitlines()) < 20

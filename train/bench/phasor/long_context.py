@@ -48,13 +48,10 @@ the training peak).
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import functools
 import gc
-import json
 import time
-from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -62,35 +59,55 @@ import numpy as np
 from flax import nnx
 
 from holojax import data as hdata
-from holojax.models.gpt import GPT, GPTConfig
+from holojax.models.gpt import GPTConfig
 from holojax.models.holo_transformer import HoloConfig, HoloForCausalLM, decode_steps
-from holojax.optim.accounting import tree_bytes, tree_size
-from holojax.train.bench.steps import adamw_direction, lr_at, lr_train_step
+from holojax.optim.accounting import num_params, tree_bytes
+from holojax.train.bench.common import (Progress, Result, adamw, build_lm, device_memory,
+                                        fit_steps, lm_config, require_positive, train_steps,
+                                        warmup_cosine)
 from holojax.train.loop import loss_fn
+from holojax.train.step import (host_lr, init_state, make_eval_step, make_train_step, model_of,
+                                schedule_values)
 
 PARTS = ("lm", "decode")
 
 
 @dataclasses.dataclass(frozen=True)
 class LongContextConfig:
-  """What the benchmark trains, evaluates and decodes.
+  """What the benchmark trains, evaluates and decodes. The defaults (GPU) took
+  90 s for both parts on one H100 (record ``long_context--nvidia-h100-*``);
+  ``TINY`` runs on a 2-core CPU in about 20 s.
 
-  Defaults (GPU): width 256, 4 layers, heads of 64, bf16 compute; 8 x 4096
-  bytes per step, N fitted to ``max_minutes`` = 2 of training (compiles
-  included; at most ``steps``); eval on 262,144 held-out bytes at 4096 and
-  16384; decode at contexts 1k..2^20 after a parallel prefill (``decode_mode``
-  "prefill"; "stream" decodes continuously and is stopped by
-  ``decode_max_minutes``). Measured on one H100: 90 s for both parts
-  (record ``long_context--nvidia-h100-*``). ``TINY`` runs on a 2-core CPU in
-  about 20 s.
-
-  ``hd_ratio``: phasor width hd_dim = hd_ratio * width. 1 keeps the two
-  models' parameter counts within ~10% at equal width and depth (the phasor
-  has 5 width x hd_dim projections per layer, attention has 4 width^2); the
-  seed's "capacity" choice is 2. ``max_minutes`` / ``decode_max_minutes``:
-  wall-clock budgets (None: no limit).
+  Attributes:
+    parts: which parts run: lm, decode.
+    width, layers, head_dim: both models' width, depth and head width.
+    hd_ratio: phasor memory width hd_dim = hd_ratio * width. 1 keeps the two
+      models' parameter counts within ~10% at equal width and depth (the phasor
+      has 5 width x hd_dim projections per layer, attention has 4 width^2); the
+      seed's "capacity" choice is 2.
+    dtype: compute dtype.
+    train_len: training sequence length.
+    eval_lens: evaluation lengths (each divides the longest).
+    batch_size: sequences per step.
+    steps: steps at most.
+    max_minutes: training budget, both models, compiles included (none: no limit).
+    warmup: learning-rate warm-up steps.
+    calib_steps: steps per model timed to fit the steps to the budget (2 of
+      them compile).
+    learning_rate, weight_decay: AdamW's peak learning rate and weight decay.
+    eval_tokens: held-out bytes evaluated at every length.
+    eval_batch_tokens: bytes per eval batch.
+    corpus_max_bytes: read at most this much of the corpus (none: all).
+    seed: data and init seed.
+    decode_tokens: context the decode reaches.
+    decode_chunk: recurrent steps per jitted scan.
+    decode_batch: sequences decoded side by side.
+    decode_max_minutes: decode budget (none: no limit).
+    decode_mode: prefill (a parallel prefill per context) or stream (one
+      continuous decode).
   """
 
+  parts: tuple[str, ...] = ("lm", "decode")
   width: int = 256
   layers: int = 4
   head_dim: int = 64
@@ -116,11 +133,11 @@ class LongContextConfig:
   decode_mode: str = "prefill"
 
   def __post_init__(self):
-    for name in ("width", "layers", "head_dim", "train_len", "batch_size", "steps",
-                 "calib_steps", "eval_tokens", "eval_batch_tokens", "decode_tokens",
-                 "decode_chunk", "decode_batch"):
-      if getattr(self, name) < 1:
-        raise ValueError(f"{name}={getattr(self, name)} must be positive")
+    if not self.parts or set(self.parts) - set(PARTS):
+      raise ValueError(f"parts={self.parts}: choose from {PARTS}")
+    require_positive(self, "width", "layers", "head_dim", "train_len", "batch_size", "steps",
+                     "calib_steps", "eval_tokens", "eval_batch_tokens", "decode_tokens",
+                     "decode_chunk", "decode_batch")
     if self.width % self.head_dim:
       raise ValueError(f"width={self.width} must be a multiple of head_dim={self.head_dim}")
     if self.hd_dim % self.heads:
@@ -170,14 +187,11 @@ def model_configs(cfg: LongContextConfig) -> tuple[HoloConfig, GPTConfig]:
     True
   """
   max_len = max(cfg.train_len, *cfg.eval_lens)
-  holo = HoloConfig(vocab_size=hdata.VOCAB_SIZE, hidden_size=cfg.width, hd_dim=cfg.hd_dim,
-                    num_hidden_layers=cfg.layers, num_heads=cfg.heads,
-                    intermediate_size=4 * cfg.width,
-                    max_seq_len=max(max_len, cfg.decode_tokens), dtype=cfg.dtype)
-  gpt = GPTConfig(vocab_size=hdata.VOCAB_SIZE, hidden_size=cfg.width, num_hidden_layers=cfg.layers,
-                  num_heads=cfg.heads, intermediate_size=4 * cfg.width, max_seq_len=max_len,
-                  dtype=cfg.dtype)
-  return holo, gpt
+  kw = dict(vocab_size=hdata.VOCAB_SIZE, width=cfg.width, layers=cfg.layers, heads=cfg.heads,
+            dtype=cfg.dtype)
+  return (lm_config("phasor", hd_dim=cfg.hd_dim, max_seq_len=max(max_len, cfg.decode_tokens),
+                    **kw),
+          lm_config("attention", max_seq_len=max_len, **kw))
 
 
 def kv_cache_bytes(layers: int, width: int, context: int, *, batch: int = 1,
@@ -232,38 +246,29 @@ def eval_sets(val: np.ndarray, lens, *, n_tokens: int, batch_tokens: int
 # Part lm.
 
 
-def _make_steps(graphdef, tx):
-  """(train step with params and optimizer state donated, jitted eval step)."""
-
-  def loss(params, rest, batch_bt):
-    return loss_fn(nnx.merge(graphdef, params, rest), batch_bt)
-
-  return lr_train_step(loss, tx), jax.jit(loss)
-
-
 def _build(arch: str, mcfg, tx, seed: int) -> dict:
-  """One training arm: the model split into params / rest, optimizer state, steps."""
-  cls = HoloForCausalLM if arch == "phasor" else GPT
-  graphdef, params, rest = nnx.split(cls(mcfg, rngs=nnx.Rngs(seed)), nnx.Param, ...)
-  train_step, eval_step = _make_steps(graphdef, tx)
+  """One training arm: model and optimizer state, its train and eval steps."""
+  graphdef, state = init_state(lambda: build_lm(mcfg, seed), tx)
   return {"arch": arch, "config": dataclasses.asdict(mcfg), "graphdef": graphdef,
-          "params": params, "rest": rest, "opt": tx.init(params), "train_step": train_step,
-          "eval_step": eval_step, "losses": [],
-          "num_params": tree_size(params)}
+          "state": state, "train_step": make_train_step(graphdef, tx, loss_fn),
+          "eval_step": make_eval_step(graphdef, loss_fn), "losses": [],
+          "num_params": num_params(model_of(graphdef, state))}
 
 
 def _train(arm: dict, data, start: int, stop: int, total: int, cfg, say=None) -> float:
   """Steps [start, stop) of ``arm`` in place; returns the wall seconds (blocked)."""
   t0 = time.perf_counter()
   every = max((stop - start) // 8, 1)
-  for s in range(start, stop):
-    lr = jnp.float32(lr_at(s, total, peak=cfg.learning_rate, warmup=cfg.warmup))
-    arm["params"], arm["opt"], loss = arm["train_step"](
-        arm["params"], arm["opt"], arm["rest"], jnp.asarray(data.batch(s)), lr)
-    arm["losses"].append(loss)
-    if say is not None and (s + 1 - start) % every == 0:
-      say(f"  {arm['arch']:>8} step {s + 1}/{total}  loss {float(loss):.4f}")
-  jax.block_until_ready(arm["params"])
+  lrs = schedule_values(warmup_cosine(cfg.learning_rate, cfg.warmup, total), stop)
+
+  def on_loss(s, loss):
+    say(f"  {arm['arch']:>8} step {s + 1}/{total}  loss {loss:.4f}")
+
+  arm["state"], _ = train_steps(
+      arm["train_step"], arm["state"], lambda s: jnp.asarray(data.batch(s)), lrs.__getitem__,
+      range(start, stop), losses=arm["losses"], on_loss=say and on_loss,
+      log_at=lambda s: (s + 1 - start) % every == 0)
+  jax.block_until_ready(arm["state"])
   return time.perf_counter() - t0
 
 
@@ -272,7 +277,7 @@ def run_lm(cfg: LongContextConfig, corpus, say) -> tuple[dict, nnx.Module]:
   holo_cfg, gpt_cfg = model_configs(cfg)
   data = hdata.PackedBatches(corpus.train, seq_len=cfg.train_len, batch_size=cfg.batch_size,
                              seed=cfg.seed)
-  tx = adamw_direction(cfg.weight_decay, b2=0.95)
+  tx = host_lr(adamw, weight_decay=cfg.weight_decay, b2=0.95)
   t_start = time.perf_counter()
   arms = [_build("phasor", holo_cfg, tx, cfg.seed), _build("gpt_rope", gpt_cfg, tx, cfg.seed)]
   for arm in arms:
@@ -287,7 +292,7 @@ def run_lm(cfg: LongContextConfig, corpus, say) -> tuple[dict, nnx.Module]:
   if cfg.max_minutes is not None:
     left = 60 * cfg.max_minutes - (time.perf_counter() - t_start)
     per_step = 1.05 * sum(a["calib_step_s"] for a in arms)
-    steps = max(cfg.calib_steps, min(steps, cfg.calib_steps + int(left / per_step)))
+    steps = fit_steps(left, per_step, done=cfg.calib_steps, most=steps)
   say(f"training both for {steps} steps of {cfg.batch_size} x {cfg.train_len} bytes")
   for arm in arms:
     dt = _train(arm, data, cfg.calib_steps, steps, steps, cfg, say)
@@ -302,7 +307,7 @@ def run_lm(cfg: LongContextConfig, corpus, say) -> tuple[dict, nnx.Module]:
     losses = [float(x) for x in jax.device_get(arm["losses"])]
     val = {}
     for n, batches in sets.items():
-      ls = [arm["eval_step"](arm["params"], arm["rest"], jnp.asarray(b)) for b in batches]
+      ls = [arm["eval_step"](arm["state"], jnp.asarray(b)) for b in batches]
       val[str(n)] = float(np.mean(jax.device_get(ls)))
       say(f"{arm['arch']}: val@{n} = {val[str(n)]:.4f} nats/byte")
     keep = sorted(set(range(0, len(losses), max(len(losses) // 50, 1))) | {len(losses) - 1})
@@ -315,7 +320,7 @@ def run_lm(cfg: LongContextConfig, corpus, say) -> tuple[dict, nnx.Module]:
                  "model_config": arm["config"]})
   n_eval = sum(b[:, 1:].size for b in sets[cfg.eval_lens[0]])
   phasor = arms[0]
-  model = nnx.merge(phasor["graphdef"], phasor["params"], phasor["rest"])
+  model = model_of(phasor["graphdef"], phasor["state"])
   results = {"steps": steps, "tokens_per_model": steps * cfg.batch_size * cfg.train_len,
              "eval_tokens": n_eval, "wall_s": time.perf_counter() - t_start, "rows": rows}
   return results, model
@@ -339,17 +344,12 @@ def _all_finite(tree) -> jax.Array:
                             if jnp.issubdtype(x.dtype, jnp.floating)]))
 
 
-def _memory() -> dict:
-  stats = jax.devices()[0].memory_stats() or {}
-  return {k: stats.get(k) for k in ("bytes_in_use", "peak_bytes_in_use")}
-
-
 def _decode_row(cfg: LongContextConfig, carry, context: int, steps: int, dt: float) -> dict:
   """One decode record: time per step / token over ``steps`` steps, state, memory."""
   cache, b = carry[0], cfg.decode_batch
   return {"context": context, "us_per_step": 1e6 * dt / steps,
           "us_per_token": 1e6 * dt / (steps * b), "state_bytes": tree_bytes(cache),
-          "pos": int(cache[0].pos), "all_finite": bool(_all_finite(carry)), **_memory(),
+          "pos": int(cache[0].pos), "all_finite": bool(_all_finite(carry)), **device_memory(),
           "kv_bytes_computed": kv_cache_bytes(cfg.layers, cfg.width, context, batch=b)}
 
 
@@ -437,7 +437,7 @@ def run_decode_stream(cfg: LongContextConfig, model: HoloForCausalLM, say) -> di
   carry = fresh()
   jax.block_until_ready(_all_finite(carry))
   compile_s = time.perf_counter() - t0
-  mem_start = _memory()
+  mem_start = device_memory()
   say(f"decode: compiled a {n}-step scan in {compile_s:.1f} s; memory {mem_start}")
   rows, done, seg_start, first_toks = [], 0, 0, None
   t_seg = t_begin = time.perf_counter()
@@ -505,82 +505,21 @@ def format_table(cfg: LongContextConfig, results: dict) -> str:
   return "\n".join(lines)
 
 
-def parse(argv: list[str]) -> tuple[LongContextConfig, list[str], str | None]:
-  p = argparse.ArgumentParser(prog="holojax bench long_context", description=__doc__,
-                              formatter_class=argparse.RawDescriptionHelpFormatter)
-  p.add_argument("--tiny", action="store_true", help="tiny models, short lengths (CPU)")
-  p.add_argument("--parts", default="lm,decode", help="comma list of: lm, decode")
-  p.add_argument("--out", default=None, help="JSON written after each part")
-  p.add_argument("--max-minutes", type=float, default=argparse.SUPPRESS,
-                 help="training budget, both models, compiles included (<= 0: none)")
-  p.add_argument("--decode-max-minutes", type=float, default=argparse.SUPPRESS,
-                 help="decode budget (<= 0: none)")
-  for f in dataclasses.fields(LongContextConfig):
-    if f.name in ("max_minutes", "decode_max_minutes"):
-      continue
-    kind = type(f.default) if f.default is not None else int
-    if f.name == "eval_lens":
-      p.add_argument("--eval-lens", type=int, nargs="+", default=argparse.SUPPRESS)
-    else:
-      p.add_argument("--" + f.name.replace("_", "-"), type=kind, default=argparse.SUPPRESS)
-  a = vars(p.parse_args(argv))
-  tiny, parts, out = a.pop("tiny"), a.pop("parts").split(","), a.pop("out")
-  for k in ("max_minutes", "decode_max_minutes"):
-    if k in a and a[k] <= 0:
-      a[k] = None
-  if "eval_lens" in a:
-    a["eval_lens"] = tuple(a["eval_lens"])
-  bad = [x for x in parts if x not in PARTS]
-  if bad or not parts:
-    raise ValueError(f"--parts {','.join(parts)}: choose from {PARTS}")
-  return dataclasses.replace(TINY if tiny else LongContextConfig(), **a), parts, out
-
-
-def run(argv: list[str]) -> dict:
-  cfg, parts, out = parse(argv)
-  t0 = time.perf_counter()
-
-  def say(msg):
-    print(f"[long_context {time.perf_counter() - t0:7.1f} s] {msg}", flush=True)
-
-  say(f"device {jax.devices()[0]}, parts {parts}, config {dataclasses.asdict(cfg)}")
-  results, model = {}, None
-  config = {**dataclasses.asdict(cfg), "eval_lens": list(cfg.eval_lens), "parts": parts,
-            "heads": cfg.heads, "hd_dim": cfg.hd_dim}
-
-  def save():
-    if out:
-      rec = {"benchmark": "long_context", "config": config, "results": results,
-             "table": format_table(cfg, results)}
-      Path(out).parent.mkdir(parents=True, exist_ok=True)
-      Path(out).write_text(json.dumps(rec, indent=1) + "\n")
-      say(f"wrote {out}")
-
-  source = None
-  if "lm" in parts:
+def run(cfg: LongContextConfig, progress: Progress = Progress()) -> Result:
+  say = progress.say
+  say(f"device {jax.devices()[0]}, config {dataclasses.asdict(cfg)}")
+  results, model, source = {}, None, None
+  if "lm" in cfg.parts:
     corpus = hdata.load_corpus(max_bytes=cfg.corpus_max_bytes)
     say(f"corpus {corpus.source}: {len(corpus.train):,} train / {len(corpus.val):,} val bytes")
     results["lm"], model = run_lm(cfg, corpus, say)
     source = np.asarray(corpus.val[:1 << 20])
     del corpus
     gc.collect()  # the transformer's arrays go before the decode measures memory
-    save()
-  if "decode" in parts:
+    progress.partial(results)
+  if "decode" in cfg.parts:
     weights = "trained in part lm" if model is not None else "random init"
     if model is None:
-      model = HoloForCausalLM(model_configs(cfg)[0], rngs=nnx.Rngs(cfg.seed))
+      model = build_lm(model_configs(cfg)[0], cfg.seed)
     results["decode"] = {"weights": weights, **run_decode(cfg, model, say, source)}
-    save()
-  say("done")
-  return {"config": config, "results": results, "table": format_table(cfg, results)}
-
-
-def main(argv: list[str] | None = None) -> dict:
-  import sys
-  rec = run(sys.argv[1:] if argv is None else argv)
-  print(rec["table"], flush=True)
-  return rec
-
-
-if __name__ == "__main__":
-  main()
+  return Result(results, format_table(cfg, results))

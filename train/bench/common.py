@@ -1,0 +1,307 @@
+"""What the benchmarks share: the contract, timing, memory, parameter trees,
+the phasor/attention LM pair, and training to a time budget.
+
+A benchmark is a module with a frozen config dataclass (its fields are its
+flags, described in its ``Attributes:`` docstring), a ``TINY`` instance (a
+CPU run of well under a minute) and ``run(config, progress) -> Result``; it
+reports through ``progress`` and never prints: the harness prints the table
+and writes the record.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import statistics
+import time
+from typing import Any, Callable, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import optax
+from flax import nnx
+
+from holojax.models.gpt import GPT, GPTConfig
+from holojax.models.holo_transformer import HoloConfig, HoloForCausalLM
+from holojax.optim.accounting import state_bits_per_param
+from holojax.train.step import with_learning_rate
+
+LM_ARCHS = ("phasor", "attention")
+
+
+class Progress(NamedTuple):
+  """How a running benchmark reports: ``say(line)`` a progress line,
+  ``partial(results)`` the results so far (kept where a killed run leaves them)."""
+  say: Callable[[str], None] = lambda line: None
+  partial: Callable[[dict], None] = lambda results: None
+
+
+@dataclasses.dataclass(frozen=True)
+class Result:
+  """What ``run`` returns: the record's numbers, its table, and files (name ->
+  bytes, e.g. a plot) the harness writes beside the record."""
+
+  results: dict
+  table: str
+  files: dict[str, bytes] = dataclasses.field(default_factory=dict)
+
+
+def require_positive(config, *names: str):
+  """Raises ``ValueError`` naming the first field of ``names`` below 1."""
+  for name in names:
+    if getattr(config, name) < 1:
+      raise ValueError(f"{name}={getattr(config, name)} must be >= 1")
+
+
+# ----------------------------------------------------------------------------
+# Timing and memory
+
+
+def median_time(f, *args, repeats: int = 20, warmup: int = 1) -> float:
+  """Median seconds of ``f(*args)`` (blocked until ready) after ``warmup`` calls."""
+  for _ in range(warmup):
+    jax.block_until_ready(f(*args))
+  times = []
+  for _ in range(repeats):
+    t0 = time.perf_counter()
+    jax.block_until_ready(f(*args))
+    times.append(time.perf_counter() - t0)
+  return statistics.median(times)
+
+
+def copy_bandwidth(num_bytes: int, repeats: int = 20) -> float:
+  """Measured device copy bandwidth in bytes/s (bytes read + bytes written)."""
+  x = jax.random.normal(jax.random.key(0), (num_bytes // 4,), jnp.float32)
+  f = jax.jit(lambda a: a * 1.0000001)
+  return 2 * x.nbytes / median_time(f, x, repeats=repeats)
+
+
+def device_memory() -> dict:
+  """``bytes_in_use`` and ``peak_bytes_in_use`` of the first device (None where
+  the backend does not report them)."""
+  stats = jax.devices()[0].memory_stats() or {}
+  return {k: stats.get(k) for k in ("bytes_in_use", "peak_bytes_in_use")}
+
+
+# ----------------------------------------------------------------------------
+# Optimizer steps on parameter trees
+
+
+def gpt2_shapes(vocab=50304, d=768, layers=12, mlp=3072, ctx=1024) -> dict:
+  """GPT-2 124M parameter shapes (tied embeddings, LayerNorm scales/biases)."""
+  tree = {"wte": (vocab, d), "wpe": (ctx, d), "ln_f": {"scale": (d,), "bias": (d,)}}
+  for i in range(layers):
+    tree[f"h{i}"] = {
+        "ln_1": {"scale": (d,), "bias": (d,)}, "ln_2": {"scale": (d,), "bias": (d,)},
+        "attn": {"c_attn": {"kernel": (d, 3 * d), "bias": (3 * d,)},
+                 "c_proj": {"kernel": (d, d), "bias": (d,)}},
+        "mlp": {"c_fc": {"kernel": (d, mlp), "bias": (mlp,)},
+                "c_proj": {"kernel": (mlp, d), "bias": (d,)}}}
+  return tree
+
+
+@dataclasses.dataclass(frozen=True)
+class TreeConfig:
+  """The GPT-2-shaped parameter tree an optimizer step is timed on.
+
+  Attributes:
+    vocab_size, width, layers, mlp, context: its shapes (default: GPT-2 124M).
+    iters: timed steps per optimizer (their median is reported).
+  """
+
+  vocab_size: int = 50304
+  width: int = 768
+  layers: int = 12
+  mlp: int = 3072
+  context: int = 1024
+  iters: int = 50
+
+  def __post_init__(self):
+    require_positive(self, "vocab_size", "width", "layers", "mlp", "context", "iters")
+
+  def shapes(self) -> dict:
+    return gpt2_shapes(self.vocab_size, self.width, self.layers, self.mlp, self.context)
+
+
+def abstract_params(shapes, dtype=jnp.float32):
+  """ShapeDtypeStructs for a pytree whose leaves are shape tuples."""
+  return jax.tree.map(lambda s: jax.ShapeDtypeStruct(s, dtype), shapes,
+                      is_leaf=lambda x: isinstance(x, tuple))
+
+
+def state_bits(opts: dict, shapes) -> dict:
+  """Name -> bits/param of each optimizer's state on the tree ``shapes``
+  (``jax.eval_shape`` of ``init``: exact bytes, nothing allocated)."""
+  params = abstract_params(shapes)
+  return {name: state_bits_per_param(jax.eval_shape(opt.init, params), params)
+          for name, opt in opts.items()}
+
+
+def random_params_and_grads(shapes, seed: int = 0):
+  """Random f32 params (std 0.02) and grads (1e-3, per-column scales over ~3 decades).
+
+  ``shapes`` is a pytree whose leaves are shape tuples. Random data, never
+  constants: constants hide indexing bugs and make block statistics degenerate.
+  """
+  leaves, treedef = jax.tree.flatten(shapes, is_leaf=lambda x: isinstance(x, tuple))
+  keys = jax.random.split(jax.random.key(seed), 2 * len(leaves))
+  params = [0.02 * jax.random.normal(k, s) for k, s in zip(keys[::2], leaves)]
+  col_scale = lambda k, s: jnp.exp(jax.random.normal(jax.random.fold_in(k, 1), s[-1:])).reshape(
+      (1,) * (len(s) - 1) + s[-1:])  # noqa: E731
+  grads = [1e-3 * jax.random.normal(k, s) * col_scale(k, s) for k, s in zip(keys[1::2], leaves)]
+  return jax.tree.unflatten(treedef, params), jax.tree.unflatten(treedef, grads)
+
+
+def optimizer_step_ms(opt, grads, params, *, repeats: int = 20, warmup: int = 3) -> float:
+  """Median ms of one jitted ``opt.update`` (state donated and threaded through calls)."""
+  step = jax.jit(opt.update, donate_argnums=1)
+  state = [jax.jit(opt.init)(params)]
+
+  def run(g, p):
+    u, state[0] = step(g, state[0], p)
+    return u
+
+  return 1e3 * median_time(run, grads, params, repeats=repeats, warmup=warmup)
+
+
+def time_optimizers(impls: dict, grads, params, *, repeats: int, extra=None,
+                    say=Progress().say) -> dict:
+  """Step time of each optimizer in ``impls`` (name -> transformation), in one run.
+
+  Per name: ``ms`` (median step), ``wall_s_incl_compile``, ``x_adamw`` (ratio to
+  the ``optax.adamw`` entry, if any) and ``extra(name)`` fields; a failure is
+  recorded as ``error`` and the others still run.
+  """
+  out = {}
+  for name, opt in impls.items():
+    t0 = time.perf_counter()
+    try:
+      out[name] = {"ms": optimizer_step_ms(opt, grads, params, repeats=repeats),
+                   **(extra(name) if extra else {})}
+    except Exception as e:  # report, keep going (e.g. a kernel that fails to lower)
+      out[name] = {"ms": None, "error": f"{type(e).__name__}: {e}"[:300]}
+    out[name]["wall_s_incl_compile"] = time.perf_counter() - t0
+    say(f"timed {name}: {out[name]}")
+  base = out.get("optax.adamw", {}).get("ms")
+  for v in out.values():
+    if v["ms"] is not None and base:
+      v["x_adamw"] = v["ms"] / base
+  return out
+
+
+def step_time_lines(step: dict) -> list[str]:
+  """Table rows of ``time_optimizers``' result: ms, x adamw, backend or error."""
+  lines = [f"  {'optimizer':<30}{'ms':>10}{'x adamw':>9}  backend"]
+  for name, v in step.items():
+    if name == "floor":
+      continue
+    ms = "failed" if v["ms"] is None else f"{v['ms']:.3f}"
+    ratio = f"{v['x_adamw']:.2f}" if "x_adamw" in v else "-"
+    lines.append(f"  {name:<30}{ms:>10}{ratio:>9}  {v.get('backend', v.get('error', ''))}")
+  return lines
+
+
+# ----------------------------------------------------------------------------
+# The phasor / attention LM pair
+
+
+def lm_config(arch: str, *, vocab_size: int, width: int, layers: int, heads: int,
+              max_seq_len: int, dtype: str, hd_dim: int | None = None, **phasor):
+  """A phasor LM (``HoloConfig``, memory width ``hd_dim``, ``phasor`` extra
+  fields) or a RoPE attention LM (``GPTConfig``) of equal width, depth, heads
+  and MLP (4 width): the two sides of the phasor benchmarks.
+
+  Example:
+    >>> lm_config("attention", vocab_size=256, width=64, layers=2, heads=1,
+    ...           max_seq_len=128, dtype="float32").intermediate_size
+    256
+  """
+  if arch == "phasor":
+    return HoloConfig(vocab_size=vocab_size, hidden_size=width, hd_dim=hd_dim,
+                      num_hidden_layers=layers, num_heads=heads, intermediate_size=4 * width,
+                      max_seq_len=max_seq_len, dtype=dtype, **phasor)
+  if arch == "attention":
+    return GPTConfig(vocab_size=vocab_size, hidden_size=width, num_hidden_layers=layers,
+                     num_heads=heads, intermediate_size=4 * width, max_seq_len=max_seq_len,
+                     dtype=dtype)
+  raise ValueError(f"arch {arch!r} must be one of {LM_ARCHS}")
+
+
+def build_lm(config, seed: int) -> nnx.Module:
+  """The model of an ``lm_config``."""
+  cls = HoloForCausalLM if isinstance(config, HoloConfig) else GPT
+  return cls(config, rngs=nnx.Rngs(seed))
+
+
+# ----------------------------------------------------------------------------
+# Training to a time budget
+
+
+def adamw(learning_rate, *, weight_decay: float, b2: float,
+          matrices_only: bool = False) -> optax.GradientTransformation:
+  """Global-norm clipping at 1, then AdamW (b1 = 0.9) with decoupled weight
+  decay on every parameter or, with ``matrices_only``, on those of 2+ dims."""
+  mask = (lambda p: jax.tree.map(lambda x: x.ndim >= 2, p)) if matrices_only else None
+  return optax.chain(optax.clip_by_global_norm(1.0),
+                     optax.adamw(learning_rate, b1=0.9, b2=b2, weight_decay=weight_decay,
+                                 mask=mask))
+
+
+def warmup_cosine(peak: float, warmup: int, total: int) -> optax.Schedule:
+  """Linear warm-up from 0 to ``peak`` over ``warmup`` steps, then cosine to
+  peak / 10 at ``total`` (``optax.warmup_cosine_decay_schedule``).
+
+  Example:
+    >>> s = warmup_cosine(1.0, 10, 100)
+    >>> [round(float(s(i)), 3) for i in (0, 5, 10, 55, 100)]
+    [0.0, 0.5, 1.0, 0.55, 0.1]
+  """
+  return optax.warmup_cosine_decay_schedule(0.0, peak, warmup, max(total, warmup + 1),
+                                            0.1 * peak)
+
+
+def fit_steps(seconds: float, step_s: float, *, done: int, most: int) -> int:
+  """The step total when ``done`` steps are run and ``seconds`` are left at
+  ``step_s`` seconds a step: done + floor(seconds / step_s), within [done, most].
+
+  Example:
+    >>> fit_steps(10.0, 0.5, done=30, most=1000), fit_steps(-1.0, 0.5, done=30, most=1000)
+    (50, 30)
+  """
+  return max(done, min(most, done + int(seconds / step_s)))
+
+
+def train_steps(step, state, batch_at: Callable[[int], Any], lr_at: Callable[[int], float],
+                steps: range, *, losses: list, stop_at: float | None = None,
+                log_at: Callable[[int], bool] | None = None,
+                on_loss: Callable[[int, float], None] | None = None) -> tuple[Any, int]:
+  """Runs ``step`` (a ``make_train_step``) over ``steps`` with learning rate
+  ``lr_at(i)`` and batch ``batch_at(i)``.
+
+  Appends each step's loss (a device scalar) to ``losses``. The loss of every
+  step i with ``log_at(i)`` goes to ``on_loss(i, loss)`` one step later, so
+  reading it never waits for the step just queued. Stops before a step once
+  ``time.perf_counter() >= stop_at``. Returns (state, index after the last
+  step run).
+  """
+  pending, done = None, steps.start
+  for i in steps:
+    if stop_at is not None and time.perf_counter() >= stop_at:
+      break
+    state, metrics = step(with_learning_rate(state, lr_at(i)), batch_at(i))
+    losses.append(metrics["train/loss"])
+    done = i + 1
+    if pending is not None:
+      on_loss(pending[0], float(pending[1]))
+      pending = None
+    if on_loss is not None and log_at(i):
+      pending = (i, metrics["train/loss"])
+  if pending is not None:
+    on_loss(pending[0], float(pending[1]))
+  return state, done
+
+
+def check_finite(tag: str, i: int, loss: float):
+  """Raises ``FloatingPointError`` naming ``tag`` and step ``i`` if ``loss`` is NaN/Inf."""
+  if not math.isfinite(loss):
+    raise FloatingPointError(f"{tag}: loss {loss} at step {i}")

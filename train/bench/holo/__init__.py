@@ -1,0 +1,1 @@
+"""Benchmarks of the HOLO layers: layer speed, the spiral demo."""

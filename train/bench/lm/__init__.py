@@ -1,0 +1,1 @@
+"""Benchmarks of language-model training: throughput, the embedding gradient."""

@@ -1,0 +1,1 @@
+"""Benchmarks of the optimizers: state size, step time, convergence, the demo."""

@@ -1,0 +1,1 @@
+"""Benchmarks of the phasor memory: kernel speed, recall, long context."""
