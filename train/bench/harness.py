@@ -43,6 +43,8 @@ BENCHMARKS: dict[str, tuple[str, str]] = {
                        "Baseline transformer training throughput (tokens/s, MFU)"),
     "embed_grad": ("holojax.train.bench.lm.embed_grad",
                    "Token-embedding gradient: scatter-add vs one-hot matmul, text vs uniform ids"),
+    "pretrained": ("holojax.train.bench.lm.pretrained",
+                   "SmolLM2-135M: perplexity, passkey, prefill/decode speed per KV-cache kind"),
     "turbo_adam": ("holojax.train.bench.optim.turbo_adam",
                    "TurboAdam: state bits/param (GPT-2 124M tree) and optimizer step time"),
     "holo_adam": ("holojax.train.bench.optim.holo_adam",

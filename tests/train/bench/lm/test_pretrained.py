@@ -5,7 +5,7 @@ import re
 
 import pytest
 
-from holojax.train.bench import pretrained_eval as pe
+from holojax.train.bench.lm import pretrained as pe
 
 
 def test_passkey_prompt_exact_length_and_depth():
@@ -35,8 +35,8 @@ def test_tiny_run(tmp_path):
   (tmp_path / "doc.md").write_text("Held-out prose for the test. " * 40)
   cfg = pe.PretrainedEvalConfig.tiny(caches=("full", "int4", "window"), text_dir=str(tmp_path))
   out = pe.run(cfg)
-  r = out["results"]
-  json.dumps(out)  # a record
+  r = out.results
+  json.dumps(r)  # a record
   assert r["held_out_text"]["files"] == 1
   for kind in cfg.caches:
     assert set(r["perplexity"][kind]) == {"128"} and r["perplexity"][kind]["128"] > 1
@@ -45,4 +45,4 @@ def test_tiny_run(tmp_path):
     assert s["decode_tokens_per_s"] > 0 and s["prefill_tokens_per_s"] > 0
   assert r["speed"]["int4"]["2"]["cache_bytes"] < r["speed"]["full"]["2"]["cache_bytes"]
   assert r["speed"]["int4"]["2"]["bytes_per_token"] < r["speed"]["full"]["2"]["bytes_per_token"]
-  assert re.search(r"int4 \|\s+\d+ \|", out["table"])
+  assert re.search(r"int4 \|\s+\d+ \|", out.table)

@@ -25,11 +25,11 @@ For each cache kind (``full``, ``int8``, ``int4``, ``window``; see
   decode speed for the same model (bf16 on the same device).
 
 ``PretrainedEvalConfig()`` is the GPU run (SmolLM2-135M-Instruct in bf16,
-minutes on an H200); ``PretrainedEvalConfig.tiny()`` runs the same code on
+minutes on an H200); ``TINY`` runs the same code on
 the random ``llama-tiny`` model with byte tokens on a CPU in well under a
 minute (its numbers say nothing about quality).
 
-  >>> out = run(PretrainedEvalConfig.tiny())      # doctest: +SKIP
+  >>> out = run(TINY)      # doctest: +SKIP
   >>> out["results"]["passkey"]["full"]["accuracy"]
 """
 
@@ -52,6 +52,7 @@ from flax import nnx
 from holojax.models import decoding
 from holojax.models.kv_cache import KINDS, CacheSpec
 from holojax.optim.accounting import tree_bytes
+from holojax.train.bench.common import Progress, Result
 
 FILLER = ("The grass is green. The sky is blue. The sun is yellow. Here we go. There and back "
           "again.")
@@ -123,6 +124,9 @@ class PretrainedEvalConfig:
 
   def spec(self, kind: str) -> CacheSpec:
     return CacheSpec(kind, group=self.group, sinks=self.sinks, window=self.window)
+
+
+TINY = PretrainedEvalConfig.tiny()
 
 
 class ByteTokenizer:
@@ -316,11 +320,9 @@ def hf_decode_speed(cfg: PretrainedEvalConfig) -> dict:
   return out
 
 
-def run(cfg: PretrainedEvalConfig) -> dict:
-  """Every evaluation of the module docstring; prints nothing.
-
-  Returns dict(config=..., results=..., table=str).
-  """
+def run(cfg: PretrainedEvalConfig, progress: Progress = Progress()) -> Result:
+  """Every evaluation of the module docstring, one cache kind after another
+  (partial results reported after each); prints nothing."""
   model, tok = load(cfg)
   rng = np.random.default_rng(cfg.seed)
   need = max(cfg.ppl_contexts, default=0) * cfg.ppl_windows
@@ -339,9 +341,11 @@ def run(cfg: PretrainedEvalConfig) -> dict:
     results["speed"][kind] = {str(b): speed(model, spec, b, cfg.speed_prompt,
                                             cfg.speed_new_tokens, cfg.repeats, cfg.seed)
                               for b in cfg.speed_batches}
+    progress.say(f"cache {kind}: done")
+    progress.partial(results)
   if cfg.hf_reference:
     results["hf_reference"] = hf_decode_speed(cfg)
-  return {"config": dataclasses.asdict(cfg), "results": results, "table": table(cfg, results)}
+  return Result(results, table(cfg, results))
 
 
 def table(cfg: PretrainedEvalConfig, r: dict) -> str:
