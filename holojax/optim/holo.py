@@ -51,9 +51,9 @@ Codebook: ``K[r, j] = exp(2 pi i u(seed, r * codebook_width + j))`` for
 (:func:`holojax.kernels.quant.uniform_from_index`) and ``seed`` drawn from the
 state's ``key``. It is *computed inside the update*, never stored; head
 ``e``, chunk ``c`` uses row ``(c + 13 e) mod codebook_size``, entries ``j mod
-codebook_width``. A codebook with fewer rows than a tensor's chunks, or
-whose heads ``d`` apart share rows (``13 d = 0 mod codebook_size``), raises
-``ValueError``.
+codebook_width``. A row has at most ``holo_ratio`` chunks; a codebook with
+fewer rows than that, or whose heads ``d`` apart share rows (``13 d = 0 mod
+codebook_size``), raises ``ValueError``.
 
 Second moment: block root-mean-squares of ``g`` over ``v_block_size``
 elements of a row (a partial last block over its real elements), stored as
@@ -166,12 +166,11 @@ class HoloLayout:
     validate.static_int("min_compress_size", self.min_compress_size, 0)
     for name in ("faithful", "exact_grad"):
       validate.static_bool(name, getattr(self, name))
-    # A row of more than holo_ratio elements has about holo_ratio chunks; the
-    # exact count per tensor is checked again at init.
+    # A row has ceil(L / ceil(L / holo_ratio)) <= holo_ratio chunks.
     if self.codebook_size < self.holo_ratio:
       raise ValueError(
           f"codebook_size={self.codebook_size} is too small for holo_ratio={self.holo_ratio}: "
-          "a long row has about holo_ratio chunks and each chunk of a head needs its own "
+          "a row has up to holo_ratio chunks and each chunk of a head needs its own "
           "codebook row (need codebook_size >= number of chunks)")
     for d in range(1, self.heads):
       if (KEY_HEAD_STRIDE * d) % self.codebook_size == 0:
@@ -297,12 +296,7 @@ def _init_leaf(p, compressed: bool, layout: HoloLayout):
   z = jnp.zeros_like(p, dtype=jnp.float32)
   if not compressed or p.ndim == 0 or p.size == 0:
     return z, z
-  length = p.shape[-1]
-  h, n_chunks = layout.chunking(length)
-  if n_chunks > layout.codebook_size:
-    raise ValueError(f"codebook_size={layout.codebook_size} is too small: a tensor of shape "
-                     f"{tuple(p.shape)} has {n_chunks} chunks per row, each needing its own "
-                     "key row")
+  h, _ = layout.chunking(p.shape[-1])  # n_chunks <= holo_ratio <= codebook_size
   z = lay.reshard(z, lay.work_spec(z, None))
   hm = jnp.zeros_like(jnp.broadcast_to(z[..., None, :1], (*z.shape[:-1], layout.heads, h)),
                       dtype=jnp.complex64)

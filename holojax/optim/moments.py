@@ -63,8 +63,8 @@ def dense_adam(g: jax.Array, m: jax.Array, s: jax.Array, *, b1, b2, eps, count
   m = optax.tree.update_moment(g32, m, b1, 1)
   s = rms_moment(g32, s, b2)
   m_hat = optax.tree.bias_correction(m, b1, count)
-  s_hat = s / jnp.sqrt(1.0 - jnp.asarray(b2, jnp.float32) ** count)
-  return m_hat / (s_hat + eps), m, s
+  inv_bc2 = optax.tree.bias_correction(jnp.ones((), jnp.float32), b2, count)  # 1 / (1 - b2^t)
+  return m_hat / (s * jnp.sqrt(inv_bc2) + eps), m, s
 
 
 def skip_non_finite(tx: optax.GradientTransformation) -> optax.GradientTransformationExtraArgs:

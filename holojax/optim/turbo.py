@@ -19,7 +19,7 @@ First moment, default: **CoState in units of sqrt(v)**. With the float32
 ``m_t = b1 m^_{t-1} + (1 - b1) g_t`` and the *stored* ``v^_t`` (after
 re-encoding), the state codes the unit-free ratio ::
 
-  q_t     = m_t / sqrt(v^_t)                 (0 where v^_t = 0; |q| <= 2^14)
+  q_t     = clip(m_t / sqrt(v^_t), -C, C)     (0 where v^_t = 0)
   q_t     = alpha r + delta,     alpha = (q_t . r) / (r . r)
   r       = m_ref_bits-bit code of q_t: sign (+ for 2 bits a magnitude bit
             choosing between two fp16 levels per block: the means of |q|
@@ -32,12 +32,17 @@ re-encoding), the state codes the unit-free ratio ::
 
 ``P_null``/``P_amp`` are the ``null_pct``/``amp_pct`` quantiles of ``c`` over
 the tensor's blocks, found by bisection on the float bits (counts, no sort,
-so they work on sharded tensors). Because ``|m_t| <= 7.3 sqrt(v_t)`` (Cauchy-
-Schwarz at b1=0.9, b2=0.999), ``q`` is O(1) in every block whatever the
-gradient's scale: blocks whose gradients differ by orders of magnitude are
-coded equally well, and no fp16 field can overflow. (Coding ``m`` itself,
-the previous default, shared one "phase" scale between blocks of very
-different magnitude: small-gradient rows then got updates 30x Adam's.)
+so they work on sharded tensors). Adam's EMAs satisfy ``|m_t| <= C sqrt(v_t)``
+(Cauchy-Schwarz, :func:`ratio_bound`; ``C = 7.27`` at b1=0.9, b2=0.999), so
+``q`` is O(1) in every element whatever the gradient's scale: blocks (and
+elements) whose gradients differ by orders of magnitude are coded equally
+well, and no fp16 field can overflow. The clip enforces the same bound
+against the quantised ``v^``: where stochastic rounding put ``v^`` far below
+``v`` (coarse 2-bit grids), an unclipped ``q`` would inflate ``m`` and the
+next update. (Coding ``m`` itself, the previous default, shared one "phase"
+scale between blocks of very different magnitude: on a tensor whose rows'
+gradient scales span 1e-4..10, small-gradient rows got updates 30x Adam's and
+the update's cosine with Adam's was 0.03; now 0.93.)
 
 * ``faithful=True`` is the original CoState, in units of ``m``: ``r = g_t``
   at encode time, and because ``g_t`` is not stored the next step decodes
@@ -98,7 +103,7 @@ from holojax.optim import moments, validate
 STATIC_ARGS = ("block_size", "v_bits", "compress_m", "compress_v", "error_feedback",
                "min_m_compress_elements", "faithful", "m_ref_bits", "implementation")
 
-Q_MAX = 2.0**14   # |m| / sqrt(v^) is clipped here (fp16 reference levels)
+Q_MAX = 2.0**14   # the largest |m| / sqrt(v^) coded (fp16 levels) when b1^2 >= b2
 SHIFT_BITS = 60   # blocks with |g| or sqrt(v) above 2^60 are computed in units of 2^k
 
 
@@ -307,6 +312,21 @@ def encode_m(q: jax.Array, g_blocks: jax.Array, ms: _MLeaf, layout: TurboAdamLay
   return _MLeaf(alpha.astype(jnp.float32), ref_codes, ref_levels, sign_codes, scales, err)
 
 
+def ratio_bound(b1, b2) -> jax.Array:
+  """``C`` with ``|m_t| <= C sqrt(v_t)`` for Adam's EMAs (Cauchy-Schwarz)::
+
+    m_t^2 <= sum_k (1-b1)^2 b1^2k / ((1-b2) b2^k) v_t
+          <= (1-b1)^2 / ((1-b2) (1 - b1^2/b2)) v_t
+
+  7.27 at ``b1, b2 = 0.9, 0.999``; :data:`Q_MAX` where ``b1^2 >= b2``.
+  """
+  b1 = jnp.asarray(b1, jnp.float32)
+  b2 = jnp.asarray(b2, jnp.float32)
+  room = 1.0 - b1 * b1 / b2
+  c = (1.0 - b1) / jnp.sqrt((1.0 - b2) * jnp.where(room > 0, room, 1.0))
+  return jnp.where(room > 0, jnp.minimum(c, Q_MAX), Q_MAX)
+
+
 # ----------------------------------------------------------------------------
 # v in per-block power-of-two units.
 
@@ -428,7 +448,8 @@ def _leaf_update(g, mu, nu, v, ms: _MLeaf, seed, count, *, layout, impl, b1, b2,
   else:
     ok = sqrt_v_new > 0
     q = jnp.where(ok, m_t / jnp.where(ok, sqrt_v_new, 1.0), 0.0)
-    ms = encode_m(jnp.clip(q, -Q_MAX, Q_MAX), gs, ms, layout, null_pct, amp_pct)
+    q_max = ratio_bound(b1, b2)
+    ms = encode_m(jnp.clip(q, -q_max, q_max), gs, ms, layout, null_pct, amp_pct)
   return unblock(ub), mu, nu, v, ms
 
 

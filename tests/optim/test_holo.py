@@ -326,11 +326,14 @@ def test_bad_argument_types(kwargs, match):
     holo_adam(**{"learning_rate": 1e-3, **kwargs})
 
 
-def test_codebook_too_small_for_a_tensor():
-  # Rows of 201 at ratio 100: h = 3, 67 chunks > 60 codebook rows.
-  opt = holo_adam(1e-3, holo_ratio=50, codebook_size=60, min_compress_size=0)
-  with pytest.raises(ValueError, match="codebook_size"):
-    opt.init({"w": jnp.zeros((4, 201))})
+@pytest.mark.parametrize("ratio", [1, 7, 20, 50])
+def test_chunks_per_row_never_exceed_the_ratio(ratio):
+  """``n = ceil(L / ceil(L / ratio)) <= ratio``: ``codebook_size >= holo_ratio``
+  (checked at construction) gives every chunk of a row its own key."""
+  layout = ha.HoloLayout(holo_ratio=ratio)
+  for length in (1, 2, 63, 64, 127, 768, 1000, 2304, 50257):
+    h, n = layout.chunking(length)
+    assert n <= ratio and (n - 1) * h < length <= n * h
 
 
 def test_integer_params_rejected():
