@@ -21,9 +21,16 @@ def _ids(b, t, seed=0):
   return jax.random.randint(jax.random.key(seed), (b, t), 0, 256, jnp.int32)
 
 
+def _tiny(name):
+  """The preset shrunk by TINY (grouped-query models also get one KV head)."""
+  extra = dict(num_kv_heads=1, head_dim=16) if hasattr(registry.get(name).config,
+                                                       "num_kv_heads") else {}
+  return registry.get(name, **TINY, **extra)
+
+
 @pytest.fixture(scope="module", params=registry.names())
 def built(request):
-  spec = registry.get(request.param, **TINY)
+  spec = _tiny(request.param)
   return spec.config, spec.build(spec.config, rngs=nnx.Rngs(0))
 
 
