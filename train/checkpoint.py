@@ -87,7 +87,8 @@ def checksum(state) -> list[list[int]]:
 
   Example:
     >>> a = {"w": jnp.arange(4.0)}
-    >>> checksum(a) == checksum({"w": jnp.arange(4.0)}), checksum(a) == checksum({"w": -a["w"]})
+    >>> b = {"w": a["w"].at[1].set(1.5)}
+    >>> checksum(a) == checksum({"w": jnp.arange(4.0)}), checksum(a) == checksum(b)
     (True, False)
   """
   leaves = [x for x in jax.tree.leaves(state) if hasattr(x, "dtype")]
