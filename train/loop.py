@@ -238,7 +238,10 @@ def train(cfg: TrainConfig, *, bar_position: int = 0,
         if pending is not None:
           drain(pending)  # never checkpoint a non-finite state
           pending = None
-        ckpt.save(mngr, step, state, meta(step), force=last)
+        try:
+          ckpt.save(mngr, step, state, meta(step), force=last)
+        except FloatingPointError as e:  # never save non-finite state
+          raise NonFiniteLossError(f"{e}; the last good checkpoint is kept") from e
       if stop_after is not None and step >= stop_after:
         break
   finally:
