@@ -222,6 +222,9 @@ def test_blocks_follow_rows():
   s = inner(turbo_adam(1e-3).init({"w": jnp.zeros((4, 3, 300)), "b": jnp.zeros((10,)),
                                    "e": jnp.zeros((100, 100))}))
   assert s.v.codes["w"].shape == (4, 3, 3, 64) and s.v.bounds["w"].shape == (4, 3, 3, 2)
+  assert s.mu["w"].shape == (4, 3, 300) and s.m.ref["w"] == optax.MaskedNode()  # 3600 < 4096
+  assert s.m.ref["e"].shape == (100, 1, 32) and s.m.scales["e"].shape == (100, 1)
+  s = inner(turbo_adam(1e-3, min_m_compress_elements=1024).init({"w": jnp.zeros((4, 3, 300))}))
   assert s.m.ref["w"].shape == (4, 3, 3, 32) and s.m.scales["w"].shape == (4, 3, 3)
   assert s.mu["b"].shape == (10,) and s.nu["b"].shape == (10,)  # 1-D: dense
   assert s.v.codes["b"] == optax.MaskedNode() and s.m.signs["b"] == optax.MaskedNode()
