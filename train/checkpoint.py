@@ -15,6 +15,7 @@ falls back to the newest one that verifies.
 
 from __future__ import annotations
 
+import json
 import os
 import warnings
 from typing import Any
@@ -135,18 +136,38 @@ def check_model_config(meta: dict, model_config: dict, where: str) -> None:
         "or the same model settings")
 
 
-def restore(mngr: ocp.CheckpointManager, step: int, abstract_state, *, model_config: dict):
+def check_run_config(meta: dict, run_config: dict, keys: tuple[str, ...], where: str) -> None:
+  """Raises ConfigMismatchError naming the ``keys`` of the run config that differ
+  (as ``--flag``); checkpoints written without a run config pass."""
+  saved = meta.get("train_config")
+  if saved is None:
+    return
+  norm = lambda v: json.loads(json.dumps(v))  # noqa: E731 (tuples vs lists)
+  diff = [k for k in keys if norm(saved.get(k)) != norm(run_config.get(k))]
+  if diff:
+    details = ", ".join(f"--{k.replace('_', '-')} {saved.get(k)!r} there, {run_config.get(k)!r} now"
+                        for k in diff)
+    raise ConfigMismatchError(
+        f"{where} belongs to another run ({details}); resume with the same settings "
+        "or use another --ckpt-dir")
+
+
+def restore(mngr: ocp.CheckpointManager, step: int, abstract_state, *, model_config: dict,
+            run_config: dict | None = None, run_keys: tuple[str, ...] = ()):
   """Restores and verifies the state at ``step`` onto ``abstract_state``'s shardings.
 
   Raises:
     ConfigMismatchError: the checkpoint's model config differs from
-      ``model_config`` (the message names the differing fields).
+      ``model_config``, or its run config from ``run_config`` in one of
+      ``run_keys`` (the message names the differing fields).
     CorruptCheckpointError: the checkpoint cannot be read, holds non-finite
       values, or does not match its checksum.
   """
   where = f"checkpoint {step} in {mngr.directory}"
   meta = read_meta(mngr, step)
   check_model_config(meta, model_config, where)
+  if run_config is not None:
+    check_run_config(meta, run_config, run_keys, where)
   target = jax.tree.map(
       lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), abstract_state)
   try:
@@ -162,10 +183,12 @@ def restore(mngr: ocp.CheckpointManager, step: int, abstract_state, *, model_con
   return state, meta
 
 
-def restore_latest(mngr: ocp.CheckpointManager, abstract_state, *, model_config: dict):
+def restore_latest(mngr: ocp.CheckpointManager, abstract_state, *, model_config: dict,
+                   run_config: dict | None = None, run_keys: tuple[str, ...] = ()):
   """The newest checkpoint that restores and verifies, falling back past damaged ones.
 
-  Each damaged checkpoint skipped gives a warning naming it.
+  Each damaged checkpoint skipped gives a warning naming it. Configs are
+  checked as in :func:`restore`.
 
   Returns:
     ``(state, meta)``.
@@ -178,7 +201,8 @@ def restore_latest(mngr: ocp.CheckpointManager, abstract_state, *, model_config:
   steps = sorted(mngr.all_steps(), reverse=True)
   for step in steps:
     try:
-      return restore(mngr, step, abstract_state, model_config=model_config)
+      return restore(mngr, step, abstract_state, model_config=model_config,
+                     run_config=run_config, run_keys=run_keys)
     except CorruptCheckpointError as e:
       warnings.warn(f"{e}; trying the one before it", RuntimeWarning, stacklevel=2)
   raise CorruptCheckpointError(

@@ -38,19 +38,38 @@ def _opt_kwargs(items: list[str]) -> dict:
   out = {}
   for item in items:
     if "=" not in item:
-      raise SystemExit(f"--opt-arg expects NAME=VALUE, got {item!r}")
+      raise ValueError(f"--opt-arg expects NAME=VALUE, got {item!r}")
     k, v = item.split("=", 1)
     out[k] = _parse_value(v)
   return out
 
 
+def _finite(x: float) -> float | None:
+  return x if x == x and abs(x) != float("inf") else None
+
+
 def _cmd_train(args):
   from holojax.train.loop import train
-  result = train(config_from_args(TrainConfig(), args, opt_kwargs=_opt_kwargs(args.opt_arg)))
-  summary = {"final_eval_loss": result.final_eval_loss, "tokens_per_s": result.tokens_per_s,
+  cfg = config_from_args(TrainConfig(), args, opt_kwargs=_opt_kwargs(args.opt_arg))
+  result = train(cfg)
+  summary = {"steps": result.steps, "resumed_from": result.start,
+             "final_eval_loss": _finite(result.final_eval_loss),
+             "tokens_per_s": _finite(result.tokens_per_s),
              "state_bits_per_param": result.state_bits_per_param, "num_params": result.num_params,
-             "steps": result.steps}
+             "interrupted": result.interrupted, "ckpt_dir": cfg.ckpt_dir}
+  rate = summary["tokens_per_s"]
+  where = f"; checkpoints in {cfg.ckpt_dir}" if cfg.ckpt_dir else ""
+  head = (f"stopped by {result.interrupted} at step {result.steps} of {cfg.steps}"
+          if result.interrupted else f"done: {result.steps} steps")
+  print(f"{head}, validation loss {result.final_eval_loss:.4f} nats/token, "
+        + (f"{rate:,.0f} tokens/s, " if rate is not None else "")
+        + f"optimizer state {result.state_bits_per_param:.2f} bits/param{where}",
+        file=sys.stderr)
   print(json.dumps(summary))
+  if result.interrupted:  # the shell's convention for a run ended by a signal
+    import signal
+    return 128 + int(getattr(signal, result.interrupted))
+  return 0
 
 
 def _cmd_demo(args):
@@ -134,15 +153,15 @@ def main(argv=None) -> int:
   args = build_parser().parse_args(argv)
   from holojax.train.loop import NonFiniteLossError
   try:
-    args.func(args)
-  except (ValueError, FileNotFoundError) as e:
+    rc = args.func(args)
+  except (ValueError, TypeError, FileNotFoundError) as e:
     # Bad input: say what is wrong without a traceback.
     print(f"holojax: error: {e}", file=sys.stderr)
     return 2
   except NonFiniteLossError as e:
     print(f"holojax: training stopped: {e}", file=sys.stderr)
     return 3
-  return 0
+  return rc or 0
 
 
 if __name__ == "__main__":

@@ -14,13 +14,13 @@ from holojax.optim.turbo import STATIC_ARGS as TURBO_ADAM_STATIC_ARGS
 from holojax.optim.turbo import scale_by_turbo_adam, turbo_adam
 
 registry.register("turbo_adam", lambda learning_rate, weight_decay, **kw: turbo_adam(
-    learning_rate, weight_decay=weight_decay, **kw))
+    learning_rate, weight_decay=weight_decay, **kw), wraps=turbo_adam)
 registry.register("turbo_adam_v", lambda learning_rate, weight_decay, **kw: turbo_adam(
-    learning_rate, weight_decay=weight_decay, **{"compress_m": False, **kw}))
+    learning_rate, weight_decay=weight_decay, **{"compress_m": False, **kw}), wraps=turbo_adam)
 for _name, _preset in (("holo_adam", "balanced"), ("holo_adam_max", "max"),
                       ("holo_adam_conservative", "conservative")):
   registry.register(_name, lambda learning_rate, weight_decay, _p=_preset, **kw: holo_adam(
-      learning_rate, weight_decay=weight_decay, **{**HOLO_ADAM_PRESETS[_p], **kw}))
+      learning_rate, weight_decay=weight_decay, **{**HOLO_ADAM_PRESETS[_p], **kw}), wraps=holo_adam)
 
 __all__ = ["HOLO_ADAM_PRESETS", "HOLO_ADAM_STATIC_ARGS", "TURBO_ADAM_STATIC_ARGS", "holo_adam",
            "registry", "scale_by_holo_adam", "scale_by_turbo_adam", "state_bits_per_param",

@@ -11,7 +11,8 @@ schedule. Later modules add their optimizers with :func:`register`::
 
 from __future__ import annotations
 
-from typing import Protocol
+import inspect
+from typing import Callable, Protocol
 
 import optax
 
@@ -22,14 +23,30 @@ class OptimizerFactory(Protocol):
 
 
 _REGISTRY: dict[str, OptimizerFactory] = {}
+_ACCEPTS: dict[str, tuple[str, ...] | None] = {}  # extra keyword arguments; None: any
 
 
-def register(name: str, factory: OptimizerFactory, *, overwrite: bool = False) -> None:
-  """Adds ``factory`` under ``name`` (lower case). Refuses silent overwrites."""
+def register(name: str, factory: OptimizerFactory, *, overwrite: bool = False,
+             wraps: Callable | None = None) -> None:
+  """Adds ``factory`` under ``name`` (lower case). Refuses silent overwrites.
+
+  ``wraps`` is the function ``factory`` passes its keyword arguments to (e.g.
+  ``optax.adamw``): its keyword parameters are the extra arguments ``get``
+  accepts, so a misspelt one is a ``ValueError`` listing them.
+  """
   key = name.lower()
   if key in _REGISTRY and not overwrite:
     raise ValueError(f"optimizer {name!r} is already registered; pass overwrite=True")
   _REGISTRY[key] = factory
+  _ACCEPTS[key] = None if wraps is None else tuple(
+      p.name for p in inspect.signature(wraps).parameters.values()
+      if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)
+      and p.name not in ("learning_rate", "weight_decay"))
+
+
+def accepts(name: str) -> tuple[str, ...] | None:
+  """The extra keyword arguments optimizer ``name`` takes (None: not declared)."""
+  return _ACCEPTS.get(name.lower())
 
 
 def names() -> list[str]:
@@ -42,11 +59,17 @@ def get(name: str, learning_rate: optax.ScalarOrSchedule, weight_decay: float = 
   """Builds the optimizer registered as ``name``.
 
   Raises:
-    ValueError: ``name`` is not registered (the message lists what is).
+    ValueError: ``name`` is not registered, or a keyword argument is not one
+      it takes (the message lists what is).
   """
   key = name.lower()
   if key not in _REGISTRY:
     raise ValueError(f"unknown optimizer {name!r}; choose one of {names()}")
+  ok = _ACCEPTS[key]
+  bad = sorted(set(kwargs) - set(ok)) if ok is not None else []
+  if bad:
+    raise ValueError(f"optimizer {name!r} takes no argument {', '.join(map(repr, bad))}; "
+                     f"it accepts {', '.join(ok)}")
   return _REGISTRY[key](learning_rate, weight_decay, **kwargs)
 
 
@@ -76,6 +99,6 @@ def _lion(learning_rate, weight_decay, **kw):
   return optax.lion(learning_rate, weight_decay=weight_decay, **kw)
 
 
-register("adamw", _adamw)
-register("adafactor", _adafactor)
-register("lion", _lion)
+register("adamw", _adamw, wraps=optax.adamw)
+register("adafactor", _adafactor, wraps=optax.adafactor)
+register("lion", _lion, wraps=optax.lion)

@@ -26,11 +26,29 @@ def test_train_command_prints_summary(capsys, tmp_path):
     (["train", "--model", "huge"], "unknown model preset 'huge'"),
     (["train", "--model", "tiny", "--seq-len", "4096"], "larger than model 'tiny' supports"),
     (["train", "--corpus", "/nonexistent/dir"], "does not exist"),
+    (["train", *TINY, "--opt-arg", "bogus=1"], "takes no argument 'bogus'; it accepts b1, b2"),
+    (["train", *TINY, "--opt-arg", "b1"], "--opt-arg expects NAME=VALUE"),
+    (["train", *TINY, "--ckpt-dir", "/proc/version"], "cannot hold checkpoints"),
+    (["train", *TINY, "--ckpt-dir", "/nonexistent-holojax", "--resume"], "nothing to resume"),
 ])
 def test_bad_input_exits_2_with_message(capsys, argv, match):
   assert cli.main(argv) == 2
   err = capsys.readouterr().err
-  assert "holojax: error:" in err and match in err
+  assert err.startswith("holojax: error:") and match in err and len(err.splitlines()) == 1
+
+
+def test_resume_of_another_run_is_one_line(capsys, tmp_path):
+  run = ["train", *TINY, "--steps", "2", "--ckpt-dir", str(tmp_path)]
+  assert cli.main(run) == 0
+  capsys.readouterr()
+  assert cli.main([*run, "--resume", "--optimizer", "lion", "--seed", "3"]) == 2
+  err = capsys.readouterr().err
+  assert len(err.splitlines()) == 1 and "--optimizer 'adamw' there, 'lion' now" in err
+  assert "--seed 0 there, 3 now" in err
+  assert cli.main([*run, "--resume"]) == 0  # a finished run: nothing left, no NaN in the summary
+  out = capsys.readouterr()
+  assert json.loads(out.out.splitlines()[-1])["tokens_per_s"] is None
+  assert "nan" not in out.err.lower()
 
 
 def test_listing(capsys):

@@ -1,3 +1,7 @@
+import dataclasses
+import json
+import pathlib
+
 import jax
 import numpy as np
 import optax
@@ -5,6 +9,7 @@ import pytest
 
 from holojax.optim import registry
 from holojax.train import NonFiniteLossError, TrainConfig, params_of, train
+from holojax.train import checkpoint as ckpt
 from holojax.train.checkpoint import ConfigMismatchError
 
 
@@ -92,6 +97,73 @@ def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(tiny_run, tmp_path
   import orbax.checkpoint as ocp
   steps = ocp.CheckpointManager(str(tmp_path)).all_steps()
   assert max(steps) == 4
+  said = []  # resuming restores the last good checkpoint (4) and meets the NaN again at 6
+  with pytest.raises(NonFiniteLossError, match="step 6"):
+    train(dataclasses.replace(cfg, resume=True), say=said.append)
+  assert any("resumed from step 4" in line for line in said)
+  mngr = ocp.CheckpointManager(str(tmp_path))
+  for step in mngr.all_steps():
+    state = mngr.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore()))
+    assert bool(ckpt.all_finite(state["state"])), step
+
+
+def _damage(ckpt_dir, step, how):
+  files = [p for p in (pathlib.Path(ckpt_dir) / str(step) / "state").rglob("*") if p.is_file()]
+  path = max(files, key=lambda p: p.stat().st_size)
+  data = bytearray(path.read_bytes())
+  if how == "flip":
+    data[len(data) // 2] ^= 0x04
+  else:
+    data = data[: len(data) // 3]
+  path.write_bytes(bytes(data))
+
+
+@pytest.mark.parametrize("how", ["flip", "truncate"])
+def test_damaged_latest_checkpoint_resumes_from_the_one_before(tiny_run, tmp_path, single, how):
+  cfg = tiny_run(mesh_data=1, ckpt_dir=str(tmp_path), ckpt_every=2)
+  train(cfg, stop_after=6)  # checkpoints 2, 4, 6
+  _damage(tmp_path, 6, how)
+  said = []
+  with pytest.warns(RuntimeWarning, match="checkpoint 6"):
+    resumed = train(dataclasses.replace(cfg, resume=True), say=said.append)
+  assert resumed.start == 4 and any("resumed from step 4" in line for line in said)
+  _assert_close_params(single, resumed, atol=0)
+  rows = [json.loads(l) for l in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+  steps = [r["step"] for r in rows if "train/loss" in r]
+  assert steps == list(range(1, 9))  # steps 5-6 of the first try dropped, then rewritten
+
+
+def test_resume_with_nothing_to_resume_is_an_error(tiny_run, tmp_path):
+  with pytest.raises(ValueError, match="nothing to resume in"):
+    train(tiny_run(ckpt_dir=str(tmp_path), resume=True))
+
+
+@pytest.mark.parametrize("kw,match", [
+    ({"optimizer": "lion"}, "--optimizer 'adamw' there, 'lion' now"),
+    ({"seed": 7}, "--seed 0 there, 7 now"),
+    ({"opt_kwargs": {"b1": 0.8}}, "--opt-kwargs {} there"),
+])
+def test_resume_of_another_run_names_the_difference(tiny_run, tmp_path, kw, match):
+  train(tiny_run(ckpt_dir=str(tmp_path), ckpt_every=4), stop_after=4)
+  with pytest.raises(ConfigMismatchError, match=match):
+    train(tiny_run(ckpt_dir=str(tmp_path), resume=True, **kw))
+
+
+def test_run_says_where_its_files_go(tiny_run, tmp_path):
+  said = []
+  r = train(tiny_run(steps=2, ckpt_dir=str(tmp_path)), say=said.append)
+  text = "\n".join(said)
+  assert f"checkpoints every 100 steps in {tmp_path}" in text
+  assert str(tmp_path / "metrics.jsonl") in text and "compiling" in text
+  again = train(tiny_run(steps=2, ckpt_dir=str(tmp_path), resume=True), say=said.append)
+  assert again.start == 2 and again.final_eval_loss == r.final_eval_loss
+  assert "already finished" in said[-1]
+
+
+def test_unusable_ckpt_dir_is_an_error(tiny_run, tmp_path):
+  (tmp_path / "f").write_text("x")
+  with pytest.raises(ValueError, match="is a file"):
+    train(tiny_run(ckpt_dir=str(tmp_path / "f")))
 
 
 @pytest.mark.parametrize("kw,err,match", [
