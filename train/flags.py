@@ -59,7 +59,7 @@ from typing import Any
 _ENTRY = re.compile(r"(\w+(?:, *\w+)*)(?: \([^()]*\))?:(?: +(.*))?")
 _ROLE = re.compile(r":[\w:]+:`([^`]*)`")           # :func:`f` (RST role)
 _CODE = re.compile(r"``([^`]+)``|`([^`]+)`")         # ``code`` (RST), `code` (Markdown)
-_STRONG = re.compile(r"\*\*([^*]+)\*\*")             # **bold**
+_STRONG = re.compile(r"(?<![\w)\]])\*\*(\S[^*]*?)\*\*")  # **bold**, not x**2
 _DOCTEST = re.compile(r" *# *doctest:.*$", re.M)     # doctest directives
 _NONE_GLOSS = re.compile(r" *\(none: ([^()]*)\)|; none: ([^()]*)(?=\))")
 
