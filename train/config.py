@@ -18,22 +18,25 @@ class TrainConfig:
 
   Attributes:
     model: model preset (see ``holojax models``).
-    dtype: overrides the preset's compute dtype (``float32``/``bfloat16``).
+    dtype: compute dtype (none: the model preset's).
     optimizer: optimizer name (see ``holojax optimizers``).
     opt_kwargs: extra keyword arguments for the optimizer factory.
     learning_rate: peak learning rate.
     weight_decay: decoupled weight decay.
-    schedule: ``constant``, ``cosine`` (decay to 10%) or ``linear`` (to 0),
-      after ``warmup_steps`` of linear warm-up.
+    schedule: learning rate after ``warmup_steps`` of linear warm-up:
+      ``cosine`` decays to 10% of the peak, ``linear`` to 0, ``constant`` stays.
     warmup_steps: linear warm-up steps.
     clip_norm: clip gradients to this global norm (none: no clipping).
     steps: total optimizer steps; one batch per step.
-    batch_size, seq_len: sequences per step and tokens per sequence.
-    eval_every, eval_batches: validation cadence and size.
+    batch_size: sequences per step.
+    seq_len: tokens per sequence.
+    eval_every: steps between validation passes (and after the last step).
+    eval_batches: validation batches per pass.
     seed: data order and initialisation seed.
     ckpt_dir: checkpoint directory (orbax; none: no checkpoints);
       metrics.jsonl goes there too.
-    ckpt_every, keep: checkpoint cadence and how many to keep.
+    ckpt_every: steps between checkpoints (and one after the last step).
+    keep: how many of the latest checkpoints to keep.
     resume: continue from the latest checkpoint in ``ckpt_dir``.
     mesh_data: data-parallel mesh size (0: every device left after
       ``mesh_fsdp``). Batches are split over both mesh axes.
@@ -43,7 +46,7 @@ class TrainConfig:
     corpus_max_bytes: read at most this much of the corpus (none: all).
     metrics_path: JSON-lines metrics file (none: ``ckpt_dir/metrics.jsonl``
       when checkpointing, else no file).
-    log_every: how often a metrics line is written.
+    log_every: steps between metrics lines.
     progress: show a progress bar.
   """
   model: str = "small"

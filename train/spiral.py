@@ -32,7 +32,7 @@ from holojax.nn.holo import (
   HoloLinear, LowRankLinear, SineActivation, equal_param_rank,
   holo_basis_count, holo_param_count, lowrank_param_count)
 from holojax.optim.accounting import num_params
-from holojax.train.flags import add_config_flags, config_from_args
+from holojax.train.flags import HelpFormatter, add_config_flags, config_from_args, plain
 from holojax.train.step import init_state, model_of, train_step
 
 __all__ = ["relu_mlp", "holo_mlp", "lowrank_mlp", "fit", "run_spiral",
@@ -263,8 +263,8 @@ class SpiralConfig:
 
 def main(argv: list[str] | None = None) -> dict:
   """CLI: ``holojax spiral [--steps N] [--seed S] [--out-png P] [--table] ...``."""
-  p = argparse.ArgumentParser(prog="holojax spiral", description=__doc__,
-                              formatter_class=argparse.RawTextHelpFormatter)
+  p = argparse.ArgumentParser(prog="holojax spiral", description=plain(__doc__),
+                              formatter_class=HelpFormatter)
   add_config_flags(p, SpiralConfig)
   c = config_from_args(SpiralConfig(), p.parse_args(argv))
   res = run_spiral(c.steps, c.seed, c.out_png, n=c.n, lr=c.lr, harmonics=c.harmonics,

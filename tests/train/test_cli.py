@@ -1,10 +1,12 @@
 import json
+import re
 import subprocess
 import sys
 
 import pytest
 
-from holojax.train import cli
+from holojax.train import cli, flags
+from holojax.train.bench import harness
 
 TINY = ["--model", "tiny", "--batch-size", "8", "--seq-len", "32", "--eval-batches", "1",
         "--corpus-max-bytes", "500000", "--no-progress", "--mesh-data", "1"]
@@ -67,3 +69,68 @@ def test_demo_runs_and_writes_plot(tmp_path):
   rows = json.loads((tmp_path / "results.json").read_text())["rows"]
   assert {r["optimizer"] for r in rows} == {"adamw", "lion"}
   assert rows[0]["state_bits_per_param"] > rows[1]["state_bits_per_param"]  # lion keeps one moment
+
+
+# --help: every command explains itself.
+
+def _subparsers(parser):
+  import argparse
+  (sub,) = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+  return sub.choices
+
+
+def _help_text(argv, capsys) -> str:
+  with pytest.raises(SystemExit) as e:
+    cli.main([*argv, "--help"])
+  assert e.value.code == 0
+  return capsys.readouterr().out
+
+
+def test_every_train_option_has_help():
+  train = _subparsers(cli.build_parser())["train"]
+  for action in train._actions:
+    if action.dest == "help":
+      continue
+    text = re.sub(r"\(default: [^)]*\)$", "", action.help or "").strip()
+    assert text, f"{action.option_strings} has no help beyond its default"
+    assert (action.help or "").count("(default:") <= 1, action.help
+
+
+def test_booleans_show_both_spellings_and_on_off(capsys):
+  out = _help_text(["train"], capsys)
+  assert "--progress, --no-progress" in out and "--resume, --no-resume" in out
+  assert "(default: True)" not in out and "(default: False)" not in out
+  actions = {a.dest: a for a in _subparsers(cli.build_parser())["train"]._actions}
+  assert actions["progress"].help.endswith("(default: on)")
+  assert actions["resume"].help.endswith("(default: off)")
+
+
+def test_fixed_values_are_listed_and_checked(capsys):
+  from holojax.models import registry as models
+  from holojax.optim import registry as optimizers
+  from holojax.train.config import SCHEDULES
+  actions = {a.dest: a for a in _subparsers(cli.build_parser())["train"]._actions}
+  for dest, values in [("schedule", SCHEDULES), ("dtype", ("float32", "bfloat16")),
+                       ("model", models.names()), ("optimizer", optimizers.names())]:
+    assert all(v in actions[dest].help for v in values), actions[dest].help
+  with pytest.raises(SystemExit):
+    cli.main(["train", "--schedule", "cosinus"])
+  assert "invalid choice 'cosinus' (choose from constant, cosine, linear)" in (
+      capsys.readouterr().err)
+
+
+HELP_COMMANDS = [[], ["train"], ["demo"], ["bench"], ["fetch"], ["models"], ["optimizers"],
+                 ["spiral"]] + [["bench", n] for n in harness.names()]
+
+
+@pytest.mark.parametrize("argv", HELP_COMMANDS, ids=lambda a: " ".join(a) or "holojax")
+def test_help_has_a_description_and_no_markup(argv, capsys):
+  out = _help_text(argv, capsys)
+  assert out.startswith("usage: holojax") and "\n\n" in out.split("options:")[0]
+  assert "``" not in out and not re.search(r"(^|\s)\*\*\w|:\w+:`", out, re.M)
+
+
+def test_bench_help_lists_every_benchmark_with_its_description(capsys):
+  out = _help_text(["bench"], capsys)
+  for name, (_, description) in harness.BENCHMARKS.items():
+    assert re.search(rf"^  {name} +{re.escape(flags.plain(description))}$", out, re.M), name

@@ -102,10 +102,15 @@ def gpt2_shapes(vocab=50304, d=768, layers=12, mlp=3072, ctx=1024) -> dict:
 
 @dataclasses.dataclass(frozen=True)
 class TreeConfig:
-  """The GPT-2-shaped parameter tree an optimizer step is timed on.
+  """The GPT-2-shaped parameter tree an optimizer step is timed on (GPT-2 124M's
+  shapes by default).
 
   Attributes:
-    vocab_size, width, layers, mlp, context: its shapes (default: GPT-2 124M).
+    vocab_size: rows of the token embedding.
+    width: model width (embedding columns, attention projections).
+    layers: transformer blocks.
+    mlp: hidden width of each block's MLP.
+    context: rows of the position embedding.
     iters: timed steps per optimizer (their median is reported).
   """
 

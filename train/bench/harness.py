@@ -72,7 +72,8 @@ def names() -> list[str]:
 
 def listing() -> str:
   """One line per benchmark: its name and description."""
-  return "\n".join(f"  {n:<15}{BENCHMARKS[n][1]}" for n in names())
+  width = max(map(len, names())) + 2
+  return "\n".join(f"  {n:<{width}}{flags.plain(BENCHMARKS[n][1])}" for n in names())
 
 
 def module(name: str):
@@ -91,9 +92,9 @@ def default_config(name: str):
 def parser(name: str) -> argparse.ArgumentParser:
   """``holojax bench NAME``'s flags: one per config field, and ``--tiny``."""
   mod = module(name)
-  p = argparse.ArgumentParser(prog=f"holojax bench {name}", description=mod.__doc__,
-                              usage=f"holojax bench {name} [--tiny] [--FLAG VALUE ...]",
-                              formatter_class=argparse.RawDescriptionHelpFormatter)
+  p = argparse.ArgumentParser(prog=f"holojax bench {name}", description=flags.plain(mod.__doc__),
+                              usage=f"holojax bench {name} [-h] [--tiny] [--FLAG VALUE ...]",
+                              formatter_class=flags.HelpFormatter)
   p.add_argument("--tiny", action="store_true",
                  help="start from the TINY config (a CPU run of well under a minute)")
   flags.add_config_flags(p, type(mod.TINY))

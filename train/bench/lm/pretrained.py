@@ -67,10 +67,32 @@ _SKIP = re.compile(r"LICEN[CS]E|COPYING|NOTICE|AUTHORS|RECORD|top_level|entry_po
 class PretrainedEvalConfig:
   """What ``run`` measures (module docstring).
 
-  model: a pretrained name (``load_pretrained``) or ``"llama-tiny"`` (random
-    weights, byte tokens: a smoke test). path: the GGUF file (default: found
-    by ``find_gguf``). caches: kinds to compare; group (int8/int4 key
-    groups), sinks and window (``"window"``) set them.
+  Attributes:
+    model: a pretrained name (``load_pretrained``) or ``llama-tiny`` (random
+      weights, byte tokens: a smoke test).
+    path: the GGUF file or a folder holding it (none: found by ``find_gguf``
+      in the cache directory or the installed package).
+    dtype: compute dtype, float32 or bfloat16.
+    caches: KV-cache kinds to compare: full, int8, int4, window.
+    group: tokens per key-scale group of the int8 and int4 caches.
+    sinks: first tokens the window cache always keeps.
+    window: latest tokens the window cache keeps.
+    text_dir: folder of held-out text for perplexity (none: the documentation
+      files under the running Python's site-packages).
+    ppl_contexts: perplexity context lengths (multiples of ``ppl_chunk``).
+    ppl_windows: windows of each context length scored.
+    ppl_chunk: tokens per forward pass through the cache.
+    passkey_lengths: passkey prompt lengths in tokens.
+    passkey_depths: relative depths of the key in the prompt, in [0, 1].
+    passkey_trials: keys per (length, depth), decoded as one batch.
+    passkey_new_tokens: greedy tokens decoded per passkey answer.
+    speed_batches: batch sizes of the speed part.
+    speed_prompt: prompt tokens of the prefill timing.
+    speed_new_tokens: greedy steps of the decode timing.
+    repeats: timed calls per case (their median is reported).
+    hf_reference: also time transformers' decode of the same model (needs
+      torch and transformers).
+    seed: passkey keys, speed prompts and the random model's initialisation.
   """
 
   model: str = "smollm2-135m-instruct"
