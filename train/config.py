@@ -37,7 +37,10 @@ class TrainConfig:
       metrics.jsonl goes there too.
     ckpt_every: steps between checkpoints (and one after the last step).
     keep: how many of the latest checkpoints to keep.
-    resume: continue from the latest checkpoint in ``ckpt_dir``.
+    resume: continue from the newest checkpoint in ``ckpt_dir`` that verifies
+      (damaged ones are skipped with a warning); an error when there is
+      none, or when it was written with other run settings (model,
+      optimizer and its arguments, schedule, steps, batch, seed, corpus).
     mesh_data: data-parallel mesh size (0: every device left after
       ``mesh_fsdp``). Batches are split over both mesh axes.
     mesh_fsdp: FSDP mesh size: parameters and optimizer state are sharded
