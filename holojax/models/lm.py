@@ -85,14 +85,26 @@ def lm_output(logits_btv: jax.Array, labels_bt: jax.Array | None = None, *,
               ignore_index: int = -100) -> jax.Array | CausalLMOutput:
   """The contract's return value: logits, or ``CausalLMOutput`` given labels.
 
+  Labels are token ids in ``[0, vocab)`` or ``ignore_index`` (-100: not
+  counted); concrete labels (not traced under jit) are checked.
+
   Raises:
-    ValueError: ``labels_bt`` is not shaped like ``input_ids`` ([B, T]).
+    ValueError: ``labels_bt`` is not shaped like ``input_ids`` ([B, T]), or
+      (concrete labels) holds a value that is neither a token id nor
+      ``ignore_index``.
   """
   if labels_bt is None:
     return logits_btv
+  labels_bt = jnp.asarray(labels_bt)
   if labels_bt.shape != logits_btv.shape[:2]:
     raise ValueError(f"labels shape {labels_bt.shape} must equal input_ids shape "
                      f"{logits_btv.shape[:2]}")
+  if labels_bt.size and not isinstance(labels_bt, jax.core.Tracer):
+    vocab = logits_btv.shape[-1]
+    bad = (labels_bt != ignore_index) & ((labels_bt < 0) | (labels_bt >= vocab))
+    if bool(jnp.any(bad)):
+      raise ValueError(f"labels hold {int(labels_bt[bad][0])}, neither a token id in "
+                       f"[0, {vocab - 1}] nor ignore_index={ignore_index}")
   return CausalLMOutput(logits_btv, causal_lm_loss(logits_btv, labels_bt,
                                                    ignore_index=ignore_index))
 

@@ -43,6 +43,10 @@ def test_lm_output():
   assert isinstance(out, CausalLMOutput) and out.logits is logits
   with pytest.raises(ValueError, match="labels shape"):
     lm_output(logits, jnp.zeros((1, 2), jnp.int32))
+  for bad in (-5, 4):  # neither a token id in [0, 3] nor -100
+    with pytest.raises(ValueError, match=f"labels hold {bad}, neither a token id in"):
+      lm_output(logits, jnp.array([[0, bad, -100]]))
+  assert isinstance(lm_output(logits, jnp.array([[-100, 3, -100]])), CausalLMOutput)
 
 
 def test_check_input_ids():
