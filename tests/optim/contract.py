@@ -311,10 +311,11 @@ def check_explicit_sharding(make_opt, steps=3):
 
 
 def check_explicit_sharding_eager(make_opt):
-  """The same under explicit sharding without ``jax.jit`` (one eager update)."""
+  """The same under explicit sharding without ``jax.jit`` (one eager update), on
+  the hardest leaves (eager dispatch compiles every op: the cost is per leaf)."""
   mesh = explicit_mesh()
   with jax.set_mesh(mesh):
-    params = fsdp_params(mesh)
+    params = {k: v for k, v in fsdp_params(mesh).items() if k in ("odd", "vec")}
     opt = make_opt(1e-2)
     state = opt.init(params)
     u, state2 = opt.update(jax.grad(parabola_loss)(params), state, params)
