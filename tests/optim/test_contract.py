@@ -22,8 +22,26 @@ def _make(name):
   return lambda lr: registry.get(name, lr, 0.0, **SMALL.get(name, {}))
 
 
-@pytest.mark.parametrize("check", contract.CHECKS, ids=lambda c: c.__name__)
-@pytest.mark.parametrize("name", registry.names())
+# Presets of one implementation (its code, other hyperparameters): the costly
+# sharding and eager checks run for the implementation by default and for
+# every preset with `pytest -m exhaustive`.
+PRESET_OF = {"holo_adam_max": "holo_adam", "holo_adam_conservative": "holo_adam"}
+COSTLY = (contract.check_explicit_sharding, contract.check_explicit_sharding_eager,
+          contract.check_nnx_optimizer)
+
+
+def _cases():
+  for name in registry.names():
+    for check in contract.CHECKS:
+      costly = check in COSTLY and (name in PRESET_OF or (
+          # HoloAdam's eager update dispatches hundreds of small ops, each
+          # compiled for the explicit mesh (~100 s on 2 cores); jitted, it is checked.
+          name == "holo_adam" and check is contract.check_explicit_sharding_eager))
+      marks = [pytest.mark.exhaustive] if costly else []
+      yield pytest.param(name, check, id=f"{name}-{check.__name__}", marks=marks)
+
+
+@pytest.mark.parametrize("name,check", list(_cases()))
 def test_contract(name, check):
   if check is contract.check_rosenbrock:
     check(_make(name), **ROSENBROCK.get(name, {}))

@@ -224,11 +224,11 @@ def test_blocks_follow_rows():
   assert s.v.codes["w"].shape == (4, 3, 3, 64) and s.v.bounds["w"].shape == (4, 3, 3, 2)
   assert s.mu["w"].shape == (4, 3, 300) and s.m.ref["w"] == optax.MaskedNode()  # 3600 < 4096
   assert s.m.ref["e"].shape == (100, 1, 32) and s.m.scales["e"].shape == (100, 1)
-  s = inner(turbo_adam(1e-3, min_m_compress_elements=1024).init({"w": jnp.zeros((4, 3, 300))}))
-  assert s.m.ref["w"].shape == (4, 3, 3, 32) and s.m.scales["w"].shape == (4, 3, 3)
   assert s.mu["b"].shape == (10,) and s.nu["b"].shape == (10,)  # 1-D: dense
   assert s.v.codes["b"] == optax.MaskedNode() and s.m.signs["b"] == optax.MaskedNode()
   assert s.v.codes["e"].shape == (100, 1, 64) and s.mu["e"] == optax.MaskedNode()  # 10k >= 4096
+  s = inner(turbo_adam(1e-3, min_m_compress_elements=1024).init({"w": jnp.zeros((4, 3, 300))}))
+  assert s.m.ref["w"].shape == (4, 3, 3, 32) and s.m.scales["w"].shape == (4, 3, 3)
 
 
 @pytest.mark.parametrize("q", [0.0, 0.1, 0.37, 0.5, 0.9, 1.0])

@@ -138,15 +138,16 @@ def test_resume_with_nothing_to_resume_is_an_error(tiny_run, tmp_path):
     train(tiny_run(ckpt_dir=str(tmp_path), resume=True))
 
 
-@pytest.mark.parametrize("kw,match", [
-    ({"optimizer": "lion"}, "--optimizer 'adamw' there, 'lion' now"),
-    ({"seed": 7}, "--seed 0 there, 7 now"),
-    ({"opt_kwargs": {"b1": 0.8}}, "--opt-kwargs {} there"),
-])
-def test_resume_of_another_run_names_the_difference(tiny_run, tmp_path, kw, match):
+def test_resume_of_another_run_names_the_differences(tiny_run, tmp_path):
   train(tiny_run(ckpt_dir=str(tmp_path), ckpt_every=4), stop_after=4)
-  with pytest.raises(ConfigMismatchError, match=match):
-    train(tiny_run(ckpt_dir=str(tmp_path), resume=True, **kw))
+  with pytest.raises(ConfigMismatchError) as e:
+    train(tiny_run(ckpt_dir=str(tmp_path), resume=True, optimizer="lion", seed=7,
+                   opt_kwargs={"b1": 0.8}))
+  msg = str(e.value)
+  for part in ("--optimizer 'adamw' there, 'lion' now", "--seed 0 there, 7 now",
+               "--opt-kwargs {} there, {'b1': 0.8} now"):
+    assert part in msg, msg
+  assert "\n" not in msg
 
 
 def test_run_says_where_its_files_go(tiny_run, tmp_path):

@@ -73,7 +73,7 @@ class ConvergenceConfig:
       raise ValueError(f"workers={self.workers} must be >= 1")
 
 
-TINY = ConvergenceConfig(models=("tiny",), optimizers=("adamw", "lion"), steps=6,
+TINY = ConvergenceConfig(models=("tiny",), optimizers=("adamw",), steps=6,
                          lr_scales=(0.5, 1.0), batch_size=8, seq_len=32, warmup=2,
                          corpus_max_bytes=1_000_000)
 
