@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 import textwrap
 
@@ -47,7 +48,8 @@ def _opt_kwargs(items: list[str]) -> dict:
 
 
 def _finite(x: float) -> float | None:
-  return x if x == x and abs(x) != float("inf") else None
+  """``x``, or None (JSON null) where it is NaN/Inf."""
+  return x if math.isfinite(x) else None
 
 
 def _cmd_train(args):

@@ -165,11 +165,9 @@ def _writable_dir(path: str) -> None:
     os.makedirs(path, exist_ok=True)
     with tempfile.TemporaryFile(dir=path):
       pass
-  except (OSError, FileExistsError) as e:
-    why = "is a file" if os.path.isfile(path) else (e.strerror or type(e).__name__).lower()
-    raise ValueError(f"--ckpt-dir {path} cannot hold checkpoints: it {why}"
-                     if why == "is a file" else
-                     f"--ckpt-dir {path} cannot hold checkpoints ({why})") from None
+  except OSError as e:
+    why = "it is a file" if os.path.isfile(path) else (e.strerror or type(e).__name__).lower()
+    raise ValueError(f"--ckpt-dir {path} cannot hold checkpoints ({why})") from None
 
 
 def _truncate_metrics(path: str, step: int) -> None:

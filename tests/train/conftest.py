@@ -1,4 +1,5 @@
 import dataclasses
+import pathlib
 
 import pytest
 
@@ -22,3 +23,25 @@ def tiny_run():
 @pytest.fixture(scope="module")
 def tiny_run_module():
   return _make
+
+
+def damage_checkpoint(ckpt_dir, step: int, how: str) -> pathlib.Path:
+  """Damages the largest data file of checkpoint ``step``: ``flip`` one bit,
+  ``truncate`` to a third, or ``stub`` (10 bytes left). Returns the file."""
+  files = [p for p in (pathlib.Path(ckpt_dir) / str(step) / "state").rglob("*") if p.is_file()]
+  path = max(files, key=lambda p: p.stat().st_size)
+  data = bytearray(path.read_bytes())
+  if how == "flip":
+    data[len(data) // 2] ^= 0x10
+  elif how == "truncate":
+    data = data[: len(data) // 3]
+  else:
+    data = data[:10]
+  path.write_bytes(bytes(data))
+  return path
+
+
+@pytest.fixture
+def damage():
+  """:func:`damage_checkpoint`."""
+  return damage_checkpoint

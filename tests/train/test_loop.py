@@ -1,6 +1,5 @@
 import dataclasses
 import json
-import pathlib
 
 import jax
 import numpy as np
@@ -107,22 +106,12 @@ def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(tiny_run, tmp_path
     assert bool(ckpt.all_finite(state["state"])), step
 
 
-def _damage(ckpt_dir, step, how):
-  files = [p for p in (pathlib.Path(ckpt_dir) / str(step) / "state").rglob("*") if p.is_file()]
-  path = max(files, key=lambda p: p.stat().st_size)
-  data = bytearray(path.read_bytes())
-  if how == "flip":
-    data[len(data) // 2] ^= 0x04
-  else:
-    data = data[: len(data) // 3]
-  path.write_bytes(bytes(data))
-
-
 @pytest.mark.parametrize("how", ["flip", "truncate"])
-def test_damaged_latest_checkpoint_resumes_from_the_one_before(tiny_run, tmp_path, single, how):
+def test_damaged_latest_checkpoint_resumes_from_the_one_before(tiny_run, tmp_path, single, how,
+                                                               damage):
   cfg = tiny_run(mesh_data=1, ckpt_dir=str(tmp_path), ckpt_every=2)
   train(cfg, stop_after=6)  # checkpoints 2, 4, 6
-  _damage(tmp_path, 6, how)
+  damage(tmp_path, 6, how)
   said = []
   with pytest.warns(RuntimeWarning, match="checkpoint 6"):
     resumed = train(dataclasses.replace(cfg, resume=True), say=said.append)

@@ -104,8 +104,8 @@ def _rows(configs: list[TrainConfig], workers: int, progress: Progress) -> list[
   """Trains ``configs`` in order, or ``workers`` at a time in spawned processes
   that share the accelerator (no preallocation)."""
   say = lambda i, tc: progress.say(  # noqa: E731
-      f"[{i + 1}/{len(configs)}] {tc.model} / {tc.optimizer} at lr {tc.learning_rate:.2g}: "
-      f"training {tc.steps} steps")
+      f"[{i + 1}/{len(configs)}] {tc.model} / {tc.optimizer} at lr {tc.learning_rate:.2g}"
+      + (": training" if workers == 1 else ": done"))
   rows = []
   if workers == 1:
     for i, tc in enumerate(configs):
@@ -117,11 +117,11 @@ def _rows(configs: list[TrainConfig], workers: int, progress: Progress) -> list[
   ctx = multiprocessing.get_context("spawn")
   with concurrent.futures.ProcessPoolExecutor(workers, mp_context=ctx) as pool:
     futures = [pool.submit(_train_row, tc) for tc in configs]
-    for i, tc in enumerate(configs):
-      say(i, tc)
-    for i, f in enumerate(futures):
+    progress.say(f"training {len(configs)} runs of {configs[0].steps} steps, "
+                 f"{workers} at a time")
+    for i, (tc, f) in enumerate(zip(configs, futures)):
       rows.append(f.result())
-      progress.say(f"[{i + 1}/{len(configs)}] done")
+      say(i, tc)
       progress.partial({"rows": rows})
   return rows
 
