@@ -24,6 +24,13 @@ fresh prefill may use a fused causal kernel). Kinds:
   and the ``window`` tokens before each query, in a ring buffer of
   sinks + window slots. Keys keep their original positions (RoPE applied
   before caching), so generation stays within the model's context.
+* ``"holokv"``: ``k`` consecutive tokens superposed in one slot with +-1
+  codes, N / k slots (:mod:`holojax.models.holokv`; ``read`` "joint" or the
+  seed's "faithful", ``implementation`` the decode op's backend). It brings
+  its own ``attend`` instead of ``read`` / ``visible``.
+
+``attend(cache, q, k, v, p, fresh=..., implementation=...)`` is the one
+attention-through-a-cache every model calls.
 
 Why not ``qwix``: its ``quantize``/``dequantize`` compute the same codes, but
 int4 codes live one per byte (``jnp.int4``, itemsize 1), so the bytes would be
@@ -51,7 +58,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-KINDS = ("full", "int8", "int4", "window")
+from holojax.models import holokv
+
+KINDS = ("full", "int8", "int4", "window", "holokv")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -59,13 +68,18 @@ class CacheSpec:
   """A cache kind and its settings.
 
   ``group``: tokens per key-scale group (int8/int4); ``sinks`` and
-  ``window``: tokens kept by ``"window"``.
+  ``window``: tokens kept by ``"window"``; ``k`` (tokens per slot, 1, 2, 4
+  or 8), ``read`` ("joint" or "faithful") and ``implementation`` (the
+  decode op's backend, :mod:`holojax.kernels.holokv`): ``"holokv"``.
   """
 
   kind: str = "full"
   group: int = 32
   sinks: int = 4
   window: int = 1024
+  k: int = 4
+  read: str = "joint"
+  implementation: str | tuple[str, ...] | None = None
 
   def __post_init__(self):
     if self.kind not in KINDS:
@@ -73,6 +87,10 @@ class CacheSpec:
     if self.group < 1 or self.window < 1 or self.sinks < 0:
       raise ValueError(f"group={self.group} and window={self.window} must be >= 1, "
                        f"sinks={self.sinks} >= 0")
+    holokv.check_k(self.k)
+    holokv.cache_class(self.read)  # validates read
+    if isinstance(self.implementation, list):
+      object.__setattr__(self, "implementation", tuple(self.implementation))
 
   def init(self, batch: int, max_len: int, kv_heads: int, head_dim: int, dtype):
     """An empty cache of this kind for ``max_len`` tokens."""
@@ -80,6 +98,9 @@ class CacheSpec:
       return FullCache.init(batch, max_len, kv_heads, head_dim, dtype)
     if self.kind == "window":
       return WindowCache.init(batch, self.sinks, self.window, kv_heads, head_dim, dtype)
+    if self.kind == "holokv":
+      cls = holokv.cache_class(self.read, self.implementation)
+      return cls.init(batch, max_len, kv_heads, head_dim, dtype, k=self.k)
     return QuantCache.init(batch, max_len, kv_heads, head_dim, dtype,
                            bits=8 if self.kind == "int8" else 4, group=self.group)
 
@@ -89,10 +110,42 @@ class CacheSpec:
     item = np.dtype(dtype).itemsize
     if self.kind in ("full", "window"):
       return 2.0 * kv_heads * head_dim * item
+    if self.kind == "holokv":
+      return 2.0 * kv_heads * head_dim * item / self.k
     bits = 8 if self.kind == "int8" else 4
     codes = 2 * head_dim * bits / 8                    # keys + values
     scales = 2 * head_dim * item / self.group + 2 * item  # key (per channel), value (per token)
     return kv_heads * (codes + scales)
+
+
+def attend(cache, q_bthd, k_btgd, v_btgd, p, *, fresh: bool, implementation=None):
+  """T new tokens at positions p.. attend to the cache and each other:
+  (output [B, T, H, K], the cache with them written).
+
+  The new tokens see what the cache held before (as its kind reads it back:
+  dequantised, windowed) and each other in the compute dtype; ``fresh``
+  (the cache is empty) skips reading it. ``implementation`` is
+  ``jax.nn.dot_product_attention``'s. A kind with its own ``attend``
+  (``"holokv"``) does all of this itself.
+  """
+  if hasattr(cache, "attend"):
+    return cache.attend(q_bthd, k_btgd, v_btgd, p)
+  t = q_bthd.shape[1]
+  q_pos_t = p + jnp.arange(t, dtype=jnp.int32)
+  if fresh and cache.causal_only:
+    out = jax.nn.dot_product_attention(q_bthd, k_btgd, v_btgd, is_causal=True,
+                                       implementation=implementation)
+    return out, cache.write(k_btgd, v_btgd, p)
+  if fresh:
+    k_all, v_all, k_pos_s = k_btgd, v_btgd, q_pos_t
+  else:
+    k_old, v_old, pos_old = cache.read(p)
+    k_all = jnp.concatenate([k_old.astype(k_btgd.dtype), k_btgd], axis=1)
+    v_all = jnp.concatenate([v_old.astype(v_btgd.dtype), v_btgd], axis=1)
+    k_pos_s = jnp.concatenate([jnp.where(pos_old < p, pos_old, -1), q_pos_t])
+  mask_ts = cache.visible(q_pos_t, k_pos_s)
+  out = jax.nn.dot_product_attention(q_bthd, k_all, v_all, mask=mask_ts[None, None])
+  return out, cache.write(k_btgd, v_btgd, p)
 
 
 def as_spec(kind) -> CacheSpec:

@@ -105,7 +105,7 @@ class LlamaCache(NamedTuple):
   """A decoding cache: one kind state per layer and the next position.
 
   ``layers`` holds :mod:`holojax.models.kv_cache` states (``FullCache``,
-  ``QuantCache``, ``WindowCache``); ``pos`` int32[] is the number of tokens
+  ``QuantCache``, ``WindowCache``, ``HoloKVCache``); ``pos`` int32[] is the number of tokens
   written (the position of the next one).
   """
 
@@ -182,29 +182,13 @@ class LlamaBlock(nnx.Module):
     return self.finish(x_btd, attn)
 
   def extend(self, x_btd, layer_cache, p, *, fresh: bool):
-    """T new tokens at positions p.. against this layer's cache; returns (x, cache).
-
-    The new tokens attend to what the cache held before (as the cache kind
-    reads it back: dequantised, windowed) and to each other in the compute
-    dtype; ``fresh`` (the cache is empty) skips reading it.
-    """
-    t = x_btd.shape[1]
-    q_pos_t = p + jnp.arange(t, dtype=jnp.int32)
+    """T new tokens at positions p.. against this layer's cache; returns (x, cache)
+    (``kv_cache.attend``; ``fresh``: the cache is empty)."""
+    q_pos_t = p + jnp.arange(x_btd.shape[1], dtype=jnp.int32)
     q, k, v = self.qkv(x_btd, q_pos_t)
-    if fresh and layer_cache.causal_only:
-      attn = jax.nn.dot_product_attention(q, k, v, is_causal=True,
-                                          implementation=_attention_impl(self.cfg))
-    else:
-      if fresh:
-        k_all, v_all, k_pos_s = k, v, q_pos_t
-      else:
-        k_old, v_old, pos_old = layer_cache.read(p)
-        k_all = jnp.concatenate([k_old.astype(k.dtype), k], axis=1)
-        v_all = jnp.concatenate([v_old.astype(v.dtype), v], axis=1)
-        k_pos_s = jnp.concatenate([jnp.where(pos_old < p, pos_old, -1), q_pos_t])
-      mask_ts = layer_cache.visible(q_pos_t, k_pos_s)
-      attn = jax.nn.dot_product_attention(q, k_all, v_all, mask=mask_ts[None, None])
-    return self.finish(x_btd, attn), layer_cache.write(k, v, p)
+    attn, layer_cache = kv_cache.attend(layer_cache, q, k, v, p, fresh=fresh,
+                                        implementation=_attention_impl(self.cfg))
+    return self.finish(x_btd, attn), layer_cache
 
 
 class Llama(nnx.Module):

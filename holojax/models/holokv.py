@@ -1,0 +1,283 @@
+"""HoloKV: k consecutive tokens superposed in one KV-cache slot with +-1 codes.
+
+The cache keeps S = ceil(N / k) slots per layer and KV head, each the
+superposition of one group of k consecutive tokens:
+
+  K_s = (1 / sqrt k) sum_{j<k} c_j * key_{ks+j},   V_s likewise,
+
+with codes c_j in {-1, +1}^D, rows of a k x k Walsh-Hadamard matrix tiled
+over the head dimension (``codes``), and ``sqrt k`` keeping K_s at one key's
+variance. The group still being written (at most k - 1 tokens) is kept
+exact beside the slots and superposed when its last token arrives, so a
+query at position t reads the slots of the groups before its own and the
+exact keys of its own group up to t: prefill and decode see the same cache.
+
+**Reads.** Demodulating slot s with code j gives
+k_hat_{s,j} = sqrt(k) c_j * K_s = key_{ks+j} + sum_{i != j} (c_j c_i) * key_{ks+i}:
+the token plus crosstalk of the same order (c_j c_i is another +-1
+pattern, so element-wise products do not cancel the other tokens).
+
+* ``"joint"`` (ours): every slot read k ways, one softmax over all (s, j)
+  pairs and the exact keys,
+  score_{s,j} = (q * c_j) . K_s sqrt(k) / sqrt(D) = q . k_hat_{s,j} / sqrt(D),
+  o = sum_{s,j} a_{s,j} sqrt(k) c_j * V_s + sum_u a_u v_u.
+  A token whose score stands out is found in whichever code it was
+  written with; the read costs k dot products per slot (as many as the
+  full cache) but moves N / k slots.
+* ``"faithful"`` (the seed's read): a query at phase j = t mod k reads each
+  slot once, with its own code: score_s = (c_j * q) . K_s / sqrt(D),
+  o = sqrt(k) c_j * sum_s a_s V_s (plus the exact keys of its group, which
+  the seed had no notion of). It retrieves from every slot the token of
+  the query's phase only.
+
+**The even-boundary rule.** RoPE rotates pairs of channels; a diagonal +-1
+code commutes with the rotation exactly when it is constant on each pair,
+so codes are built per rotation pair: c_j[i] = H[j, pair(i) mod k] with
+pair(i) = i mod D/2 for HF's (i, i + D/2) pairs (this model's layout) and
+i // 2 for GGUF's adjacent (2i, 2i+1) pairs. The cache codes keys *after*
+RoPE, so its reads are correct either way; the rule is what allows coding
+before rotation (one rotation per slot), and ``check_codes`` enforces it.
+
+Example:
+  >>> c = HoloKVCache.init(1, 16, 1, 8, jnp.float32, k=4)
+  >>> key = jax.random.normal(jax.random.key(0), (1, 8, 1, 8))
+  >>> c = c.write(key, key, 0)
+  >>> c.ks.shape, int(c.capacity)           # 16 tokens in 4 slots
+  ((1, 4, 1, 8), 16)
+  >>> k_hat = 2.0 * codes(4, 8)[1] * c.ks[0, 0, 0]   # slot 0 read with code 1
+  >>> bool(jnp.allclose(k_hat, key[0, 1, 0]))       # token 1 plus crosstalk
+  False
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+K_CHOICES = (1, 2, 4, 8)
+READS = ("joint", "faithful")
+PAIRINGS = ("half", "adjacent")
+
+
+def check_k(k) -> int:
+  """``k`` if it is one of ``K_CHOICES``, else ``ValueError`` naming it."""
+  if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or int(k) not in K_CHOICES:
+    raise ValueError(f"k={k!r} (tokens per slot) must be one of {K_CHOICES}")
+  return int(k)
+
+
+def hadamard(k: int) -> np.ndarray:
+  """The k x k Sylvester-Walsh-Hadamard matrix (+-1, rows orthogonal)."""
+  h = np.ones((1, 1), np.float32)
+  while h.shape[0] < check_k(k):
+    h = np.block([[h, h], [h, -h]])
+  return h
+
+
+def pair_index(head_dim: int, pairing: str = "half") -> np.ndarray:
+  """The RoPE pair of each channel: i mod D/2 (``"half"``) or i // 2 (``"adjacent"``)."""
+  if pairing not in PAIRINGS:
+    raise ValueError(f"pairing={pairing!r} must be one of {PAIRINGS}")
+  i = np.arange(head_dim)
+  return i % (head_dim // 2) if pairing == "half" else i // 2
+
+
+def codes(k: int, head_dim: int, pairing: str = "half") -> np.ndarray:
+  """float32[k, D] +-1 codes, constant on each RoPE pair (the even-boundary rule).
+
+  c_j[i] = H[j, pair(i) mod k]: each Hadamard column covers D / (2k) pairs,
+  so the codes are orthogonal over D.
+
+  Raises:
+    ValueError: k not in {1, 2, 4, 8}; ``head_dim`` odd or its D/2 pairs
+      not a multiple of k (the codes cannot tile it); an unknown pairing.
+  """
+  k = check_k(k)
+  if head_dim < 2 or head_dim % 2 or (head_dim // 2) % k:
+    raise ValueError(f"head_dim={head_dim}: the codes of k={k} tile its head_dim/2 RoPE pairs, "
+                     f"so head_dim must be even with head_dim/2 a multiple of k")
+  return hadamard(k)[:, pair_index(head_dim, pairing) % k]
+
+
+def seed_codes(k: int, head_dim: int) -> np.ndarray:
+  """The seed's codes, c_j[d] = H[j, d mod k] (for contrast: they break the
+  rule for adjacent pairs)."""
+  return hadamard(k)[:, np.arange(head_dim) % k]
+
+
+def check_codes(codes_kd, pairing: str = "half") -> None:
+  """``ValueError`` if some code differs within a RoPE pair (coding would not
+  commute with the rotation), naming the first such pair."""
+  c = np.asarray(codes_kd)
+  pair = pair_index(c.shape[-1], pairing)
+  for p in range(c.shape[-1] // 2):
+    cols = c[:, pair == p]
+    bad = np.nonzero((cols != cols[:, :1]).any(axis=1))[0]
+    if bad.size:
+      i, i2 = np.nonzero(pair == p)[0][:2]
+      raise ValueError(f"codes: code {bad[0]} differs on RoPE pair ({i}, {i2}) under "
+                       f"pairing={pairing!r}; its length {c.shape[-1]} and pattern do not "
+                       f"follow the even-boundary rule")
+
+
+def rotate(x_btgd, positions_t, base: float, pairing: str = "half"):
+  """RoPE on either pairing (``"half"`` equals ``holojax.models.gpt.rope``)."""
+  d = x_btgd.shape[-1]
+  freq = base ** (-jnp.arange(d // 2, dtype=jnp.float32) / (d // 2))
+  ang = positions_t.astype(jnp.float32)[:, None] * freq[None]
+  cos, sin = jnp.cos(ang)[None, :, None], jnp.sin(ang)[None, :, None]
+  x = x_btgd.astype(jnp.float32)
+  if pairing == "half":
+    a, b = x[..., : d // 2], x[..., d // 2:]
+    return jnp.concatenate([a * cos - b * sin, a * sin + b * cos], -1)
+  a, b = x[..., 0::2], x[..., 1::2]
+  return jnp.stack([a * cos - b * sin, a * sin + b * cos], -1).reshape(x.shape)
+
+
+class HoloKVCache(NamedTuple):
+  """One layer's HoloKV cache (module docstring).
+
+  ks, vs  [B, S, G, D]  superposed slots, model dtype
+  kr, vr  [B, k, G, D]  the open group's exact keys/values: entry j is
+                        position (p // k) k + j, valid for j < p mod k
+  ``read`` and ``implementation`` (the decode op's backend) are class
+  attributes of the subclass ``cache_class`` makes, so jit treats them as
+  static.
+  """
+
+  ks: jax.Array
+  vs: jax.Array
+  kr: jax.Array
+  vr: jax.Array
+
+  read = "joint"
+  implementation = None
+  pairing = "half"
+  causal_only = False
+
+  @classmethod
+  def init(cls, batch, max_len, kv_heads, head_dim, dtype, *, k: int):
+    k = check_k(k)
+    codes(k, head_dim, cls.pairing)  # validates head_dim
+    z = jnp.zeros((batch, -(-max_len // k), kv_heads, head_dim), dtype)
+    r = jnp.zeros((batch, k, kv_heads, head_dim), dtype)
+    return cls(z, z, r, r)
+
+  @property
+  def k(self) -> int:
+    return self.kr.shape[1]
+
+  @property
+  def capacity(self) -> int:
+    return self.ks.shape[1] * self.k
+
+  def codes(self):
+    return jnp.asarray(codes(self.k, self.ks.shape[-1], self.pairing))
+
+  def write(self, k_btgd, v_btgd, p):
+    """Stores T tokens at positions p.. : complete groups into slots, the rest exact."""
+    kk, t = self.k, k_btgd.shape[1]
+    n_g = -(-t // kk) + 1                      # groups this write can touch (static)
+    g0 = p // kk
+    pos_w = g0 * kk + jnp.arange(n_g * kk)
+    is_new = ((pos_w >= p) & (pos_w < p + t))[None, :, None, None]
+    is_old = (pos_w < p)[None, :, None, None]
+    done = (g0 + jnp.arange(n_g) + 1) * kk <= p + t
+    slot = jnp.where(done, g0 + jnp.arange(n_g), self.ks.shape[1])  # unfinished: dropped
+    res_pos = ((p + t) // kk) * kk + jnp.arange(kk)
+    c_kd = self.codes() / math.sqrt(kk)
+
+    def one(slots, res, new):
+      b, _, g, d = new.shape
+      win = jnp.where(is_new, jnp.take(new, jnp.clip(pos_w - p, 0, t - 1), axis=1)
+                      .astype(jnp.float32),
+                      jnp.where(is_old, jnp.take(res, jnp.clip(pos_w - g0 * kk, 0, kk - 1),
+                                                 axis=1).astype(jnp.float32), 0.0))
+      sup = jnp.einsum("bnjgd,jd->bngd", win.reshape(b, n_g, kk, g, d), c_kd)
+      slots = slots.at[:, slot].set(sup.astype(slots.dtype), mode="drop")
+      res = jnp.take(win, jnp.clip(res_pos - g0 * kk, 0, n_g * kk - 1), axis=1)
+      res = jnp.where((res_pos < p + t)[None, :, None, None], res, 0.0)
+      return slots, res.astype(self.kr.dtype)
+
+    ks, kr = one(self.ks, self.kr, k_btgd)
+    vs, vr = one(self.vs, self.vr, v_btgd)
+    return type(self)(ks, vs, kr, vr)
+
+  def exact(self, k_btgd, v_btgd, p):
+    """Each query's own group, exact: (keys, values [B, T, k, G, D], mask bool[T, k]).
+
+    Entry i of query t is position (t // k) k + i, from the residual (before
+    p) or the new tokens; it is visible when at most t.
+    """
+    kk, t = self.k, k_btgd.shape[1]
+    q_pos = p + jnp.arange(t)
+    e_pos = (q_pos // kk)[:, None] * kk + jnp.arange(kk)[None]
+    new = (e_pos >= p)[None, :, :, None, None]
+    i_new = jnp.clip(e_pos - p, 0, t - 1)
+    i_old = jnp.clip(e_pos - (p // kk) * kk, 0, kk - 1)
+    ke = jnp.where(new, jnp.take(k_btgd, i_new, axis=1), jnp.take(self.kr, i_old, axis=1)
+                   .astype(k_btgd.dtype))
+    ve = jnp.where(new, jnp.take(v_btgd, i_new, axis=1), jnp.take(self.vr, i_old, axis=1)
+                   .astype(v_btgd.dtype))
+    return ke, ve, e_pos <= q_pos[:, None]
+
+  def attend(self, q_bthd, k_btgd, v_btgd, p):
+    """T queries at positions p.. against the cache and themselves:
+    (attention output [B, T, H, D], the cache with the new tokens)."""
+    new = self.write(k_btgd, v_btgd, p)
+    ke, ve, e_mask = self.exact(k_btgd, v_btgd, p)
+    out = attend_reference(q_bthd, new.ks, new.vs, ke, ve, e_mask, p, read=self.read,
+                           c_kd=self.codes())
+    return out, new
+
+
+def attend_reference(q_bthd, ks_bsgd, vs_bsgd, ke_btugd, ve_btugd, e_mask_tu, p, *, read: str,
+                     c_kd):
+  """The HoloKV read in ``jnp`` (module docstring), for T queries at p..:
+  slots s < t // k, both reads, and the exact keys of the query's group."""
+  b, t, h, d = q_bthd.shape
+  g, kk, s = ks_bsgd.shape[2], c_kd.shape[0], ks_bsgd.shape[1]
+  r = h // g
+  scale = 1.0 / math.sqrt(d)
+  q_pos = p + jnp.arange(t)
+  q = q_bthd.astype(jnp.float32).reshape(b, t, g, r, d)
+  if read == "joint":
+    c_tjd = jnp.broadcast_to(c_kd[None], (t, kk, d))
+    gain = math.sqrt(kk)
+  else:  # faithful: the query's own phase, no sqrt(k) on the score
+    c_tjd = c_kd[q_pos % kk][:, None]
+    gain = 1.0
+  f32 = jnp.float32
+  qc = q[:, :, :, :, None] * c_tjd[None, :, None, None] * (scale * gain)
+  s_c = jnp.einsum("btgrjd,bsgd->btgrjs", qc, ks_bsgd.astype(f32))
+  seen_ts = jnp.arange(s)[None] < (q_pos // kk)[:, None]
+  s_c = jnp.where(seen_ts[None, :, None, None, None], s_c, -jnp.inf)
+  s_e = jnp.einsum("btgrd,btugd->btgru", q * scale, ke_btugd.astype(f32))
+  s_e = jnp.where(e_mask_tu[None, :, None, None], s_e, -jnp.inf)
+  m = jnp.maximum(s_c.max((-2, -1)), s_e.max(-1))  # finite: a query sees itself
+  p_c = jnp.exp(s_c - m[..., None, None])
+  p_e = jnp.exp(s_e - m[..., None])
+  z = p_c.sum((-2, -1)) + p_e.sum(-1)
+  o_c = jnp.einsum("btgrjs,bsgd->btgrjd", p_c, vs_bsgd.astype(f32))
+  o_c = (o_c * c_tjd[None, :, None, None]).sum(-2) * math.sqrt(kk)
+  o_e = jnp.einsum("btgru,btugd->btgrd", p_e, ve_btugd.astype(f32))
+  return ((o_c + o_e) / z[..., None]).reshape(b, t, h, d).astype(q_bthd.dtype)
+
+
+@functools.cache
+def cache_class(read: str = "joint", implementation=None, pairing: str = "half"):
+  """The ``HoloKVCache`` subclass for a read, a decode backend and a pairing."""
+  if read not in READS:
+    raise ValueError(f"read={read!r} must be one of {READS}")
+  if pairing not in PAIRINGS:
+    raise ValueError(f"pairing={pairing!r} must be one of {PAIRINGS}")
+  if read == "joint" and implementation is None and pairing == "half":
+    return HoloKVCache
+  name = f"HoloKVCache_{read}_{implementation}_{pairing}"
+  return type(name, (HoloKVCache,), {"read": read, "implementation": implementation,
+                                     "pairing": pairing, "__module__": __name__})
