@@ -28,7 +28,7 @@ assert not [m for m in sys.modules if m.startswith({above!r})]
 
 def test_every_kernel_module_is_listed():
   assert {"holojax.kernels.backend", "holojax.kernels.quant", "holojax.kernels.phasor.api",
-          "holojax.kernels.turbo_adam.api"} <= set(MODULES)
+          "holojax.kernels.turbo_adam.api", "holojax.kernels.holokv.api"} <= set(MODULES)
 
 
 @pytest.mark.parametrize("module", MODULES)
