@@ -59,6 +59,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from holojax.kernels.holokv import slot_attention
+
 K_CHOICES = (1, 2, 4, 8)
 READS = ("joint", "faithful")
 PAIRINGS = ("half", "adjacent")
@@ -231,6 +233,10 @@ class HoloKVCache(NamedTuple):
     (attention output [B, T, H, D], the cache with the new tokens)."""
     new = self.write(k_btgd, v_btgd, p)
     ke, ve, e_mask = self.exact(k_btgd, v_btgd, p)
+    if q_bthd.shape[1] == 1:  # decode: the slots through the op, no [T, S] scores
+      out = attend_decode(q_bthd, new.ks, new.vs, ke, ve, e_mask, p, read=self.read,
+                          c_kd=self.codes(), implementation=self.implementation)
+      return out, new
     out = attend_reference(q_bthd, new.ks, new.vs, ke, ve, e_mask, p, read=self.read,
                            c_kd=self.codes())
     return out, new
@@ -267,6 +273,31 @@ def attend_reference(q_bthd, ks_bsgd, vs_bsgd, ke_btugd, ve_btugd, e_mask_tu, p,
   o_c = (o_c * c_tjd[None, :, None, None]).sum(-2) * math.sqrt(kk)
   o_e = jnp.einsum("btgru,btugd->btgrd", p_e, ve_btugd.astype(f32))
   return ((o_c + o_e) / z[..., None]).reshape(b, t, h, d).astype(q_bthd.dtype)
+
+
+def attend_decode(q_b1hd, ks_bsgd, vs_bsgd, ke_b1ugd, ve_b1ugd, e_mask_1u, p, *, read: str,
+                  c_kd, implementation=None):
+  """``attend_reference`` for one query per row (decode): the slots through
+  :func:`holojax.kernels.holokv.slot_attention` (rows q * c_j, reading the N / k
+  slots as stored), merged with the exact keys by their log-sum-exp."""
+  b, _, h, d = q_b1hd.shape
+  g, kk = ks_bsgd.shape[2], c_kd.shape[0]
+  r = h // g
+  q = q_b1hd[:, 0].astype(jnp.float32).reshape(b, g, r, d) / math.sqrt(d)
+  c_jd = c_kd if read == "joint" else jax.lax.dynamic_slice_in_dim(c_kd, p % kk, 1)
+  gain = math.sqrt(kk) if read == "joint" else 1.0
+  rows = (q[:, :, :, None] * c_jd[None, None, None] * gain).reshape(b, g, -1, d)
+  o, lse = slot_attention(rows, ks_bsgd, vs_bsgd, p // kk, implementation=implementation)
+  j = c_jd.shape[0]
+  o, lse = o.reshape(b, g, r, j, d), lse.reshape(b, g, r, j)
+  s_e = jnp.einsum("bgrd,bugd->bgru", q, ke_b1ugd[:, 0].astype(jnp.float32))
+  s_e = jnp.where(e_mask_1u[0][None, None, None], s_e, -jnp.inf)
+  m = jnp.maximum(lse.max(-1), s_e.max(-1))  # finite: the query sees itself
+  w_c, w_e = jnp.exp(lse - m[..., None]), jnp.exp(s_e - m[..., None])
+  o_c = (w_c[..., None] * o * c_jd[None, None, None]).sum(-2) * math.sqrt(kk)
+  o_e = jnp.einsum("bgru,bugd->bgrd", w_e, ve_b1ugd[:, 0].astype(jnp.float32))
+  out = (o_c + o_e) / (w_c.sum(-1) + w_e.sum(-1))[..., None]
+  return out.reshape(b, 1, h, d).astype(q_b1hd.dtype)
 
 
 @functools.cache

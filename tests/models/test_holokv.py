@@ -183,3 +183,12 @@ def test_bad_head_dim_and_read():
     CacheSpec("holokv", read="elementwise")
   with pytest.raises(ValueError, match="pairing="):
     holokv.codes(2, 8, "interleaved")
+
+
+def test_decode_through_the_kernel_equals_the_reference(tiny):
+  """The Pallas slot-attention kernel (interpreted) inside the model's decode path."""
+  ids = _ids((1, 12), seed=3)
+  g, s = nnx.split(tiny)
+  ref, _ = _teacher_forced(g, s, ids, 5, CacheSpec("holokv", k=4))
+  got, _ = _teacher_forced(g, s, ids, 5, CacheSpec("holokv", k=4, implementation="interpret"))
+  np.testing.assert_allclose(got, ref, atol=1e-4)
