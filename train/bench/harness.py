@@ -45,6 +45,9 @@ BENCHMARKS: dict[str, tuple[str, str]] = {
                    "Token-embedding gradient: scatter-add vs one-hot matmul, text vs uniform ids"),
     "pretrained": ("holojax.train.bench.lm.pretrained",
                    "SmolLM2-135M: perplexity, passkey, prefill/decode speed per KV-cache kind"),
+    "holokv": ("holojax.train.bench.lm.holokv",
+               "HoloKV (k tokens per KV slot) vs int4/int8/window caches at equal bytes, "
+               "LoRA denoising"),
     "turbo_adam": ("holojax.train.bench.optim.turbo_adam",
                    "TurboAdam: state bits/param (GPT-2 124M tree) and optimizer step time"),
     "holo_adam": ("holojax.train.bench.optim.holo_adam",
