@@ -20,7 +20,8 @@ EXPECT = {
     "holo_layers.ipynb": ["TINY=True", "holo_seed_init", "learned parameters"],
     "phasor_memory.ipynb": ["MQAR accuracy", "measured",
                             "prefill == recurrent steps: True"],
-    "pretrained.ipynb": ["bytes/token", "ppl@", "passkey accuracy by kind"],
+    "pretrained.ipynb": ["bytes/token", "ppl@", "passkey accuracy by kind",
+                         "HoloKV demo through", "HoloKV passkey accuracy"],
 }
 
 
