@@ -12,6 +12,15 @@ exact beside the slots and superposed when its last token arrives, so a
 query at position t reads the slots of the groups before its own and the
 exact keys of its own group up to t: prefill and decode see the same cache.
 
+**Sinks and centring.** The first ``sinks`` tokens (whole groups) stay
+exact beside the slots, as StreamingLLM keeps its attention sinks: the
+first token draws much of every head's attention, and superposed it would
+hand that weight to its slot-mates. ``center`` subtracts the sinks' mean key
+and value from everything cached (and adds the value mean back to the
+output): exact for attention (q . (k - mu) shifts every score of a query
+by the same q . mu, and the weights sum to 1), it removes the component all
+keys share from the crosstalk.
+
 **Reads.** Demodulating slot s with code j gives
 k_hat_{s,j} = sqrt(k) c_j * K_s = key_{ks+j} + sum_{i != j} (c_j c_i) * key_{ks+i}:
 the token plus crosstalk of the same order (c_j c_i is another +-1
@@ -144,9 +153,13 @@ def rotate(x_btgd, positions_t, base: float, pairing: str = "half"):
 class HoloKVCache(NamedTuple):
   """One layer's HoloKV cache (module docstring).
 
-  ks, vs  [B, S, G, D]  superposed slots, model dtype
+  ks, vs  [B, S, G, D]  superposed slots of groups n_x.., model dtype
+  kx, vx  [B, n_x k, G, D]  the first n_x groups (attention sinks), exact
   kr, vr  [B, k, G, D]  the open group's exact keys/values: entry j is
                         position (p // k) k + j, valid for j < p mod k
+  mk, mv  [B, 1, G, D]  float32 centres: the sinks' mean key / value, set
+                        when the last sink is written (zeros when ``center``
+                        is off or there are no sinks)
   ``read`` and ``implementation`` (the decode op's backend) are class
   attributes of the subclass ``cache_class`` makes, so jit treats them as
   static.
@@ -154,29 +167,45 @@ class HoloKVCache(NamedTuple):
 
   ks: jax.Array
   vs: jax.Array
+  kx: jax.Array
+  vx: jax.Array
   kr: jax.Array
   vr: jax.Array
+  mk: jax.Array
+  mv: jax.Array
 
   read = "joint"
+  center = False
   implementation = None
   pairing = "half"
   causal_only = False
 
   @classmethod
-  def init(cls, batch, max_len, kv_heads, head_dim, dtype, *, k: int):
+  def init(cls, batch, max_len, kv_heads, head_dim, dtype, *, k: int, sinks: int = 0):
+    """An empty cache; the first ``sinks`` tokens (rounded up to whole groups) stay exact."""
     k = check_k(k)
     codes(k, head_dim, cls.pairing)  # validates head_dim
-    z = jnp.zeros((batch, -(-max_len // k), kv_heads, head_dim), dtype)
+    if isinstance(sinks, bool) or not isinstance(sinks, int) or sinks < 0:
+      raise ValueError(f"sinks={sinks!r} must be an int >= 0")
+    n_x = -(-sinks // k)
+    z = jnp.zeros((batch, max(-(-max_len // k) - n_x, 1), kv_heads, head_dim), dtype)
+    x = jnp.zeros((batch, n_x * k, kv_heads, head_dim), dtype)
     r = jnp.zeros((batch, k, kv_heads, head_dim), dtype)
-    return cls(z, z, r, r)
+    m = jnp.zeros((batch, 1, kv_heads, head_dim), jnp.float32)
+    return cls(z, z, x, x, r, r, m, m)
 
   @property
   def k(self) -> int:
     return self.kr.shape[1]
 
   @property
+  def n_x(self) -> int:
+    """Exact leading groups."""
+    return self.kx.shape[1] // self.k
+
+  @property
   def capacity(self) -> int:
-    return self.ks.shape[1] * self.k
+    return (self.ks.shape[1] + self.n_x) * self.k
 
   def codes(self):
     return jnp.asarray(codes(self.k, self.ks.shape[-1], self.pairing))
@@ -190,31 +219,43 @@ class HoloKVCache(NamedTuple):
     is_new = ((pos_w >= p) & (pos_w < p + t))[None, :, None, None]
     is_old = (pos_w < p)[None, :, None, None]
     done = (g0 + jnp.arange(n_g) + 1) * kk <= p + t
-    slot = jnp.where(done, g0 + jnp.arange(n_g), self.ks.shape[1])  # unfinished: dropped
+    gi = g0 + jnp.arange(n_g)
+    slot = jnp.where(done & (gi >= self.n_x), gi - self.n_x, self.ks.shape[1])  # else dropped
+    new_pos = p + jnp.arange(t)
+    sink_at = jnp.where(new_pos < self.kx.shape[1], new_pos, self.kx.shape[1])
     res_pos = ((p + t) // kk) * kk + jnp.arange(kk)
     c_kd = self.codes() / math.sqrt(kk)
 
-    def one(slots, res, new):
+    nxk = self.kx.shape[1]
+
+    def one(slots, sink, res, new, m):
       b, _, g, d = new.shape
+      sink = sink.at[:, sink_at].set(new.astype(sink.dtype), mode="drop")
+      if self.center and nxk:  # the centre: the sinks' mean, once they are all written
+        m = jnp.where((p < nxk) & (p + t >= nxk),
+                      sink.astype(jnp.float32).mean(1, keepdims=True), m)
       win = jnp.where(is_new, jnp.take(new, jnp.clip(pos_w - p, 0, t - 1), axis=1)
                       .astype(jnp.float32),
                       jnp.where(is_old, jnp.take(res, jnp.clip(pos_w - g0 * kk, 0, kk - 1),
                                                  axis=1).astype(jnp.float32), 0.0))
-      sup = jnp.einsum("bnjgd,jd->bngd", win.reshape(b, n_g, kk, g, d), c_kd)
+      sup = jnp.einsum("bnjgd,jd->bngd", (win - m).reshape(b, n_g, kk, g, d), c_kd)
       slots = slots.at[:, slot].set(sup.astype(slots.dtype), mode="drop")
       res = jnp.take(win, jnp.clip(res_pos - g0 * kk, 0, n_g * kk - 1), axis=1)
       res = jnp.where((res_pos < p + t)[None, :, None, None], res, 0.0)
-      return slots, res.astype(self.kr.dtype)
+      return slots, sink, res.astype(self.kr.dtype), m
 
-    ks, kr = one(self.ks, self.kr, k_btgd)
-    vs, vr = one(self.vs, self.vr, v_btgd)
-    return type(self)(ks, vs, kr, vr)
+    ks, kx, kr, mk = one(self.ks, self.kx, self.kr, k_btgd, self.mk)
+    vs, vx, vr, mv = one(self.vs, self.vx, self.vr, v_btgd, self.mv)
+    return type(self)(ks, vs, kx, vx, kr, vr, mk, mv)
 
-  def exact(self, k_btgd, v_btgd, p):
-    """Each query's own group, exact: (keys, values [B, T, k, G, D], mask bool[T, k]).
+  def exact(self, k_btgd, v_btgd, p, kr, vr):
+    """The exact keys each query sees, centred: (keys, values float32[B, T, U, G, D],
+    mask bool[T, U]), U = n_x k + k.
 
-    Entry i of query t is position (t // k) k + i, from the residual (before
-    p) or the new tokens; it is visible when at most t.
+    The sinks (positions i < n_x k, visible when in a group before the
+    query's own), then the query's own group: entry i is position
+    (t // k) k + i, from the residual ``kr``/``vr`` (before p) or the new
+    tokens, visible when at most t.
     """
     kk, t = self.k, k_btgd.shape[1]
     q_pos = p + jnp.arange(t)
@@ -222,30 +263,47 @@ class HoloKVCache(NamedTuple):
     new = (e_pos >= p)[None, :, :, None, None]
     i_new = jnp.clip(e_pos - p, 0, t - 1)
     i_old = jnp.clip(e_pos - (p // kk) * kk, 0, kk - 1)
-    ke = jnp.where(new, jnp.take(k_btgd, i_new, axis=1), jnp.take(self.kr, i_old, axis=1)
-                   .astype(k_btgd.dtype))
-    ve = jnp.where(new, jnp.take(v_btgd, i_new, axis=1), jnp.take(self.vr, i_old, axis=1)
-                   .astype(v_btgd.dtype))
-    return ke, ve, e_pos <= q_pos[:, None]
+    f32 = jnp.float32
+    b, _, g, d = k_btgd.shape
+    nx = self.kx.shape[1]
+
+    def gather(x_new, x_old, sink, m):
+      own = jnp.where(new, jnp.take(x_new, i_new, axis=1).astype(f32),
+                      jnp.take(x_old, i_old, axis=1).astype(f32))
+      sink = jnp.broadcast_to(sink[:, None].astype(f32), (b, t, nx, g, d))
+      return jnp.concatenate([sink, own], axis=2) - m[:, :, None]
+
+    x_mask = (jnp.arange(nx)[None] // kk) < (q_pos // kk)[:, None]
+    mask = jnp.concatenate([x_mask, e_pos <= q_pos[:, None]], axis=1)
+    return (gather(k_btgd, kr, self.kx, self.mk), gather(v_btgd, vr, self.vx, self.mv), mask)
 
   def attend(self, q_bthd, k_btgd, v_btgd, p):
     """T queries at positions p.. against the cache and themselves:
     (attention output [B, T, H, D], the cache with the new tokens)."""
     new = self.write(k_btgd, v_btgd, p)
-    ke, ve, e_mask = self.exact(k_btgd, v_btgd, p)
+    ke, ve, e_mask = new.exact(k_btgd, v_btgd, p, self.kr, self.vr)
     if q_bthd.shape[1] == 1:  # decode: the slots through the op, no [T, S] scores
       out = attend_decode(q_bthd, new.ks, new.vs, ke, ve, e_mask, p, read=self.read,
-                          c_kd=self.codes(), implementation=self.implementation)
-      return out, new
+                          c_kd=self.codes(), implementation=self.implementation,
+                          first=self.n_x)
+      return new.uncentre(out), new
     out = attend_reference(q_bthd, new.ks, new.vs, ke, ve, e_mask, p, read=self.read,
-                           c_kd=self.codes())
-    return out, new
+                           c_kd=self.codes(), first=self.n_x)
+    return new.uncentre(out), new
+
+  def uncentre(self, out_bthd):
+    """Adds the value centre back (attention weights sum to 1)."""
+    b, t, h, d = out_bthd.shape
+    g = self.mv.shape[2]
+    mv = jnp.repeat(self.mv, h // g, axis=2)  # [B, 1, H, D]: query head h reads kv head h // r
+    return (out_bthd.astype(jnp.float32) + mv).astype(out_bthd.dtype)
 
 
 def attend_reference(q_bthd, ks_bsgd, vs_bsgd, ke_btugd, ve_btugd, e_mask_tu, p, *, read: str,
-                     c_kd):
-  """The HoloKV read in ``jnp`` (module docstring), for T queries at p..:
-  slots s < t // k, both reads, and the exact keys of the query's group."""
+                     c_kd, first: int = 0):
+  """The HoloKV read in ``jnp`` (module docstring), for T queries at p..: slot s
+  holds group first + s, read when that group is before the query's own (both
+  reads), and the exact keys (sinks, the query's group) where their mask says."""
   b, t, h, d = q_bthd.shape
   g, kk, s = ks_bsgd.shape[2], c_kd.shape[0], ks_bsgd.shape[1]
   r = h // g
@@ -261,7 +319,7 @@ def attend_reference(q_bthd, ks_bsgd, vs_bsgd, ke_btugd, ve_btugd, e_mask_tu, p,
   f32 = jnp.float32
   qc = q[:, :, :, :, None] * c_tjd[None, :, None, None] * (scale * gain)
   s_c = jnp.einsum("btgrjd,bsgd->btgrjs", qc, ks_bsgd.astype(f32))
-  seen_ts = jnp.arange(s)[None] < (q_pos // kk)[:, None]
+  seen_ts = (jnp.arange(s) + first)[None] < (q_pos // kk)[:, None]
   s_c = jnp.where(seen_ts[None, :, None, None, None], s_c, -jnp.inf)
   s_e = jnp.einsum("btgrd,btugd->btgru", q * scale, ke_btugd.astype(f32))
   s_e = jnp.where(e_mask_tu[None, :, None, None], s_e, -jnp.inf)
@@ -276,7 +334,7 @@ def attend_reference(q_bthd, ks_bsgd, vs_bsgd, ke_btugd, ve_btugd, e_mask_tu, p,
 
 
 def attend_decode(q_b1hd, ks_bsgd, vs_bsgd, ke_b1ugd, ve_b1ugd, e_mask_1u, p, *, read: str,
-                  c_kd, implementation=None):
+                  c_kd, implementation=None, first: int = 0):
   """``attend_reference`` for one query per row (decode): the slots through
   :func:`holojax.kernels.holokv.slot_attention` (rows q * c_j, reading the N / k
   slots as stored), merged with the exact keys by their log-sum-exp."""
@@ -287,7 +345,8 @@ def attend_decode(q_b1hd, ks_bsgd, vs_bsgd, ke_b1ugd, ve_b1ugd, e_mask_1u, p, *,
   c_jd = c_kd if read == "joint" else jax.lax.dynamic_slice_in_dim(c_kd, p % kk, 1)
   gain = math.sqrt(kk) if read == "joint" else 1.0
   rows = (q[:, :, :, None] * c_jd[None, None, None] * gain).reshape(b, g, -1, d)
-  o, lse = slot_attention(rows, ks_bsgd, vs_bsgd, p // kk, implementation=implementation)
+  n_valid = jnp.clip(p // kk - first, 0, ks_bsgd.shape[1])
+  o, lse = slot_attention(rows, ks_bsgd, vs_bsgd, n_valid, implementation=implementation)
   j = c_jd.shape[0]
   o, lse = o.reshape(b, g, r, j, d), lse.reshape(b, g, r, j)
   s_e = jnp.einsum("bgrd,bugd->bgru", q, ke_b1ugd[:, 0].astype(jnp.float32))
@@ -301,14 +360,19 @@ def attend_decode(q_b1hd, ks_bsgd, vs_bsgd, ke_b1ugd, ve_b1ugd, e_mask_1u, p, *,
 
 
 @functools.cache
-def cache_class(read: str = "joint", implementation=None, pairing: str = "half"):
-  """The ``HoloKVCache`` subclass for a read, a decode backend and a pairing."""
+def cache_class(read: str = "joint", implementation=None, pairing: str = "half",
+                center: bool = False):
+  """The ``HoloKVCache`` subclass for a read, a decode backend, a pairing and
+  whether keys and values are centred."""
   if read not in READS:
     raise ValueError(f"read={read!r} must be one of {READS}")
   if pairing not in PAIRINGS:
     raise ValueError(f"pairing={pairing!r} must be one of {PAIRINGS}")
-  if read == "joint" and implementation is None and pairing == "half":
+  if not isinstance(center, bool):
+    raise ValueError(f"center={center!r} must be True or False")
+  if (read, implementation, pairing, center) == ("joint", None, "half", False):
     return HoloKVCache
-  name = f"HoloKVCache_{read}_{implementation}_{pairing}"
+  name = f"HoloKVCache_{read}_{implementation}_{pairing}_{'c' if center else 'raw'}"
   return type(name, (HoloKVCache,), {"read": read, "implementation": implementation,
-                                     "pairing": pairing, "__module__": __name__})
+                                     "pairing": pairing, "center": center,
+                                     "__module__": __name__})

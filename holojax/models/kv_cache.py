@@ -68,9 +68,11 @@ class CacheSpec:
   """A cache kind and its settings.
 
   ``group``: tokens per key-scale group (int8/int4); ``sinks`` and
-  ``window``: tokens kept by ``"window"``; ``k`` (tokens per slot, 1, 2, 4
-  or 8), ``read`` ("joint" or "faithful") and ``implementation`` (the
-  decode op's backend, :mod:`holojax.kernels.holokv`): ``"holokv"``.
+  ``window``: tokens kept by ``"window"`` (``sinks`` also: the leading tokens
+  ``"holokv"`` keeps exact, rounded up to whole groups); ``k`` (tokens per slot, 1, 2, 4
+  or 8), ``read`` ("joint" or "faithful"), ``center`` (subtract the first
+  write's mean key and value) and ``implementation`` (the decode op's
+  backend, :mod:`holojax.kernels.holokv`): ``"holokv"``.
   """
 
   kind: str = "full"
@@ -79,6 +81,7 @@ class CacheSpec:
   window: int = 1024
   k: int = 4
   read: str = "joint"
+  center: bool = False
   implementation: str | tuple[str, ...] | None = None
 
   def __post_init__(self):
@@ -88,7 +91,7 @@ class CacheSpec:
       raise ValueError(f"group={self.group} and window={self.window} must be >= 1, "
                        f"sinks={self.sinks} >= 0")
     holokv.check_k(self.k)
-    holokv.cache_class(self.read)  # validates read
+    holokv.cache_class(self.read, center=self.center)  # validates read and center
     if isinstance(self.implementation, list):
       object.__setattr__(self, "implementation", tuple(self.implementation))
 
@@ -99,8 +102,8 @@ class CacheSpec:
     if self.kind == "window":
       return WindowCache.init(batch, self.sinks, self.window, kv_heads, head_dim, dtype)
     if self.kind == "holokv":
-      cls = holokv.cache_class(self.read, self.implementation)
-      return cls.init(batch, max_len, kv_heads, head_dim, dtype, k=self.k)
+      cls = holokv.cache_class(self.read, self.implementation, center=self.center)
+      return cls.init(batch, max_len, kv_heads, head_dim, dtype, k=self.k, sinks=self.sinks)
     return QuantCache.init(batch, max_len, kv_heads, head_dim, dtype,
                            bits=8 if self.kind == "int8" else 4, group=self.group)
 

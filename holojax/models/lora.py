@@ -9,7 +9,7 @@ Example:
   >>> m = Llama(LLAMA_PRESETS["llama-tiny"], rngs=nnx.Rngs(0))
   >>> ids = jnp.zeros((1, 4), jnp.int32)
   >>> before = m(ids)
-  >>> add_lora(m, 4, ("q_proj", "v_proj"), rngs=nnx.Rngs(1))
+  >>> m = add_lora(m, 4, ("q_proj", "v_proj"), rngs=nnx.Rngs(1))
   >>> bool(jnp.array_equal(m(ids), before)), lora_count(m)
   (True, 1536)
 """

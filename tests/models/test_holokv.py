@@ -101,39 +101,49 @@ def test_demodulation_recovers_the_token_plus_crosstalk():
 
 @pytest.mark.parametrize("k", [1, 2, 4, 8])
 def test_cache_holds_n_over_k_slots(k):
-  c = CacheSpec("holokv", k=k).init(2, 64, 2, 16, jnp.bfloat16)
+  c = CacheSpec("holokv", k=k, sinks=0).init(2, 64, 2, 16, jnp.bfloat16)
   assert c.ks.shape == (2, 64 // k, 2, 16) and c.kr.shape == (2, k, 2, 16)
   full = tree_bytes(CacheSpec("full").init(2, 64, 2, 16, jnp.bfloat16))
-  assert tree_bytes(c) == full // k + 2 * 2 * k * 2 * 16 * 2  # slots + the open group
+  fixed = 2 * 2 * k * 2 * 16 * 2 + 2 * 2 * 2 * 16 * 4  # the open group; the f32 centres
+  assert tree_bytes(c) == full // k + fixed
   assert CacheSpec("holokv", k=k).bytes_per_token(2, 16, jnp.bfloat16) == 2 * 2 * 16 * 2 / k
+  # Sinks: the leading groups move from the slots to an exact buffer.
+  c = CacheSpec("holokv", k=k, sinks=4).init(2, 64, 2, 16, jnp.bfloat16)
+  n_x = -(-4 // k)
+  assert c.ks.shape[1] == 64 // k - n_x and c.kx.shape[1] == n_x * k and c.capacity == 64
 
 
 def test_writes_in_pieces_equal_one_write():
   """Prefill then token-by-token writes leave the same slots and residual."""
   x = jax.random.normal(jax.random.key(0), (1, 13, 2, 16))
-  one = holokv.HoloKVCache.init(1, 16, 2, 16, jnp.float32, k=4).write(x, x, 0)
-  parts = holokv.HoloKVCache.init(1, 16, 2, 16, jnp.float32, k=4).write(x[:, :6], x[:, :6], 0)
+  one = holokv.HoloKVCache.init(1, 16, 2, 16, jnp.float32, k=4, sinks=4).write(x, x, 0)
+  parts = holokv.HoloKVCache.init(1, 16, 2, 16, jnp.float32, k=4, sinks=4).write(
+      x[:, :6], x[:, :6], 0)
   for t in range(6, 13):
     parts = parts.write(x[:, t:t + 1], x[:, t:t + 1], t)
   for a, b in zip(one, parts):
     np.testing.assert_allclose(a, b, atol=1e-6)
   np.testing.assert_allclose(one.kr[0, 0], x[0, 12])  # the open group: position 12
+  np.testing.assert_allclose(one.kx[0], x[0, :4])      # the sink group, exact
 
 
-@pytest.mark.parametrize("read", ["joint", "faithful"])
-def test_k1_reproduces_the_full_cache(tiny, read):
+@pytest.mark.parametrize("read, center", [("joint", False), ("faithful", False),
+                                          ("joint", True)])
+def test_k1_reproduces_the_full_cache(tiny, read, center):
+  """k = 1 is the full cache; centring (a fixed shift of every key and value) is exact."""
   ids = _ids((2, 20))
   g, s = nnx.split(tiny)
   full, _ = _teacher_forced(g, s, ids, 7, CacheSpec("full"))
-  one, _ = _teacher_forced(g, s, ids, 7, CacheSpec("holokv", k=1, read=read))
+  one, _ = _teacher_forced(g, s, ids, 7, CacheSpec("holokv", k=1, read=read, center=center))
   np.testing.assert_allclose(one, full, atol=2e-5)
 
 
-@pytest.mark.parametrize("read", ["joint", "faithful"])
-@pytest.mark.parametrize("k", [2, 4])
-def test_prefill_equals_decode(tiny, k, read):
+@pytest.mark.parametrize("k, read, sinks, center", [
+    (2, "joint", 0, True), (4, "joint", 4, True), (4, "faithful", 0, False),
+    (2, "faithful", 4, True)])
+def test_prefill_equals_decode(tiny, k, read, sinks, center):
   """Every prompt length (group-aligned or not) gives the decode path's logits."""
-  spec = CacheSpec("holokv", k=k, read=read)
+  spec = CacheSpec("holokv", k=k, read=read, sinks=sinks, center=center)
   ids = _ids((2, 18), seed=k)
   g, s = nnx.split(tiny)
   ref = _extend_all(g, s, ids, spec)
@@ -163,7 +173,7 @@ def test_decode_does_not_recompile(tiny):
   for _ in range(3):
     toks, cache, logits = decoding.decode(tiny, cache, logits, 4)
   assert decoding._decode._cache_size() == 1
-  assert cache.layers[0].ks.shape[1] == 6 and int(cache.pos) == 18
+  assert cache.layers[0].ks.shape[1] == 6 - 1 and int(cache.pos) == 18  # one sink group
 
 
 # --- bad input -------------------------------------------------------------------------

@@ -3,8 +3,9 @@
 Variants (``variants``): ``full``, ``int8``, ``int4``, ``window`` (4 sinks and
 a window of context / ``window_ratio`` tokens, so its bytes match HoloKV at
 k = ``window_ratio``), and ``holokv-k{K}-{read}`` for K in 1, 2, 4, 8 and
-read ``joint`` or ``faithful`` (:mod:`holojax.models.holokv`); a ``+lora``
-suffix first distills LoRA adapters for that cache.
+read ``joint`` or ``faithful`` (:mod:`holojax.models.holokv`), ``-c`` to
+centre keys and values on the sinks' mean; a ``+lora`` suffix first
+distills LoRA adapters for that cache.
 
 * **Perplexity** at each of ``ppl_contexts`` on held-out documentation
   text (``pretrained.held_out_tokens``), read through the cache in chunks
@@ -59,7 +60,7 @@ from holojax.train.bench import common
 from holojax.train.bench.common import Progress, Result
 from holojax.train.bench.lm import pretrained
 
-_VARIANT = re.compile(r"^(full|int8|int4|window|holokv-k(\d)-(joint|faithful))(\+lora)?$")
+_VARIANT = re.compile(r"^(full|int8|int4|window|holokv-k(\d)-(joint|faithful)(-c)?)(\+lora)?$")
 DEFAULT_VARIANTS = ("full", "int4", "window", "holokv-k1-joint",
                     *(f"holokv-k{k}-{r}" for k in (2, 4, 8) for r in ("joint", "faithful")),
                     "holokv-k4-joint+lora", "holokv-k4-faithful+lora", "holokv-k8-joint+lora")
@@ -75,6 +76,7 @@ class HoloKVEvalConfig:
     dtype: compute dtype, float32 or bfloat16.
     variants: caches to evaluate (module docstring for the names).
     window_ratio: the window cache keeps context / window_ratio tokens.
+    holokv_sinks: leading tokens HoloKV keeps exact (whole groups).
     group: tokens per key-scale group of int8/int4.
     chunk: tokens per forward pass through the cache.
     ppl_contexts: perplexity context lengths (multiples of ``chunk``).
@@ -103,6 +105,7 @@ class HoloKVEvalConfig:
   dtype: str = "bfloat16"
   variants: tuple[str, ...] = DEFAULT_VARIANTS
   window_ratio: int = 4
+  holokv_sinks: int = 4
   group: int = 32
   chunk: int = 256
   ppl_contexts: tuple[int, ...] = (2048, 8192)
@@ -129,14 +132,14 @@ class HoloKVEvalConfig:
     bad = [v for v in self.variants if not _VARIANT.match(v)]
     if bad or not self.variants:
       raise ValueError(f"variants={self.variants!r}: each must be full, int8, int4, window or "
-                       f"holokv-k{{1,2,4,8}}-{{joint,faithful}}, optionally +lora")
+                       f"holokv-k{{1,2,4,8}}-{{joint,faithful}}[-c], optionally +lora")
     for v in self.variants + ((self.demo_variant,) if self.demo_variant else ()):
       m = _VARIANT.match(v or "")
       if m is None:
         raise ValueError(f"demo_variant={v!r} is not a variant name")
       if m.group(2):
         holokv.check_k(int(m.group(2)))
-      if m.group(4) and not m.group(2):
+      if m.group(5) and not m.group(2):
         raise ValueError(f"variant {v!r}: +lora applies to holokv caches only")
     if self.dtype not in ("float32", "bfloat16"):
       raise ValueError(f"dtype={self.dtype!r} must be 'float32' or 'bfloat16'")
@@ -172,7 +175,8 @@ def spec_of(name: str, cfg: HoloKVEvalConfig, context: int) -> CacheSpec:
   m = _VARIANT.match(name)
   kind = m.group(1).split("-")[0]
   if kind == "holokv":
-    return CacheSpec("holokv", k=int(m.group(2)), read=m.group(3))
+    return CacheSpec("holokv", k=int(m.group(2)), read=m.group(3), sinks=cfg.holokv_sinks,
+                     center=bool(m.group(4)))
   if kind == "window":
     return CacheSpec("window", sinks=4, window=max(context // cfg.window_ratio, 1))
   return CacheSpec(kind, group=cfg.group)
