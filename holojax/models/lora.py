@@ -11,7 +11,7 @@ Example:
   >>> before = m(ids)
   >>> m = add_lora(m, 4, ("q_proj", "v_proj"), rngs=nnx.Rngs(1))
   >>> bool(jnp.array_equal(m(ids), before)), lora_count(m)
-  (True, 1536)
+  (True, 1792)
 """
 
 from __future__ import annotations
