@@ -31,6 +31,23 @@ if "XLA_FLAGS" not in os.environ:
                              else _FLAGS)
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
+# One persistent compilation cache per test session, empty at its start and
+# shared by the xdist workers, the subprocesses (CLI, kill/resume) and notebook
+# kernels: a program compiled in one process (the tiny model's train step, the
+# eager ops of every init) is loaded, not compiled again, in the others. It only
+# replaces XLA compiles of identical programs. HOLOJAX_TEST_JIT_CACHE=0 turns it
+# off; a JAX_COMPILATION_CACHE_DIR already set is used as it is.
+if (os.environ.get("HOLOJAX_TEST_JIT_CACHE", "1") != "0"
+    and "JAX_COMPILATION_CACHE_DIR" not in os.environ):
+  import atexit
+  import shutil
+  import tempfile
+  _cache = tempfile.mkdtemp(prefix="holojax-test-jit-")
+  atexit.register(shutil.rmtree, _cache, ignore_errors=True)
+  os.environ["JAX_COMPILATION_CACHE_DIR"] = _cache
+  os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0"
+  os.environ["JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES"] = "0"
+
 import jax  # noqa: E402
 
 jax.config.update("jax_numpy_rank_promotion", "raise")
