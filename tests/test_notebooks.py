@@ -1,6 +1,7 @@
 """Every notebook in notebooks/ executes at tiny size (HOLOJAX_NB_TINY=1) with nbclient,
 and opens on Colab with a badge and an install cell naming holojax's REPO and INSTALL."""
 
+import os
 import pathlib
 import re
 import subprocess
@@ -68,8 +69,11 @@ def test_notebook_runs(name, tmp_path, monkeypatch):
   monkeypatch.setenv("MPLBACKEND", "Agg")
   # One CPU device (not conftest's 8), and conftest's faster compiles: tiny notebooks are
   # compile-bound, and these flags cut their time by about a third.
-  monkeypatch.setenv("XLA_FLAGS", "--xla_backend_optimization_level=0 "
-                     "--xla_llvm_disable_expensive_passes=true")
+  # (and the older CPU fusion emitters where conftest found this XLA accepts them).
+  fast = [f for f in os.environ.get("XLA_FLAGS", "").split()
+          if f == "--xla_cpu_use_fusion_emitters=false"]
+  monkeypatch.setenv("XLA_FLAGS", " ".join(["--xla_backend_optimization_level=0",
+                                            "--xla_llvm_disable_expensive_passes=true", *fast]))
   nb = nbformat.read(NOTEBOOKS / name, as_version=4)
   assert nb.metadata["kernelspec"]["name"] == "python3"
   NotebookClient(nb, timeout=180, kernel_name="python3",

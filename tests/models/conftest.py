@@ -1,6 +1,8 @@
 """Shared fixtures: the SmolLM2 GGUF (fetched once, as `holojax fetch smollm2` does), the
 model and tokenizer loaded from it (float32), and transformers' reference from the same file."""
 
+import contextlib
+
 import pytest
 
 # A few fixed prompts for the parity tests (chat, prose, code, digits).
@@ -41,7 +43,36 @@ def hf_reference(smollm2_path):
   import torch
   torch.manual_seed(0)
   kw = {"gguf_file": smollm2_path.name}
-  tok = transformers.AutoTokenizer.from_pretrained(str(smollm2_path.parent), **kw)
-  model = transformers.AutoModelForCausalLM.from_pretrained(str(smollm2_path.parent),
-                                                            dtype=torch.float32, **kw)
+  with _parse_gguf_once():
+    tok = transformers.AutoTokenizer.from_pretrained(str(smollm2_path.parent), **kw)
+    model = transformers.AutoModelForCausalLM.from_pretrained(str(smollm2_path.parent),
+                                                              dtype=torch.float32, **kw)
   return model.eval(), tok
+
+
+@contextlib.contextmanager
+def _parse_gguf_once():
+  """transformers builds a stock ``gguf.GGUFReader`` of the same file three times
+  (tokenizer, config, weights) and a ``TensorNameMap`` once per submodule (~400):
+  ~35 s of a ~45 s load. Within this block both are built once and shared (the
+  stock classes, read-only use), so the reference is the same as without it."""
+  import gguf
+  readers, name_maps = {}, {}
+  stock_reader, stock_map = gguf.GGUFReader, gguf.get_tensor_name_map
+
+  def reader(path, mode="r"):
+    key = (str(path), mode)
+    if key not in readers:
+      readers[key] = stock_reader(path, mode)
+    return readers[key]
+
+  def name_map(arch, n_blocks):
+    if (arch, n_blocks) not in name_maps:
+      name_maps[arch, n_blocks] = stock_map(arch, n_blocks)
+    return name_maps[arch, n_blocks]
+
+  gguf.GGUFReader, gguf.get_tensor_name_map = reader, name_map
+  try:
+    yield
+  finally:
+    gguf.GGUFReader, gguf.get_tensor_name_map = stock_reader, stock_map

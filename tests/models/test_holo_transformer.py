@@ -124,16 +124,17 @@ def test_bad_input_names_the_argument(small_model):
 
 @pytest.mark.slow
 def test_tiny_model_learns_mqar_on_cpu():
-  """4 pairs, vocab 64, T 32: chance is 1/32; reaches > 0.9 in 120 steps."""
+  """4 pairs, vocab 64, T 16 (the pairs, then the queries: half the tokens of
+  T 32, the same recall): chance is 1/32; reaches ~0.98 in 120 steps."""
   cfg = HoloConfig(vocab_size=64, hidden_size=64, hd_dim=128,
                    num_hidden_layers=2, num_heads=4, intermediate_size=128,
-                   max_seq_len=32, implementation="xla")
+                   max_seq_len=16, implementation="xla")
   model = HoloForCausalLM(cfg, rngs=nnx.Rngs(0))
   steps, batch, lr = 120, 64, 6e-3
   sched = optax.warmup_cosine_decay_schedule(0.0, lr, 20, steps, lr * 0.1)
   opt = nnx.Optimizer(model, optax.adam(sched), wrt=nnx.Param)
-  train = mqar(steps * batch, seq_len=32, num_pairs=4, vocab_size=64, seed=1)
-  test = mqar(512, seq_len=32, num_pairs=4, vocab_size=64, seed=2)
+  train = mqar(steps * batch, seq_len=16, num_pairs=4, vocab_size=64, seed=1)
+  test = mqar(512, seq_len=16, num_pairs=4, vocab_size=64, seed=2)
 
   @nnx.jit
   def train_step(model, opt, ids, labels):
@@ -151,7 +152,7 @@ def test_tiny_model_learns_mqar_on_cpu():
   acc = shifted_accuracy(logits, test.labels)
   print(f"MQAR accuracy {acc:.3f} after {steps} steps, "
         f"{time.perf_counter() - start:.1f}s")
-  assert acc > 0.6, acc
+  assert acc > 0.9, acc
 
 
 def test_config_kernel_backend_and_tiles_reach_the_layers():

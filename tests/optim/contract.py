@@ -206,9 +206,9 @@ class _Net(nnx.Module):
     return self.dense(x_bd)
 
 
-def check_nnx_optimizer(make_opt, steps=4):
+def check_nnx_optimizer(make_opt, steps=4, modes=("eager", "jit")):
   """``nnx.Optimizer(model, tx, wrt=nnx.Param)`` takes several updates, eagerly
-  and under ``nnx.jit``, and the loss goes down."""
+  and under ``nnx.jit`` (``modes``), and the loss goes down."""
   k1, k2 = jax.random.split(jax.random.key(3))
   x_bd = jax.random.normal(k1, (32, 128))
   y_bo = jax.random.normal(k2, (32, 64))
@@ -219,7 +219,7 @@ def check_nnx_optimizer(make_opt, steps=4):
     optimizer.update(model, grads)
     return loss
 
-  for step in (train_step, nnx.jit(train_step)):
+  for step in [{"eager": train_step, "jit": nnx.jit(train_step)}[m] for m in modes]:
     model = _Net(nnx.Rngs(0))
     optimizer = nnx.Optimizer(model, make_opt(1e-2), wrt=nnx.Param)
     losses = [float(step(model, optimizer)) for _ in range(steps)] + [float(loss_fn(model))]

@@ -41,11 +41,25 @@ def test_contract_params_are_compressed():
   assert s.mu["b"].dtype == jnp.float32 and s.mu["b"].shape == (10,)
 
 
-@pytest.mark.parametrize("kw", [dict(faithful=True), dict(exact_grad=False),
-                                dict(fft_chunk_size=2000)], ids=str)
+VARIANTS = [dict(faithful=True), dict(exact_grad=False), dict(fft_chunk_size=2000)]
+
+
+@pytest.mark.parametrize("kw", VARIANTS, ids=str)
 def test_variants_pass_the_core_contract(kw):
-  for check in (contract.check_nnx_optimizer, contract.check_explicit_sharding):
-    check(functools.partial(make, **kw))
+  """Each variant's update math (training under nnx.jit, the loss goes down) and
+  its state layout (explicit FSDP sharding)."""
+  opt = functools.partial(make, **kw)
+  contract.check_nnx_optimizer(opt, modes=("jit",))
+  contract.check_explicit_sharding(opt)
+
+
+@pytest.mark.exhaustive
+@pytest.mark.parametrize("kw", VARIANTS, ids=str)
+def test_variants_train_eagerly_in_nnx_optimizer(kw):
+  """The same nnx.Optimizer steps without jit: the variant's math is the one
+  checked jitted above, and eager nnx.Optimizer is checked for the default
+  holo_adam in test_contract.py (a repeat of both, on another preset)."""
+  contract.check_nnx_optimizer(functools.partial(make, **kw), modes=("eager",))
 
 
 def test_module_is_importable_and_exports_static_args():

@@ -35,13 +35,27 @@ def inner(state):
   return state.inner_state[0]
 
 
-@pytest.mark.parametrize("kw", [dict(faithful=True), dict(m_ref_bits=1),
-                                dict(error_feedback=True), dict(compress_v=False),
-                                dict(v_bits=2, block_size=64)], ids=str)
+VARIANTS = [dict(faithful=True), dict(m_ref_bits=1), dict(error_feedback=True),
+            dict(compress_v=False), dict(v_bits=2, block_size=64)]
+
+
+@pytest.mark.parametrize("kw", VARIANTS, ids=str)
 def test_variants_pass_the_core_contract(kw):
-  for check in (contract.check_parabola, contract.check_nnx_optimizer,
-                contract.check_explicit_sharding):
-    check(functools.partial(make, **kw))
+  """Each variant's update math (convergence, and training under nnx.jit) and its
+  state layout (explicit FSDP sharding)."""
+  opt = functools.partial(make, **kw)
+  contract.check_parabola(opt)
+  contract.check_nnx_optimizer(opt, modes=("jit",))
+  contract.check_explicit_sharding(opt)
+
+
+@pytest.mark.exhaustive
+@pytest.mark.parametrize("kw", VARIANTS, ids=str)
+def test_variants_train_eagerly_in_nnx_optimizer(kw):
+  """The same nnx.Optimizer steps without jit: the variant's math is the one
+  checked jitted above, and eager nnx.Optimizer is checked for the default
+  turbo_adam in test_contract.py (a repeat of both, on another preset)."""
+  contract.check_nnx_optimizer(functools.partial(make, **kw), modes=("eager",))
 
 
 def test_module_is_importable_and_exports_static_args():

@@ -20,6 +20,10 @@ def test_every_benchmark_runs_tiny(name, monkeypatch):
   monkeypatch.delenv("OUT", raising=False)
   mod = harness.module(name)
   assert dataclasses.is_dataclass(mod.TINY) and mod.TINY.__dataclass_params__.frozen
+  if name == "holo_adam":  # its projected table on the 70B shapes is the 7B's code
+    # (untied, 80 layers instead of 32; 1B is the tied one) and ~60% of the run
+    monkeypatch.setattr(mod, "LLAMA_SIZES", {k: v for k, v in mod.LLAMA_SIZES.items()
+                                             if not k.startswith("70B")})
   out = mod.run(mod.TINY)
   assert isinstance(out, Result) and out.table.strip() and out.results
   json.dumps(out.results)  # a record can hold it
