@@ -147,7 +147,7 @@ def test_prefill_equals_decode(tiny, k, read, sinks, center):
   ids = _ids((2, 18), seed=k)
   g, s = nnx.split(tiny)
   ref = _extend_all(g, s, ids, spec)
-  for p in (1, 5, 8):
+  for p in (3, 8):  # inside the sink group, group-aligned
     got, _ = _teacher_forced(g, s, ids, p, spec)
     np.testing.assert_allclose(got[:, 1:], ref[:, p:], atol=2e-4)
     np.testing.assert_allclose(got[:, 0], ref[:, p - 1], atol=2e-4)

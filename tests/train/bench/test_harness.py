@@ -11,7 +11,7 @@ from holojax.train.bench.common import Result
 
 SLOW = {"phasor", "demo", "convergence", "turbo_adam"}  # > 20 s on 2 CPU cores
 # Their TINY runs end to end in their own tests (tests/train/bench/phasor/).
-ELSEWHERE = {"recall", "long_context", "pretrained"}  # pretrained: tests/train/bench/lm
+ELSEWHERE = {"recall", "long_context", "pretrained", "holokv"}  # the last two: tests/train/bench/lm (test_pretrained, test_holokv_bench)
 
 
 @pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.slow) if n in SLOW else n

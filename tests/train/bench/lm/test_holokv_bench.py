@@ -56,18 +56,26 @@ def test_lora_bad_target(tiny):
 
 def test_tiny_run_record(tmp_path):
   (tmp_path / "doc.md").write_text("Held-out prose for the test. " * 40)
-  cfg = hb.HoloKVEvalConfig.tiny(variants=("window", "holokv-k4-faithful+lora"),
+  cfg = hb.HoloKVEvalConfig.tiny(variants=("holokv-k4-faithful+lora",),
                                  passkey_lengths=(448,), demo_variant="holokv-k4-faithful+lora",
                                  text_dir=str(tmp_path))
   out = hb.run(cfg)
   r = out.results
   json.dumps(r)
-  assert set(r["perplexity"]) == {"window", "holokv-k4-faithful+lora"}
+  assert set(r["perplexity"]) == {"holokv-k4-faithful+lora"}
   assert r["bytes_per_token"]["holokv-k4-faithful+lora"]["formula"] == 2 * (2 * 2 * 16 * 4) / 4
   assert "holokv-k4-faithful" in r["lora"] and r["split"]["held_out_text"]["files"] == 1
   assert r["demo"]["key"] not in str(r["split"]["train"])
   assert "holokv-k4/xla" in r["decode"]["b2/256"]
   assert "passkey@448" in out.table and "demo" in out.table
+
+
+def test_variant_specs():
+  cfg = hb.HoloKVEvalConfig()
+  assert hb.spec_of("window", cfg, 8192).window == 2048  # the bytes of k = window_ratio
+  s = hb.spec_of("holokv-k8-faithful-c", cfg, 8192)
+  assert (s.kind, s.k, s.read, s.center, s.sinks) == ("holokv", 8, "faithful", True, 4)
+  assert hb.spec_of("int4", cfg, 8192).group == 32
 
 
 def test_keys_are_not_in_the_training_text():
