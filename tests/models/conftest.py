@@ -1,9 +1,13 @@
-"""Shared fixtures: the SmolLM2 GGUF (fetched once, as `holojax fetch smollm2` does), the
+"""Shared fixtures: teacher-forced decoding through a cache; the SmolLM2 GGUF (fetched once, as `holojax fetch smollm2` does), the
 model and tokenizer loaded from it (float32), and transformers' reference from the same file."""
 
 import contextlib
+import functools
 
+import jax
+import jax.numpy as jnp
 import pytest
+from flax import nnx
 
 # A few fixed prompts for the parity tests (chat, prose, code, digits).
 PROMPTS = [
@@ -76,3 +80,27 @@ def _parse_gguf_once():
     yield
   finally:
     gguf.GGUFReader, gguf.get_tensor_name_map = stock_reader, stock_map
+
+
+@functools.partial(jax.jit, static_argnums=(0, 3, 4, 5))
+def _teacher_forced(graphdef, state, ids, p, kind, max_len):
+  model = nnx.merge(graphdef, state)
+  logits_bv, cache = model.prefill(ids[:, :p], model.init_cache(ids.shape[0], max_len, kind))
+
+  def body(cache, tok_b):
+    logits_bv, cache = model.step(tok_b, cache)
+    return cache, logits_bv
+
+  cache, logits_tbv = jax.lax.scan(body, cache, ids[:, p:].T)
+  return jnp.concatenate([logits_bv[:, None], logits_tbv.transpose(1, 0, 2)], 1), cache
+
+
+@pytest.fixture(scope="session")
+def decode_logits():
+  """``decode_logits(model, ids, kind, p, max_len=64)``: prefill ids[:, :p] into a
+  cache of ``kind``, then one step per remaining token (one jitted scan):
+  (logits [B, T - p + 1, V], cache)."""
+  def run(model, ids, kind, p, max_len=64):
+    graphdef, state = nnx.split(model)
+    return _teacher_forced(graphdef, state, ids, p, kind, max_len)
+  return run

@@ -1,8 +1,6 @@
 """KV cache kinds and the shared generate on the tiny Llama: parity with the full forward,
 quantisation error, the window rule, bytes, no recompilation per token, bad input."""
 
-import functools
-
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -37,29 +35,10 @@ def _extend(model, ids, cache):
   return model.extend(ids, cache)
 
 
-@functools.partial(jax.jit, static_argnums=(0, 3, 4))
-def _teacher_forced(graphdef, state, ids, p, kind):
-  model = nnx.merge(graphdef, state)
-  logits_bv, cache = model.prefill(ids[:, :p], model.init_cache(ids.shape[0], 64, kind))
-
-  def body(cache, tok_b):
-    logits_bv, cache = model.step(tok_b, cache)
-    return cache, logits_bv
-
-  cache, logits_tbv = jax.lax.scan(body, cache, ids[:, p:].T)
-  return jnp.concatenate([logits_bv[:, None], logits_tbv.transpose(1, 0, 2)], 1), cache
-
-
-def _decode_logits(model, ids, kind, p):
-  """Prefill ids[:, :p], then step through the rest: logits [B, T - p + 1, V]."""
-  graphdef, state = nnx.split(model)
-  return _teacher_forced(graphdef, state, ids, p, kind)
-
-
-def test_full_decode_equals_forward(tiny):
+def test_full_decode_equals_forward(tiny, decode_logits):
   ids = _ids((2, 20))
   want = tiny(ids)[:, 7:]
-  got, cache = _decode_logits(tiny, ids, "full", 8)
+  got, cache = decode_logits(tiny, ids, "full", 8)
   np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
   assert int(cache.pos) == 20
   # chunked reading (extend) gives every position's logits
@@ -70,11 +49,11 @@ def test_full_decode_equals_forward(tiny):
 
 
 @pytest.mark.parametrize("kind,tol", [("int8", 0.02), ("int4", 0.3)])
-def test_quantised_decode_close_to_forward(tiny, kind, tol):
+def test_quantised_decode_close_to_forward(tiny, kind, tol, decode_logits):
   # Tolerance: max |logit error| / max |logit| (int8 measures ~0.2%, int4 ~4%).
   ids = _ids((2, 40), seed=1)
   want = tiny(ids)[:, 20:]
-  got, _ = _decode_logits(tiny, ids, CacheSpec(kind, group=8), 21)
+  got, _ = decode_logits(tiny, ids, CacheSpec(kind, group=8), 21)
   err = float(jnp.abs(got - want).max() / jnp.abs(want).max())
   assert 0 < err < tol, err
 
@@ -104,10 +83,10 @@ def test_quant_cache_error_bound_and_chunking(bits):
     np.testing.assert_array_equal(a, b)
 
 
-def test_window_rule(tiny):
+def test_window_rule(tiny, decode_logits):
   spec = CacheSpec("window", sinks=2, window=6)
   ids = _ids((1, 24), seed=3)
-  step_logits, cache = _decode_logits(tiny, ids, spec, 1)
+  step_logits, cache = decode_logits(tiny, ids, spec, 1)
   pre_logits, _ = _prefill(tiny, ids, spec)  # windowed prefill == windowed steps
   np.testing.assert_allclose(pre_logits, step_logits[:, -1], rtol=1e-5, atol=1e-5)
   # a token outside the sinks and the window does not matter; a sink does
@@ -118,8 +97,8 @@ def test_window_rule(tiny):
   assert float(jnp.abs(last(sink) - pre_logits).max()) > 1e-4
   assert sorted(np.asarray(cache.layers[0].pos).tolist()) == [0, 1, *range(18, 24)]
   # a window covering everything is the full cache
-  wide, _ = _decode_logits(tiny, ids, CacheSpec("window", sinks=2, window=40), 1)
-  full, _ = _decode_logits(tiny, ids, "full", 1)
+  wide, _ = decode_logits(tiny, ids, CacheSpec("window", sinks=2, window=40), 1)
+  full, _ = decode_logits(tiny, ids, "full", 1)
   np.testing.assert_allclose(wide, full, rtol=1e-5, atol=1e-5)
 
 
