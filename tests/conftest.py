@@ -26,9 +26,23 @@ def _xla_accepts(flag: str) -> bool:
     return False
 
 
+# The 8 CPU devices meet in in-process collectives; XLA:CPU aborts the whole
+# process (SIGABRT, a crashed xdist worker) when one device has not joined a
+# collective within its timeout, which a 2-core machine running two workers can
+# exceed while the other worker compiles. Wait longer where this XLA has the flags.
+_PATIENT_COLLECTIVES = ("--xla_cpu_collective_timeout_seconds=1800 "
+                        "--xla_cpu_collective_call_terminate_timeout_seconds=1800")
+
+
+def _optional_flags(*flags: str) -> str:
+  """The flags this XLA accepts: all at once if it can, else one by one."""
+  if _xla_accepts(" ".join(flags)):
+    return " ".join(flags)
+  return " ".join(f for f in flags if _xla_accepts(f))
+
+
 if "XLA_FLAGS" not in os.environ:
-  os.environ["XLA_FLAGS"] = (f"{_FLAGS} {_FAST_CPU_CODEGEN}" if _xla_accepts(_FAST_CPU_CODEGEN)
-                             else _FLAGS)
+  os.environ["XLA_FLAGS"] = f"{_FLAGS} {_optional_flags(_FAST_CPU_CODEGEN, _PATIENT_COLLECTIVES)}"
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
 # One persistent compilation cache per test session, empty at its start and

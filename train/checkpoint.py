@@ -40,13 +40,22 @@ def manager(directory: str, *, keep: int, save_every: int) -> ocp.CheckpointMana
   return ocp.CheckpointManager(os.path.abspath(directory), options=options)
 
 
+@jax.jit
+def _all_finite(leaves) -> jax.Array:
+  return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in leaves]))
+
+
 def all_finite(state) -> jax.Array:
-  """bool[]: every floating-point array of ``state`` is free of NaN/Inf (on device)."""
+  """bool[]: every floating-point array of ``state`` is free of NaN/Inf (on device).
+
+  One compiled program for the whole tree: sharded arrays are reduced where they
+  live, with one set of collectives instead of one eager reduction per leaf.
+  """
   leaves = [x for x in jax.tree.leaves(state)
             if hasattr(x, "dtype") and jnp.issubdtype(x.dtype, jnp.inexact)]
   if not leaves:
     return jnp.asarray(True)
-  return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in leaves]))
+  return _all_finite(leaves)
 
 
 def _words(x: jax.Array) -> jax.Array:
