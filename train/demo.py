@@ -102,7 +102,7 @@ def format_table(rows: list[dict]) -> str:
   return "\n".join(lines)
 
 
-def plot_png(rows: list[dict], title: str) -> bytes:
+def plot_png(rows: list[dict], title: str, ylabel: str = "loss (nats/byte)") -> bytes:
   """Train (lines) and validation (dots) loss curves of ``rows``, as PNG bytes."""
   import matplotlib
   matplotlib.use("Agg")
@@ -115,7 +115,7 @@ def plot_png(rows: list[dict], title: str) -> bytes:
     steps, losses = zip(*r["eval_losses"])
     ax.plot(steps, losses, "o--", color=line.get_color(), label=f"{label} (val)")
   ax.set_xlabel("step")
-  ax.set_ylabel("loss (nats/byte)")
+  ax.set_ylabel(ylabel)
   ax.set_title(title)
   ax.grid(alpha=0.3)
   ax.legend(fontsize=8)

@@ -139,6 +139,22 @@ def test_from_dense_copies_bias_and_is_optimal():
   assert np.linalg.norm(bumped @ b_hi - w_oi) / np.linalg.norm(w_oi) > base
 
 
+def test_lowrank_from_dense_is_the_truncated_svd():
+  k_io = np.random.default_rng(4).normal(size=(12, 7))
+  layer, err = LowRankLinear.from_dense(k_io, 3, bias=np.ones(7), rngs=nnx.Rngs(0))
+  s = np.linalg.svd(k_io, compute_uv=False)
+  assert abs(err - np.sqrt(np.sum(s[3:] ** 2) / np.sum(s ** 2))) < 1e-6
+  k_new = np.asarray(layer.u_ir[...], np.float64) @ np.asarray(layer.v_ro[...], np.float64)
+  assert abs(np.linalg.norm(k_new - k_io) / np.linalg.norm(k_io) - err) < 1e-5
+  assert np.linalg.matrix_rank(k_new, tol=1e-4) == 3
+  np.testing.assert_allclose(np.asarray(layer(_x((2, 12)))),
+                             np.asarray(_x((2, 12)), np.float64) @ k_new + 1, rtol=1e-4, atol=1e-4)
+  full, err_full = LowRankLinear.from_dense(k_io, 7, rngs=nnx.Rngs(0))  # full rank: exact
+  assert err_full < 1e-6
+  with pytest.raises(ValueError, match="rank=8 exceeds min"):
+    LowRankLinear.from_dense(k_io, 8, rngs=nnx.Rngs(0))
+
+
 def test_lowrank_linear_and_sine():
   low = LowRankLinear(6, 4, 2, use_bias=True, rngs=nnx.Rngs(0))
   x_bi = _x((3, 6))

@@ -48,6 +48,9 @@ BENCHMARKS: dict[str, tuple[str, str]] = {
     "holokv": ("holojax.train.bench.lm.holokv",
                "HoloKV (k tokens per KV slot) vs int4/int8/window caches at equal bytes, "
                "LoRA denoising"),
+    "holo_convert": ("holojax.train.bench.lm.holo_convert",
+                     "SmolLM2 with HOLO / low-rank layers: fresh init (the seed) vs least "
+                     "squares vs distilled; parameters, perplexity"),
     "turbo_adam": ("holojax.train.bench.optim.turbo_adam",
                    "TurboAdam: state bits/param (GPT-2 124M tree) and optimizer step time"),
     "holo_adam": ("holojax.train.bench.optim.holo_adam",

@@ -10,8 +10,8 @@ from holojax.train.bench import harness
 from holojax.train.bench.common import Result
 
 SLOW = {"phasor", "demo", "convergence", "turbo_adam"}  # > 20 s on 2 CPU cores
-# Their TINY runs end to end in their own tests (tests/train/bench/phasor/).
-ELSEWHERE = {"recall", "long_context", "pretrained", "holokv"}  # the last two: tests/train/bench/lm (test_pretrained, test_holokv_bench)
+# Their TINY runs end to end in their own tests (tests/train/bench/phasor/, tests/train/bench/lm/).
+ELSEWHERE = {"recall", "long_context", "pretrained", "holokv", "holo_convert", "finetune"}
 
 
 @pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.slow) if n in SLOW else n

@@ -40,17 +40,14 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import math
 import re
 import time
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 from flax import nnx
 
-from holojax.data.text import default_corpus_path
 from holojax.models import decoding, holokv, kv_cache
 from holojax.models.kv_cache import CacheSpec
 from holojax.models.llama import _attention_impl
@@ -59,6 +56,7 @@ from holojax.optim.accounting import tree_bytes
 from holojax.train.bench import common
 from holojax.train.bench.common import Progress, Result
 from holojax.train.bench.lm import pretrained
+from holojax.train.bench.lm.distill import distill_loop, kl_to_teacher, train_tokens
 
 _VARIANT = re.compile(r"^(full|int8|int4|window|holokv-k(\d)-(joint|faithful)(-c)?)(\+lora)?$")
 DEFAULT_VARIANTS = ("full", "int4", "window", "holokv-k1-joint",
@@ -256,23 +254,6 @@ def passkey(model, rows, spans, where, spec_at, batch: int, chunk: int) -> dict:
 
 # --- LoRA distillation --------------------------------------------------------------------
 
-def train_tokens(tok, n: int, root=None) -> tuple[np.ndarray, dict]:
-  """The first ``n`` tokens of the standard library's ``.py`` files (sorted)."""
-  root = root or default_corpus_path()
-  ids, files = [], 0
-  for path in sorted(root.rglob("*.py")):
-    if "test" in path.parts or "site-packages" in path.parts:
-      continue
-    ids.extend(tok.encode(path.read_text(encoding="utf-8", errors="ignore") + "\n\n"))
-    files += 1
-    if len(ids) >= n:
-      break
-  if len(ids) < n:
-    raise ValueError(f"{root} has {len(ids)} tokens of .py source, fewer than {n}")
-  return np.asarray(ids[:n], np.int32), {"source": f"{root} (*.py, tests skipped)",
-                                         "files": files, "tokens": n}
-
-
 def forward(model, ids_bt, spec):
   """(logits float32[B, T, V], each layer's attention output) through an empty cache."""
   b, t = ids_bt.shape
@@ -293,8 +274,7 @@ def distill_loss(student, teacher, ids_bt, spec, attn_weight: float):
   """KL(teacher || student) per token + attn_weight x mean relative attention error."""
   t_logits, t_attn = jax.lax.stop_gradient(forward(teacher, ids_bt, CacheSpec("full")))
   s_logits, s_attn = forward(student, ids_bt, spec)
-  lp_t, lp_s = jax.nn.log_softmax(t_logits, -1), jax.nn.log_softmax(s_logits, -1)
-  kl = jnp.mean(jnp.sum(jnp.exp(lp_t) * (lp_t - lp_s), -1))
+  kl = kl_to_teacher(t_logits, s_logits)
   rel = [jnp.mean(jnp.square((a - b).astype(jnp.float32)))
          / (jnp.mean(jnp.square(b.astype(jnp.float32))) + 1e-12) for a, b in zip(s_attn, t_attn)]
   return kl + attn_weight * jnp.mean(jnp.stack(rel)), kl
@@ -305,32 +285,11 @@ def distill(teacher, spec, tokens: np.ndarray, cfg: HoloKVEvalConfig, progress: 
   (student, {"kl": [...], "loss": [...], "lora_params", "seconds"})."""
   student = nnx.clone(teacher)
   add_lora(student, cfg.lora_rank, ("q_proj", "v_proj", "o_proj"), rngs=nnx.Rngs(cfg.seed))
-  sched = optax.warmup_cosine_decay_schedule(0.0, cfg.lora_lr, max(cfg.lora_steps // 10, 1),
-                                             cfg.lora_steps, cfg.lora_lr / 10)
-  opt = nnx.Optimizer(student, optax.adamw(sched, weight_decay=0.0), wrt=nnx.LoRAParam)
-
-  @nnx.jit
-  def step(student, opt, teacher, ids):
-    def loss_fn(s):
-      return distill_loss(s, teacher, ids, spec, cfg.attn_weight)
-    (loss, kl), grads = nnx.value_and_grad(loss_fn, argnums=nnx.DiffState(0, nnx.LoRAParam),
-                                           has_aux=True)(student)
-    opt.update(student, grads)
-    return loss, kl
-
-  rng = np.random.default_rng(cfg.seed + 1)
-  starts = rng.integers(0, len(tokens) - cfg.lora_seq, size=(cfg.lora_steps, cfg.lora_batch))
-  log = {"loss": [], "kl": []}
-  t0 = time.perf_counter()
-  for i in range(cfg.lora_steps):
-    ids = np.stack([tokens[s:s + cfg.lora_seq] for s in starts[i]])
-    loss, kl = step(student, opt, teacher, jnp.asarray(ids))
-    log["loss"].append(loss)
-    log["kl"].append(kl)
-    if (i + 1) % max(cfg.lora_steps // 5, 1) == 0:
-      progress.say(f"  lora step {i + 1}/{cfg.lora_steps}: loss {float(loss):.4f}")
-  log = {k: [float(x) for x in v] for k, v in log.items()}
-  log.update(lora_params=lora_count(student), seconds=time.perf_counter() - t0)
+  student, log = distill_loop(
+      student, lambda s, ids: distill_loss(s, teacher, ids, spec, cfg.attn_weight),
+      nnx.LoRAParam, tokens, steps=cfg.lora_steps, batch=cfg.lora_batch, seq=cfg.lora_seq,
+      lr=cfg.lora_lr, seed=cfg.seed, progress=progress, tag="lora")
+  log["lora_params"] = lora_count(student)
   return student, log
 
 

@@ -225,14 +225,19 @@ def _window_nll(graphdef, state, ids_bl, spec, chunk):
   return -total / (length - 1)
 
 
-def perplexity(model, ids: np.ndarray, spec: CacheSpec, context: int, windows: int,
-               chunk: int) -> float:
-  """exp(mean NLL) over ``windows`` consecutive windows of ``context`` tokens."""
+def mean_nll(model, ids: np.ndarray, spec: CacheSpec, context: int, windows: int,
+             chunk: int) -> float:
+  """Mean next-token NLL (nats) over ``windows`` consecutive windows of ``context`` tokens."""
   need = windows * context
   ids_bl = jnp.asarray(ids[:need].reshape(windows, context))
   graphdef, state = nnx.split(model)
-  nll_b = _window_nll(graphdef, state, ids_bl, spec, chunk)
-  return float(np.exp(np.mean(np.asarray(nll_b))))
+  return float(np.mean(np.asarray(_window_nll(graphdef, state, ids_bl, spec, chunk))))
+
+
+def perplexity(model, ids: np.ndarray, spec: CacheSpec, context: int, windows: int,
+               chunk: int) -> float:
+  """exp(mean NLL) over ``windows`` consecutive windows of ``context`` tokens."""
+  return float(np.exp(mean_nll(model, ids, spec, context, windows, chunk)))
 
 
 def passkey_prompt(tok, length: int, depth: float, key: str) -> list[int]:

@@ -12,6 +12,7 @@ from holojax.models import decoding
 from holojax.models.kv_cache import CacheSpec
 from holojax.models.lora import add_lora, lora_count
 from holojax.train.bench.lm import holokv as hb
+from holojax.train.bench.lm.distill import train_tokens
 from holojax.train.bench.lm import pretrained as pe
 
 
@@ -80,7 +81,7 @@ def test_variant_specs():
 
 def test_keys_are_not_in_the_training_text():
   tok = pe.ByteTokenizer()
-  text, info = hb.train_tokens(tok, 200_000)
+  text, info = train_tokens(tok, 200_000)
   rows, _, keys, _ = hb.passkey_rows(tok, hb.HoloKVEvalConfig.tiny(),
                                      np.random.default_rng(0))
   corpus = bytes(text.astype(np.uint8)).decode("utf-8", "replace")
