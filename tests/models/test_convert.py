@@ -9,7 +9,7 @@ import optax
 import pytest
 from flax import nnx
 
-from holojax.models.convert import (ConvertSpec, convert, param_count, stored_bytes,
+from holojax.models.convert import (ConvertSpec, convert, input_grams, param_count, stored_bytes,
                                     trainable)
 from holojax.models.llama import LLAMA_PRESETS, Llama
 from holojax.models.lora import add_lora
@@ -153,3 +153,40 @@ def test_layers_that_cannot_be_converted_are_named():
     ConvertSpec("holo", harmonics=0)
   with pytest.raises(ValueError, match="rank"):
     ConvertSpec("holo", rank=4)
+  with pytest.raises(ValueError, match="calibrated"):
+    ConvertSpec("holo-fresh", calibrated=True)
+
+
+def test_input_grams_are_the_inputs_gram_matrices_and_leave_the_model_as_it_was():
+  model = _tiny()
+  ids = np.asarray(IDS).reshape(1, 2, 12)
+  want = model(IDS)
+  grams = input_grams(model, ids, ("q_proj", "down_proj"))
+  assert isinstance(model.layers[0].q_proj, nnx.Linear)
+  np.testing.assert_array_equal(np.asarray(model(IDS)), np.asarray(want))
+  x = model.embed(IDS)  # block 0's q_proj reads input_norm(embeddings)
+  h = np.asarray(model.layers[0].input_norm(x), np.float64).reshape(-1, TINY.hidden_size)
+  np.testing.assert_allclose(grams["layers[0].q_proj"], h.T @ h, rtol=1e-4, atol=1e-4)
+  assert grams["layers[1].down_proj"].shape == (TINY.intermediate_size,) * 2
+
+
+@pytest.mark.parametrize("kind", ["holo", "lowrank"])
+def test_calibrated_fit_is_optimal_for_the_outputs(kind):
+  model = _tiny()
+  rng = np.random.default_rng(0)
+  # Inputs confined to a few directions: a calibrated fit only needs those.
+  grams = input_grams(model, rng.integers(0, 256, (2, 2, 16)).astype(np.int32))
+  plain, fits = convert(nnx.clone(model), ConvertSpec(kind, "mlp", harmonics=8), grams)
+  cal, cfits = convert(nnx.clone(model), ConvertSpec(kind, "mlp", harmonics=8, calibrated=True),
+                       grams)
+  for f, c in zip(fits, cfits):
+    assert c.out_err < f.out_err, (f, c)
+    assert f.rel_err <= c.rel_err + 1e-6  # the plain fit is the best for the weights
+  # The output error is what it says: ||X (K' - K)|| / ||X K|| on the calibration inputs.
+  c = cfits[0]
+  g = grams[c.layer]
+  k = np.asarray(model.layers[0].gate_proj.kernel[...], np.float64)
+  d = _kernel(cal.layers[0].gate_proj) - k
+  assert abs(np.sqrt(np.trace(d.T @ g @ d) / np.trace(k.T @ g @ k)) - c.out_err) < 1e-4
+  with pytest.raises(ValueError, match=r"layers\[0\]\.gate_proj has no calibration"):
+    convert(nnx.clone(model), ConvertSpec(kind, "mlp", harmonics=8, calibrated=True))

@@ -12,10 +12,14 @@ distillation):
 * ``holo-mlp-hH``: the seed's hybrid, only gate/up/down converted.
 * ``lowrank-all-hH``: the truncated SVD at the rank of equal parameters, the
   honest baseline (``lowrank-mlp-hH`` likewise).
+* ``-cal`` after the kind (``holo-cal-all-hH``, ``lowrank-cal-mlp-hH``): each
+  layer fitted to its outputs on calibration inputs (the teacher reading
+  ``calib_batches`` x ``distill_batch`` x ``distill_seq`` tokens of the
+  distillation text) instead of to its weights.
 
 For each: learned parameters and stored bytes (parameters plus the fixed
 bases), the change against the original, the relative fit error of every
-converted layer, held-out perplexity (site-packages documentation,
+converted layer (of its weights, and of its outputs on the calibration inputs), held-out perplexity (site-packages documentation,
 ``pretrained.held_out_tokens``, ``ppl_windows`` windows of ``ppl_context``
 tokens) and greedy answers to ``prompts`` in the chat template.
 Distillation trains only the converted layers' parameters (the HOLO bases stay
@@ -41,15 +45,16 @@ import numpy as np
 from flax import nnx
 
 from holojax.models import decoding
-from holojax.models.convert import ConvertSpec, convert, param_count, stored_bytes, \
-    swapped_params, trainable
+from holojax.models.convert import ConvertSpec, convert, input_grams, param_count, \
+    stored_bytes, swapped_params, trainable
 from holojax.models.kv_cache import CacheSpec
 from holojax.models.tokenizer import chatml
 from holojax.train.bench.common import Progress, Result, device_memory, require_positive
 from holojax.train.bench.lm import pretrained
 from holojax.train.bench.lm.distill import distill_loop, kl_to_teacher, train_tokens
 
-_VARIANT = re.compile(r"^(original|(holo-fresh|holo|lowrank)-(all|mlp|attn)-h(\d+))(\+distill)?$")
+_VARIANT = re.compile(
+    r"^(original|(holo-fresh|holo|lowrank)(-cal)?-(all|mlp|attn)-h(\d+))(\+distill)?$")
 PROMPTS = ("What is the capital of France?",
            "Write one sentence about the ocean.",
            "What does a Python list do?")
@@ -79,6 +84,8 @@ class HoloConvertConfig:
     distill_batch: windows per step.
     distill_seq: tokens per window.
     distill_lr: peak AdamW learning rate of distillation.
+    calib_batches: batches of ``distill_batch`` x ``distill_seq`` tokens whose
+      inputs calibrate ``-cal`` fits and measure every fit's output error.
     seed: bases, initialisations and the order of the training windows.
   """
 
@@ -99,6 +106,7 @@ class HoloConvertConfig:
   distill_batch: int = 8
   distill_seq: int = 512
   distill_lr: float = 1e-3
+  calib_batches: int = 4
   seed: int = 0
 
   def __post_init__(self):
@@ -109,7 +117,7 @@ class HoloConvertConfig:
     if self.dtype not in ("float32", "bfloat16"):
       raise ValueError(f"dtype={self.dtype!r} must be 'float32' or 'bfloat16'")
     require_positive(self, "ppl_context", "ppl_windows", "ppl_chunk", "new_tokens",
-                     "distill_steps", "distill_batch", "distill_seq")
+                     "distill_steps", "distill_batch", "distill_seq", "calib_batches")
     if self.ppl_context % self.ppl_chunk:
       raise ValueError(f"ppl_context={self.ppl_context} must be a multiple of "
                        f"ppl_chunk={self.ppl_chunk}")
@@ -119,7 +127,7 @@ class HoloConvertConfig:
   @classmethod
   def tiny(cls, **kw) -> "HoloConvertConfig":
     base = dict(model="llama-tiny", variants=("original", "holo-fresh-all-h8",
-                                              "holo-all-h8+distill", "lowrank-mlp-h8"),
+                                              "holo-all-h8+distill", "lowrank-cal-mlp-h8"),
                 ppl_context=64, ppl_windows=2, ppl_chunk=32, prompts=("Hi",), new_tokens=4,
                 distill_steps=3, distill_batch=2, distill_seq=32)
     return cls(**{**base, **kw})
@@ -133,7 +141,8 @@ def spec_of(variant: str, seed: int) -> ConvertSpec | None:
   m = _VARIANT.match(variant)
   if m.group(1) == "original":
     return None
-  return ConvertSpec(m.group(2), targets=m.group(3), harmonics=int(m.group(4)), seed=seed)
+  return ConvertSpec(m.group(2), targets=m.group(4), harmonics=int(m.group(5)), seed=seed,
+                     calibrated=bool(m.group(3)))
 
 
 def answers(model, tok, prompts, new_tokens: int) -> list[str]:
@@ -164,6 +173,7 @@ def _fit_summary(fits) -> dict:
   for f in fits:
     by_kind.setdefault(f.layer.split(".")[-1], []).append(f.rel_err)
   return {"mean": float(np.mean([f.rel_err for f in fits])),
+          "out_mean": float(np.mean([f.out_err for f in fits])),
           "by_projection": {k: float(np.mean(v)) for k, v in by_kind.items()}}
 
 
@@ -173,16 +183,21 @@ def run(cfg: HoloConvertConfig, progress: Progress = Progress()) -> Result:
       model=cfg.model, path=cfg.path, dtype=cfg.dtype, caches=("full",)))
   text_ids, text_info = pretrained.held_out_tokens(tok, cfg.ppl_context * cfg.ppl_windows,
                                                    cfg.text_dir)
-  need = any(v.endswith("+distill") for v in cfg.variants)
-  if need and cfg.model != "llama-tiny":
-    train_ids, train_info = train_tokens(tok, 200 * cfg.distill_seq)
+  n_calib = cfg.calib_batches * cfg.distill_batch * cfg.distill_seq
+  if cfg.model != "llama-tiny":
+    train_ids, train_info = train_tokens(tok, 200 * cfg.distill_seq + n_calib)
   else:
     train_ids = np.asarray(tok.encode(" ".join(["x = 1"] * 2000)), np.int32)
     train_info = {"source": "synthetic (tiny run)"}
+  calib, train_ids = train_ids[-n_calib:], train_ids[:-n_calib]  # disjoint
   base_params, base_bytes = param_count(teacher), stored_bytes(teacher)
+  grams = input_grams(teacher, calib.reshape(cfg.calib_batches, cfg.distill_batch,
+                                             cfg.distill_seq))
   phi3 = swapped_params(PHI3_SHAPES, 32, 64, PHI3_KEPT)
   results = {"model": cfg.model, "dtype": cfg.dtype,
-             "split": {"distill_train": train_info, "held_out_text": text_info},
+             "split": {"distill_train": train_info, "held_out_text": text_info,
+                       "calibration": f"{n_calib} tokens of the same source after the "
+                                      f"distillation text"},
              "seed_table_check": {"model": "Phi-3-mini (by formula, H=64)",
                                   "params_before": phi3[0], "params_after": phi3[1],
                                   "change": phi3[1] / phi3[0] - 1},
@@ -199,7 +214,7 @@ def run(cfg: HoloConvertConfig, progress: Progress = Progress()) -> Result:
     elif base in converted:
       model = nnx.clone(converted[base])
     else:
-      model, fits = convert(nnx.clone(teacher), spec)
+      model, fits = convert(nnx.clone(teacher), spec, grams)
       converted[base] = nnx.clone(model)
       results["fits"][base] = {"summary": _fit_summary(fits),
                                "layers": [f._asdict() for f in fits]}
@@ -211,6 +226,7 @@ def run(cfg: HoloConvertConfig, progress: Progress = Progress()) -> Result:
         "params": params, "params_change": params / base_params - 1,
         "stored_bytes": nbytes, "bytes_change": nbytes / base_bytes - 1,
         "fit_err_mean": (results["fits"][base]["summary"]["mean"] if spec else 0.0),
+        "out_err_mean": (results["fits"][base]["summary"]["out_mean"] if spec else 0.0),
         "nll": nll, "perplexity": float(np.exp(nll)) if nll < 80 else None,
         "answers": answers(model, tok, cfg.prompts, cfg.new_tokens),
         "device_memory": device_memory(), "seconds": time.perf_counter() - t0}
@@ -224,11 +240,12 @@ def run(cfg: HoloConvertConfig, progress: Progress = Progress()) -> Result:
 
 def table(cfg: HoloConvertConfig, r: dict) -> str:
   """One row per variant, then the seed-table check and the first prompt's answers."""
-  head = ["variant", "params", "vs original", "stored MB", "fit err",
+  head = ["variant", "params", "vs original", "stored MB", "weight err", "output err",
           f"NLL@{cfg.ppl_context}", "ppl"]
   ppl = lambda v: "overflow" if v is None else f"{v:.4g}"
   rows = [[n, f"{v['params'] / 1e6:.1f}M", f"{100 * v['params_change']:+.1f}%",
            f"{v['stored_bytes'] / 2 ** 20:.0f}", f"{v['fit_err_mean']:.3f}",
+           f"{v['out_err_mean']:.3f}",
            f"{v['nll']:.3f}", ppl(v["perplexity"])] for n, v in r["rows"].items()]
   widths = [max(len(h), *(len(row[i]) for row in rows)) for i, h in enumerate(head)]
   fmt = lambda row: " | ".join(x.rjust(w) for x, w in zip(row, widths))
