@@ -295,7 +295,7 @@ def per_element(rms: jax.Array, block: int, length: int) -> jax.Array:
 def _init_leaf(p, compressed: bool, layout: HoloLayout):
   z = jnp.zeros_like(p, dtype=jnp.float32)
   if not compressed or p.ndim == 0 or p.size == 0:
-    return z, z
+    return z, jnp.zeros_like(z)  # two buffers: a donated step may not get one twice
   h, _ = layout.chunking(p.shape[-1])  # n_chunks <= holo_ratio <= codebook_size
   z = lay.reshard(z, lay.work_spec(z, None))
   hm = jnp.zeros_like(jnp.broadcast_to(z[..., None, :1], (*z.shape[:-1], layout.heads, h)),

@@ -363,7 +363,7 @@ def _init_leaf(p, layout: TurboAdamLayout):
   zb = lay.row_blocks(lay.reshard(z, lay.work_spec(z, bs)), bs) if (mc or vc) else None
   per_block = lambda k, dtype: jnp.zeros_like(zb[..., :k], dtype=dtype)
   mu = empty(jnp.float32) if mc else z
-  nu = empty(jnp.float32) if vc else z
+  nu = empty(jnp.float32) if vc else jnp.zeros_like(z)  # never one buffer twice: donation
   v = ((per_block(bs * layout.v_bits // 8, jnp.uint8), per_block(2, jnp.float16)) if vc
        else (empty(jnp.uint8), empty(jnp.float16)))
   if mc:

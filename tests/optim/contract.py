@@ -16,6 +16,8 @@ round trips and ``optax.inject_hyperparams``.
 
 from __future__ import annotations
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -70,11 +72,12 @@ def check_rosenbrock(make_opt, lr=0.02, steps=800, n=4096, target=0.05):
 
 
 def check_no_recompile(make_opt):
-  """The jitted update traces once for two steps."""
+  """The jitted update traces once for two steps, with parameters and state donated
+  as a train step does them (an eager ``init`` must not hold one buffer twice)."""
   traces = []
   opt = make_opt(1e-2)
 
-  @jax.jit
+  @functools.partial(jax.jit, donate_argnums=(0, 1))
   def step(p, s):
     traces.append(1)
     u, s = opt.update(jax.grad(parabola_loss)(p), s, p)
