@@ -51,6 +51,9 @@ BENCHMARKS: dict[str, tuple[str, str]] = {
     "holo_convert": ("holojax.train.bench.lm.holo_convert",
                      "SmolLM2 with HOLO / low-rank layers: fresh init (the seed) vs least "
                      "squares vs distilled; parameters, perplexity"),
+    "finetune": ("holojax.train.bench.lm.finetune",
+                 "SmolLM2 instruction fine-tune (stdlib docstrings), every optimizer at its "
+                 "best rate: held-out loss, state bytes"),
     "turbo_adam": ("holojax.train.bench.optim.turbo_adam",
                    "TurboAdam: state bits/param (GPT-2 124M tree) and optimizer step time"),
     "holo_adam": ("holojax.train.bench.optim.holo_adam",
