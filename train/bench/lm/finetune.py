@@ -32,6 +32,7 @@ import dataclasses
 import functools
 import statistics
 import time
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -177,23 +178,36 @@ def _tx(name: str, learning_rate, seed: int):
                      registry.get(name, learning_rate, 0.0, **kw))
 
 
-def train_run(base_state, graphdef, name: str, lr: float, steps: int, data: Splits,
-              cfg: FinetuneConfig, evals: dict, progress: Progress) -> dict:
-  """``steps`` steps of ``name`` at peak rate ``lr``; the losses, the evaluations and costs."""
+class Runner(NamedTuple):
+  """One optimizer's compiled step (its rate set per step: one compile for the sweep and
+  the final run) and the shared evaluation step."""
+
+  name: str
+  tx: optax.GradientTransformation
+  step: Any
+  eval_step: Any
+
+
+def runner(name: str, graphdef, eval_step, cfg: FinetuneConfig) -> Runner:
   tx = host_lr(functools.partial(_tx, name, seed=cfg.seed))
+  return Runner(name, tx, make_train_step(graphdef, tx, _loss), eval_step)
+
+
+def train_run(base_state, graphdef, run: Runner, lr: float, steps: int, data: Splits,
+              cfg: FinetuneConfig, evals: dict, progress: Progress) -> dict:
+  """``steps`` steps of ``run``'s optimizer at peak rate ``lr`` from ``base_state`` (copied);
+  the losses, the evaluations and costs."""
   model = nnx.merge(graphdef, jax.tree.map(jnp.copy, base_state))
   params = nnx.state(model, nnx.Param).to_pure_dict()
-  gdef, state = init_state(lambda: model, tx)
-  step = make_train_step(gdef, tx, _loss)
-  eval_step = make_eval_step(gdef, _answer_nll)
+  _, state = init_state(lambda: model, run.tx)
   sched = warmup_cosine(lr, max(steps // 10, 1), steps)
   batches = instruct.batches(data.train, cfg.batch, seed=cfg.seed)
   losses, times = [], []
   for i in range(steps):
     b = next(batches)
     t0 = time.perf_counter()
-    state, metrics = step(with_learning_rate(state, float(sched(i))),
-                          (jnp.asarray(b.ids_bt), jnp.asarray(b.labels_bt)))
+    state, metrics = run.step(with_learning_rate(state, float(sched(i))),
+                              (jnp.asarray(b.ids_bt), jnp.asarray(b.labels_bt)))
     losses.append(float(metrics["train/loss"]))
     times.append(time.perf_counter() - t0)
     if not np.isfinite(losses[-1]):
@@ -204,8 +218,8 @@ def train_run(base_state, graphdef, name: str, lr: float, steps: int, data: Spli
          "state_bits_per_param": state_bits_per_param(state["opt"], params)}
   for split, enc in evals.items():
     out[f"{split}_loss"] = (float("nan") if out["diverged"] else
-                            evaluate(eval_step, state, enc, cfg.batch))
-  progress.say(f"  {name} lr {lr:g}: train {losses[-1]:.4f}, "
+                            evaluate(run.eval_step, state, enc, cfg.batch))
+  progress.say(f"  {run.name} lr {lr:g}: train {losses[-1]:.4f}, "
                + ", ".join(f"{k} {out[f'{k}_loss']:.4f}" for k in evals))
   return out
 
@@ -223,16 +237,17 @@ def run(cfg: FinetuneConfig, progress: Progress = Progress()) -> Result:
   results = {"model": cfg.model, "dtype": cfg.dtype, "split": data.info,
              "lr_grid": list(cfg.lr_grid), "optimizers": {}}
   progress.say(f"data: {data.info}")
-  before = evaluate(make_eval_step(graphdef, _answer_nll), {"model": base_state},
-                    data.test, cfg.batch)
+  eval_step = make_eval_step(graphdef, _answer_nll)
+  before = evaluate(eval_step, {"model": base_state}, data.test, cfg.batch)
   results["before_test_loss"] = before
   for name in cfg.optimizers:
     progress.say(f"{name}: sweep")
-    sweep = [train_run(base_state, graphdef, name, lr, cfg.sweep_steps, data, cfg,
+    run_ = runner(name, graphdef, eval_step, cfg)
+    sweep = [train_run(base_state, graphdef, run_, lr, cfg.sweep_steps, data, cfg,
                        {"val": data.val}, progress) for lr in cfg.lr_grid]
     ok = [s for s in sweep if not s["diverged"]]
     best = min(ok, key=lambda s: s["val_loss"])["lr"] if ok else min(cfg.lr_grid)
-    final = train_run(base_state, graphdef, name, best, cfg.steps, data, cfg,
+    final = train_run(base_state, graphdef, run_, best, cfg.steps, data, cfg,
                       {"val": data.val, "test": data.test}, progress)
     final["device_memory"] = device_memory()
     results["optimizers"][name] = {"sweep": [{k: s[k] for k in ("lr", "val_loss", "diverged")}
