@@ -21,6 +21,8 @@ EXPECT = {
     "holo_layers.ipynb": ["TINY=True", "holo_seed_init", "learned parameters"],
     "phasor_memory.ipynb": ["MQAR accuracy", "measured",
                             "prefill == recurrent steps: True"],
+    "pretrained_experiments.ipynb": ["seed's table by formula", "output err", "held-out loss",
+                                     "lowest held-out loss"],
     "pretrained.ipynb": ["bytes/token", "ppl@", "passkey accuracy by kind",
                          "HoloKV demo through", "HoloKV passkey accuracy"],
 }
