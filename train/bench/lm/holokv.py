@@ -182,30 +182,9 @@ def spec_of(name: str, cfg: HoloKVEvalConfig, context: int) -> CacheSpec:
 
 # --- scoring through a cache --------------------------------------------------------------
 
-@functools.partial(jax.jit, static_argnums=(0, 3, 4))
-def _score(graphdef, state, ids_bl, spec, chunk):
-  """Each position's log-prob of the next token and whether it is the argmax:
-  (logp float32[B, L-1], hit bool[B, L-1]), read through the cache in chunks."""
-  model = nnx.merge(graphdef, state)
-  b, length = ids_bl.shape
-  cache = model.init_cache(b, length, spec)
-  ids_cbt = ids_bl.reshape(b, length // chunk, chunk).transpose(1, 0, 2)
-
-  def body(cache, ids_bt):
-    logits_btv, cache = model.extend(ids_bt, cache)
-    logp = jax.nn.log_softmax(logits_btv, axis=-1)
-    return cache, (logp, jnp.argmax(logits_btv, -1))
-
-  _, (logp_cbtv, arg_cbt) = jax.lax.scan(body, cache, ids_cbt)
-  logp_btv = logp_cbtv.transpose(1, 0, 2, 3).reshape(b, length, -1)[:, :-1]
-  arg_bt = arg_cbt.transpose(1, 0, 2).reshape(b, length)[:, :-1]
-  nxt = ids_bl[:, 1:]
-  return jnp.take_along_axis(logp_btv, nxt[..., None], -1)[..., 0], arg_bt == nxt
-
-
 def perplexity(model, text_ids, spec, context: int, windows: int, chunk: int) -> float:
   ids = jnp.asarray(text_ids[:windows * context].reshape(windows, context))
-  logp, _ = _score(*nnx.split(model), ids, spec, chunk)
+  logp, _ = pretrained.token_scores(*nnx.split(model), ids, spec, chunk)
   return float(np.exp(-np.mean(np.asarray(logp))))
 
 
@@ -237,7 +216,7 @@ def passkey(model, rows, spans, where, spec_at, batch: int, chunk: int) -> dict:
       part = idx[i:i + batch]
       ids = np.zeros((batch, rows.shape[1]), np.int32)
       ids[:len(part)] = rows[part]
-      _, hit = _score(graphdef, state, jnp.asarray(ids), spec_at(n), chunk)
+      _, hit = pretrained.token_scores(graphdef, state, jnp.asarray(ids), spec_at(n), chunk)
       hit = np.asarray(hit)
       for j, r in enumerate(part):
         a, b = spans[r]

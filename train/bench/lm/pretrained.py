@@ -202,27 +202,33 @@ def held_out_tokens(tok, n: int, root=None) -> tuple[np.ndarray, dict]:
 
 
 @functools.partial(jax.jit, static_argnums=(0, 3, 4))
-def _window_nll(graphdef, state, ids_bl, spec, chunk):
-  """Mean next-token NLL of each row, read through the cache in chunks."""
+def token_scores(graphdef, state, ids_bl, spec, chunk):
+  """Every token's log-probability given the ones before it, and whether it was the
+  argmax, read through the cache in chunks of ``chunk`` tokens: (logp float32[B, L-1],
+  hit bool[B, L-1]) for tokens 1..L-1 (no [B, L, V] array is kept)."""
   model = nnx.merge(graphdef, state)
   b, length = ids_bl.shape
   cache = model.init_cache(b, length, spec)
   ids_cbt = ids_bl.reshape(b, length // chunk, chunk).transpose(1, 0, 2)
 
   def body(carry, ids_bt):
-    cache, prev_bv = carry
+    cache, prev_logp_bv, prev_arg_b = carry
     logits_btv, cache = model.extend(ids_bt, cache)
     logp_btv = jax.nn.log_softmax(logits_btv, axis=-1)
-    # position t of this chunk predicts token t + 1; the first token of the
-    # chunk is predicted by the previous chunk's last position
-    first = jnp.take_along_axis(prev_bv, ids_bt[:, :1], axis=-1)[:, 0]
+    arg_bt = jnp.argmax(logits_btv, axis=-1)
+    # position t of this chunk predicts token t + 1; the chunk's first token is
+    # predicted by the previous chunk's last position
+    first = jnp.take_along_axis(prev_logp_bv, ids_bt[:, :1], axis=-1)
     inner = jnp.take_along_axis(logp_btv[:, :-1], ids_bt[:, 1:, None], axis=-1)[..., 0]
-    return (cache, logp_btv[:, -1]), (first, inner)
+    hits = jnp.concatenate([(prev_arg_b == ids_bt[:, 0])[:, None], arg_bt[:, :-1] == ids_bt[:, 1:]],
+                           axis=1)
+    return ((cache, logp_btv[:, -1], arg_bt[:, -1]),
+            (jnp.concatenate([first, inner], axis=1), hits))
 
-  prev = jnp.zeros((b, model.config.vocab_size), jnp.float32)
-  _, (first_cb, inner_cbt) = jax.lax.scan(body, (cache, prev), ids_cbt)
-  total = inner_cbt.sum((0, 2)) + first_cb[1:].sum(0)  # the stream's first token is unscored
-  return -total / (length - 1)
+  init = (cache, jnp.zeros((b, model.config.vocab_size), jnp.float32), jnp.zeros((b,), jnp.int32))
+  _, (logp_cbt, hit_cbt) = jax.lax.scan(body, init, ids_cbt)
+  order = lambda x_cbt: x_cbt.transpose(1, 0, 2).reshape(b, length)[:, 1:]  # token 0 unscored
+  return order(logp_cbt), order(hit_cbt)
 
 
 def mean_nll(model, ids: np.ndarray, spec: CacheSpec, context: int, windows: int,
@@ -231,7 +237,8 @@ def mean_nll(model, ids: np.ndarray, spec: CacheSpec, context: int, windows: int
   need = windows * context
   ids_bl = jnp.asarray(ids[:need].reshape(windows, context))
   graphdef, state = nnx.split(model)
-  return float(np.mean(np.asarray(_window_nll(graphdef, state, ids_bl, spec, chunk))))
+  logp_bl, _ = token_scores(graphdef, state, ids_bl, spec, chunk)
+  return -float(np.mean(np.asarray(logp_bl)))
 
 
 def perplexity(model, ids: np.ndarray, spec: CacheSpec, context: int, windows: int,

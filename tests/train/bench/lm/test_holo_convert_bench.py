@@ -32,7 +32,9 @@ def test_tiny_run_rows_match_the_parameter_formula(tiny):
   rows = r["rows"]
   assert rows["original"]["params"] == cfg.num_params()
   assert rows["holo-fresh-all-h8"]["params"] == rows["holo-all-h8+distill"]["params"] == want_holo
-  assert rows["lowrank-mlp-h8"]["params"] == want_low
+  assert rows["lowrank-cal-mlp-h8"]["params"] == want_low
+  # fitted to the calibration inputs' outputs, not to the weights
+  assert rows["lowrank-cal-mlp-h8"]["out_err_mean"] < rows["lowrank-cal-mlp-h8"]["fit_err_mean"]
   assert rows["holo-fresh-all-h8"]["fit_err_mean"] > 0.9  # nothing transferred
   assert rows["original"]["fit_err_mean"] == 0.0
   fits = r["fits"]["holo-all-h8"]["layers"]
