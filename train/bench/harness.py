@@ -58,6 +58,9 @@ BENCHMARKS: dict[str, tuple[str, str]] = {
                    "TurboAdam: state bits/param (GPT-2 124M tree) and optimizer step time"),
     "holo_adam": ("holojax.train.bench.optim.holo_adam",
                   "HoloAdam: state bits/param per preset, projected table, step time"),
+    "optimizer_step": ("holojax.train.bench.optim.optimizer_step",
+                       "Every optimizer's jitted step: compile time (10 vs 200 leaves), step "
+                       "time vs optax.adamw, memory floor"),
     "convergence": ("holojax.train.bench.optim.convergence",
                     "Optimizers at equal steps on one model: final loss, gap to AdamW"),
     "demo": ("holojax.train.bench.optim.demo",
