@@ -70,10 +70,21 @@ def median_time(f, *args, repeats: int = 20, warmup: int = 1) -> float:
 
 
 def copy_bandwidth(num_bytes: int, repeats: int = 20) -> float:
-  """Measured device copy bandwidth in bytes/s (bytes read + bytes written)."""
-  x = jax.random.normal(jax.random.key(0), (num_bytes // 4,), jnp.float32)
-  f = jax.jit(lambda a: a * 1.0000001)
-  return 2 * x.nbytes / median_time(f, x, repeats=repeats)
+  """Measured device copy bandwidth in bytes/s (bytes read + bytes written).
+
+  The buffer is donated and threaded through the calls, so each timed call
+  reads and writes ``num_bytes`` in place; a fresh output per call (the
+  earlier version) also timed the allocator and, on a CPU, first-touch page
+  faults, and read 4-8x low (CPU: 4.9 vs 40.8 GB/s on 256 MiB).
+  """
+  x = [jax.random.normal(jax.random.key(0), (num_bytes // 4,), jnp.float32)]
+  f = jax.jit(lambda a: a * 1.0000001, donate_argnums=0)
+
+  def run():
+    x[0] = f(x[0])
+    return x[0]
+
+  return 2 * x[0].nbytes / median_time(run, repeats=repeats, warmup=2)
 
 
 def device_memory() -> dict:
