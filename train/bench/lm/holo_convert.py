@@ -92,10 +92,11 @@ class HoloConvertConfig:
   model: str = "smollm2-135m-instruct"
   path: str | None = None
   dtype: str = "float32"
-  variants: tuple[str, ...] = ("original", "holo-fresh-all-h64", "holo-all-h64",
-                               "holo-all-h64+distill", "lowrank-all-h64",
-                               "lowrank-all-h64+distill", "holo-mlp-h64", "holo-mlp-h64+distill",
-                               "lowrank-mlp-h64+distill", "holo-all-h128")
+  variants: tuple[str, ...] = ("original", "holo-fresh-all-h64", "holo-fresh-all-h64+distill",
+                               "holo-all-h64", "holo-cal-all-h64", "holo-cal-all-h64+distill",
+                               "lowrank-cal-all-h64", "lowrank-cal-all-h64+distill",
+                               "holo-cal-mlp-h64+distill", "lowrank-cal-mlp-h64+distill",
+                               "holo-cal-all-h128+distill")
   text_dir: str | None = None
   ppl_context: int = 1024
   ppl_windows: int = 8
