@@ -38,6 +38,7 @@ from holojax.kernels.backend import Implementation
 from holojax.kernels.phasor import (PhasorBlocks, bind, check_implementation, phasor_memory,
                                     phasor_memory_reference, read_scale, unbind,
                                     with_positions)
+from holojax.nn.window import WindowAttention, WindowCache
 
 __all__ = ["Implementation", "PhasorAttention", "PhasorBlocks", "PhasorCache",
            "PhasorFrequencies", "bind", "generate_random_phasors", "phasor_memory",
@@ -168,6 +169,7 @@ class PhasorCache(NamedTuple):
   s_im: jax.Array    # [B, H, D] float32, Im of S_t
   x_prev: jax.Array  # [B, dim], previous input (key conv); zeros at t=0
   pos: jax.Array     # shape=(), int32, next position t
+  win: WindowCache | None = None  # the last W keys/values (``window=W``), O(W)
 
 
 class PhasorAttention(nnx.Module):
@@ -191,6 +193,10 @@ class PhasorAttention(nnx.Module):
   fixed frequencies, a data-independent causal convolution (ablation).
   ``write_gate=True``: a learned sigmoid input gate per head and token on
   writes (not a decay), so filler tokens need not add noise.
+  ``window=W`` (> 0): exact softmax attention over the last W tokens
+  (``holojax.nn.window``, Based's sliding window) added to the output; its
+  output projection starts at zero. Decode state grows by O(W), not with
+  the context.
   ``implementation`` and ``blocks`` go to ``phasor_memory`` (its backend
   and the Pallas kernels' tile sizes).
 
@@ -202,7 +208,7 @@ class PhasorAttention(nnx.Module):
 
   def __init__(self, dim: int, heads: int, hd_dim: int, *,
                mode: str = "content", write_gate: bool = False,
-               max_seq_len: int | None = None,
+               window: int = 0, max_seq_len: int | None = None,
                freq_distribution: str = "uniform", freq_scale: float = 1.0,
                phase_init_scale: float = 1.0, pos_bandwidth_init: float = -5.0,
                scale: str = "sqrt_t", implementation: Implementation = None,
@@ -214,6 +220,8 @@ class PhasorAttention(nnx.Module):
       raise ValueError(f"mode={mode!r} must be 'content' or 'positional'")
     if max_seq_len is not None and max_seq_len < 1:
       raise ValueError(f"max_seq_len={max_seq_len} must be positive")
+    if isinstance(window, bool) or not isinstance(window, int) or window < 0:
+      raise ValueError(f"window={window!r} must be an int >= 0 (0: no window)")
     read_scale(0, scale)
     implementation = check_implementation(implementation)
     if blocks is not None and not isinstance(blocks, PhasorBlocks):
@@ -237,6 +245,10 @@ class PhasorAttention(nnx.Module):
           jnp.full((heads,), pos_bandwidth_init, param_dtype))
     if write_gate:
       self.g_proj = nnx.Linear(dim, heads, **lin)
+    self.window = window
+    if window:
+      self.window_attn = WindowAttention(dim, heads, window, dtype=dtype,
+                                         param_dtype=param_dtype, rngs=rngs)
     freq_hd = generate_random_phasors(
         rngs.params(), heads, self.head_dim, distribution=freq_distribution,
         scale=freq_scale)
@@ -284,6 +296,8 @@ class PhasorAttention(nnx.Module):
                            implementation=self.implementation,
                            blocks=self.blocks)
     out = self.o_proj(y_bthd.reshape(b, t, self.hd_dim).astype(self.dtype))
+    if self.window:
+      out = out + self.window_attn(x_btd)
     return out, v, k, w_hd
 
   def __call__(self, x_btd: jax.Array) -> jax.Array:
@@ -308,7 +322,8 @@ class PhasorAttention(nnx.Module):
     s_bhd = jnp.sum(bind(v, with_positions(k, w_hd, jnp.arange(t))), axis=1)
     cache = PhasorCache(s_bhd.real, s_bhd.imag,
                         x_btd[:, -1].astype(self.dtype),
-                        jnp.asarray(t, jnp.int32))
+                        jnp.asarray(t, jnp.int32),
+                        self.window_attn.cache_of(x_btd) if self.window else None)
     return y_btd, cache
 
   def init_cache(self, batch: int) -> PhasorCache:
@@ -317,7 +332,8 @@ class PhasorAttention(nnx.Module):
     return PhasorCache(jnp.zeros(shape, jnp.float32),
                        jnp.zeros(shape, jnp.float32),
                        jnp.zeros((batch, self.dim), self.dtype),
-                       jnp.zeros((), jnp.int32))
+                       jnp.zeros((), jnp.int32),
+                       self.window_attn.init_cache(batch) if self.window else None)
 
   def step(self, x_bd: jax.Array, cache: PhasorCache
            ) -> tuple[jax.Array, PhasorCache]:
@@ -339,4 +355,8 @@ class PhasorAttention(nnx.Module):
     y_bhd = y_bhd * read_scale(cache.pos, self.scale)
     y_bd = self.o_proj(y_bhd.astype(v.dtype).reshape(b, self.hd_dim)
                        .astype(self.dtype))
-    return y_bd, PhasorCache(s_re, s_im, x_bd, cache.pos + 1)
+    win = cache.win
+    if self.window:
+      y_win, win = self.window_attn.step(x_bd, cache.win, cache.pos)
+      y_bd = y_bd + y_win
+    return y_bd, PhasorCache(s_re, s_im, x_bd, cache.pos + 1, win)

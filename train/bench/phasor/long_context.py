@@ -105,6 +105,9 @@ class LongContextConfig:
     decode_max_minutes: decode budget (none: no limit).
     decode_mode: prefill (a parallel prefill per context) or stream (one
       continuous decode).
+    write_gate: the phasor model's learned input gate on writes (``HoloConfig``).
+    window: the phasor model's exact attention over the last ``window`` tokens in
+      every layer (0: none; ``HoloConfig``).
   """
 
   parts: tuple[str, ...] = ("lm", "decode")
@@ -131,6 +134,8 @@ class LongContextConfig:
   decode_batch: int = 1
   decode_max_minutes: float | None = 3.0
   decode_mode: str = "prefill"
+  write_gate: bool = False
+  window: int = 0
 
   def __post_init__(self):
     if not self.parts or set(self.parts) - set(PARTS):
@@ -190,7 +195,7 @@ def model_configs(cfg: LongContextConfig) -> tuple[HoloConfig, GPTConfig]:
   kw = dict(vocab_size=hdata.VOCAB_SIZE, width=cfg.width, layers=cfg.layers, heads=cfg.heads,
             dtype=cfg.dtype)
   return (lm_config("phasor", hd_dim=cfg.hd_dim, max_seq_len=max(max_len, cfg.decode_tokens),
-                    **kw),
+                    write_gate=cfg.write_gate, window=cfg.window, **kw),
           lm_config("attention", max_seq_len=max_len, **kw))
 
 
