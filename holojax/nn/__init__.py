@@ -10,6 +10,7 @@ from holojax.nn.holo import (
 from holojax.nn.phasor import (
   PhasorAttention, PhasorCache, bind, generate_random_phasors, phasor_memory,
   positional_phases, recall_probability, rope_frequencies, unbind)
+from holojax.nn.window import WindowAttention, WindowCache
 
 __all__ = [
   "Embed",
@@ -19,5 +20,5 @@ __all__ = [
   "HoloTransformerBlock", "HybridHoloBlock", "LowRankAttention",
   "LowRankLinear", "LowRankTransformerBlock", "SineActivation",
   "equal_param_rank", "holo_basis", "holo_basis_count", "holo_param_count",
-  "lowrank_param_count",
+  "lowrank_param_count", "WindowAttention", "WindowCache",
 ]
