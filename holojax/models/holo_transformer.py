@@ -49,7 +49,8 @@ class HoloConfig:
   (content key/query phases + learned-bandwidth random-Fourier positions) or
   "positional" (the seed's research build, an ablation). ``write_gate``: a
   learned input gate on writes (no decay). ``window``: exact attention over the
-  last ``window`` tokens in every layer, beside the memory (0: none). ``dtype``: activation / storage
+  last ``window`` tokens in every layer, beside the memory (0: none). ``conv``: a
+  short causal convolution of that width on the memory's input (0: none). ``dtype``: activation / storage
   dtype ("float32" or "bfloat16"); the memory always accumulates in float32.
   ``implementation``: memory backend, None = the Pallas kernel on GPU (2.5x
   faster than XLA's associative_scan on an H100, fwd+bwd at 16k) and XLA
@@ -72,6 +73,7 @@ class HoloConfig:
   mode: str = "content"
   write_gate: bool = False
   window: int = 0
+  conv: int = 0
   scale: str = "sqrt_t"
   freq_distribution: str = "uniform"
   freq_scale: float = 1.0
@@ -91,8 +93,10 @@ class HoloConfig:
     if self.hd_dim % self.num_heads:
       raise ValueError(f"hd_dim={self.hd_dim} must be a multiple of "
                        f"num_heads={self.num_heads}")
-    if isinstance(self.window, bool) or not isinstance(self.window, int) or self.window < 0:
-      raise ValueError(f"window={self.window!r} must be an int >= 0 (0: no window)")
+    for name in ("window", "conv"):
+      value = getattr(self, name)
+      if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ValueError(f"{name}={value!r} must be an int >= 0 (0: none)")
     if self.mode not in ("content", "positional"):
       raise ValueError(f"mode={self.mode!r} must be 'content' or "
                        "'positional'")
@@ -127,7 +131,7 @@ class HoloBlock(nnx.Module):
                              param_dtype=pdt, rngs=rngs)
     self.attn = PhasorAttention(
         c.hidden_size, c.num_heads, c.hd_dim, mode=c.mode,
-        write_gate=c.write_gate, window=c.window, max_seq_len=c.max_seq_len,
+        write_gate=c.write_gate, window=c.window, conv=c.conv, max_seq_len=c.max_seq_len,
         freq_distribution=c.freq_distribution, freq_scale=c.freq_scale,
         phase_init_scale=c.phase_init_scale,
         pos_bandwidth_init=c.pos_bandwidth_init, scale=c.scale,

@@ -170,6 +170,7 @@ class PhasorCache(NamedTuple):
   x_prev: jax.Array  # [B, dim], previous input (key conv); zeros at t=0
   pos: jax.Array     # shape=(), int32, next position t
   win: WindowCache | None = None  # the last W keys/values (``window=W``), O(W)
+  x_hist: jax.Array | None = None  # [B, K-1, dim], the last raw inputs (``conv=K``)
 
 
 class PhasorAttention(nnx.Module):
@@ -193,6 +194,10 @@ class PhasorAttention(nnx.Module):
   fixed frequencies, a data-independent causal convolution (ablation).
   ``write_gate=True``: a learned sigmoid input gate per head and token on
   writes (not a decay), so filler tokens need not add noise.
+  ``conv=K`` (>= 2): a depthwise causal convolution of width K on the
+  memory's input, u_t = sum_{j<K} c_j (x) x_{t-j} (H3 / Based's short
+  convolution), initialised to the identity (c_0 = 1); values, phases and the
+  key's previous-token term then read u instead of x.
   ``window=W`` (> 0): exact softmax attention over the last W tokens
   (``holojax.nn.window``, Based's sliding window) added to the output; its
   output projection starts at zero. Decode state grows by O(W), not with
@@ -208,7 +213,7 @@ class PhasorAttention(nnx.Module):
 
   def __init__(self, dim: int, heads: int, hd_dim: int, *,
                mode: str = "content", write_gate: bool = False,
-               window: int = 0, max_seq_len: int | None = None,
+               window: int = 0, conv: int = 0, max_seq_len: int | None = None,
                freq_distribution: str = "uniform", freq_scale: float = 1.0,
                phase_init_scale: float = 1.0, pos_bandwidth_init: float = -5.0,
                scale: str = "sqrt_t", implementation: Implementation = None,
@@ -222,6 +227,8 @@ class PhasorAttention(nnx.Module):
       raise ValueError(f"max_seq_len={max_seq_len} must be positive")
     if isinstance(window, bool) or not isinstance(window, int) or window < 0:
       raise ValueError(f"window={window!r} must be an int >= 0 (0: no window)")
+    if isinstance(conv, bool) or not isinstance(conv, int) or conv < 0:
+      raise ValueError(f"conv={conv!r} must be an int >= 0 (0 or 1: no convolution)")
     read_scale(0, scale)
     implementation = check_implementation(implementation)
     if blocks is not None and not isinstance(blocks, PhasorBlocks):
@@ -245,7 +252,9 @@ class PhasorAttention(nnx.Module):
           jnp.full((heads,), pos_bandwidth_init, param_dtype))
     if write_gate:
       self.g_proj = nnx.Linear(dim, heads, **lin)
-    self.window = window
+    self.window, self.conv = window, conv if conv >= 2 else 0
+    if self.conv:
+      self.conv_kd = nnx.Param(jnp.zeros((self.conv, dim), param_dtype).at[0].set(1.0))
     if window:
       self.window_attn = WindowAttention(dim, heads, window, dtype=dtype,
                                          param_dtype=param_dtype, rngs=rngs)
@@ -290,8 +299,9 @@ class PhasorAttention(nnx.Module):
     b, t, _ = x_btd.shape
     self._check_len(t)
     x_btd = x_btd.astype(self.dtype)
-    x_prev_btd = jnp.pad(x_btd, ((0, 0), (1, 0), (0, 0)))[:, :-1]
-    v, k, q, w_hd = self._phases(x_btd, x_prev_btd, jnp.arange(t))
+    u_btd = self._conv(x_btd)
+    x_prev_btd = jnp.pad(u_btd, ((0, 0), (1, 0), (0, 0)))[:, :-1]
+    v, k, q, w_hd = self._phases(u_btd, x_prev_btd, jnp.arange(t))
     y_bthd = phasor_memory(v, k, q, freq_hd=w_hd, scale=self.scale,
                            implementation=self.implementation,
                            blocks=self.blocks)
@@ -299,6 +309,17 @@ class PhasorAttention(nnx.Module):
     if self.window:
       out = out + self.window_attn(x_btd)
     return out, v, k, w_hd
+
+  def _conv(self, x_btd):
+    """u_t = sum_j c_j (x) x_{t-j} over [B, T, dim] (x itself without ``conv``)."""
+    if not self.conv:
+      return x_btd
+    c_kd = self.conv_kd[...].astype(jnp.float32)
+    t = x_btd.shape[1]
+    xp = jnp.pad(x_btd.astype(jnp.float32), ((0, 0), (self.conv - 1, 0), (0, 0)))
+    u = sum(c_kd[j][None, None] * xp[:, self.conv - 1 - j:self.conv - 1 - j + t]
+            for j in range(self.conv))
+    return u.astype(self.dtype)
 
   def __call__(self, x_btd: jax.Array) -> jax.Array:
     """Parallel (training) form over a whole sequence [B, T, dim]."""
@@ -320,10 +341,14 @@ class PhasorAttention(nnx.Module):
     y_btd, v, k, w_hd = self._parallel(x_btd)
     t = x_btd.shape[1]
     s_bhd = jnp.sum(bind(v, with_positions(k, w_hd, jnp.arange(t))), axis=1)
+    x_btd = x_btd.astype(self.dtype)
+    hist = None
+    if self.conv:  # the last K-1 raw inputs, zeros before the start
+      hist = jnp.pad(x_btd, ((0, 0), (self.conv - 1, 0), (0, 0)))[:, -(self.conv - 1):]
     cache = PhasorCache(s_bhd.real, s_bhd.imag,
-                        x_btd[:, -1].astype(self.dtype),
+                        self._conv(x_btd)[:, -1],
                         jnp.asarray(t, jnp.int32),
-                        self.window_attn.cache_of(x_btd) if self.window else None)
+                        self.window_attn.cache_of(x_btd) if self.window else None, hist)
     return y_btd, cache
 
   def init_cache(self, batch: int) -> PhasorCache:
@@ -333,7 +358,9 @@ class PhasorAttention(nnx.Module):
                        jnp.zeros(shape, jnp.float32),
                        jnp.zeros((batch, self.dim), self.dtype),
                        jnp.zeros((), jnp.int32),
-                       self.window_attn.init_cache(batch) if self.window else None)
+                       self.window_attn.init_cache(batch) if self.window else None,
+                       jnp.zeros((batch, self.conv - 1, self.dim), self.dtype)
+                       if self.conv else None)
 
   def step(self, x_bd: jax.Array, cache: PhasorCache
            ) -> tuple[jax.Array, PhasorCache]:
@@ -345,7 +372,14 @@ class PhasorAttention(nnx.Module):
     x_bd = x_bd.astype(self.dtype)
     b = x_bd.shape[0]
     t_t = cache.pos[None]
-    v, k, q, w_hd = self._phases(x_bd[:, None], cache.x_prev[:, None], t_t)
+    u_bd, hist = x_bd, cache.x_hist
+    if self.conv:  # newest last: x_{t-K+1} .. x_t
+      window_bkd = jnp.concatenate([cache.x_hist, x_bd[:, None]], axis=1)
+      c_kd = self.conv_kd[...].astype(jnp.float32)
+      u_bd = jnp.einsum("kd,bkd->bd", c_kd[::-1], window_bkd.astype(jnp.float32)
+                        ).astype(self.dtype)
+      hist = window_bkd[:, 1:]
+    v, k, q, w_hd = self._phases(u_bd[:, None], cache.x_prev[:, None], t_t)
     k = with_positions(k, w_hd, t_t)
     q = with_positions(q, w_hd, t_t)
     m = bind(v[:, 0], k[:, 0])
@@ -359,4 +393,4 @@ class PhasorAttention(nnx.Module):
     if self.window:
       y_win, win = self.window_attn.step(x_bd, cache.win, cache.pos)
       y_bd = y_bd + y_win
-    return y_bd, PhasorCache(s_re, s_im, x_bd, cache.pos + 1, win)
+    return y_bd, PhasorCache(s_re, s_im, u_bd, cache.pos + 1, win, hist)

@@ -67,13 +67,17 @@ def test_recurrent_logits_equal_parallel(mode, write_gate, dtype):
   assert all(c.s_re.shape == (2, 4, 8) for c in cache)  # O(hd_dim) state
 
 
-@pytest.mark.parametrize("mode,window", [("content", 0), ("positional", 0), ("content", 4)])
-def test_parallel_prefill_equals_recurrent_steps(mode, window):
-  cfg = dataclasses.replace(HOLO_PRESETS["tiny"], mode=mode, window=window, max_seq_len=32)
+@pytest.mark.parametrize("mode,window,conv", [("content", 0, 0), ("positional", 0, 0),
+                                              ("content", 4, 3)])
+def test_parallel_prefill_equals_recurrent_steps(mode, window, conv):
+  cfg = dataclasses.replace(HOLO_PRESETS["tiny"], mode=mode, window=window, conv=conv,
+                            max_seq_len=32)
   model = HoloForCausalLM(cfg, rngs=nnx.Rngs(3))
   for i, block in enumerate(model.blocks if window else ()):  # wake the zero-initialised window
     out = block.attn.window_attn.out.kernel
     out[...] = 0.3 * jax.random.normal(jax.random.key(i), out[...].shape)
+    c = block.attn.conv_kd  # and the identity-initialised convolution
+    c[...] = c[...] + 0.3 * jax.random.normal(jax.random.key(10 + i), c[...].shape)
   ids = _ids((2, 11), seed=4)
   logits_bv, cache = model.prefill(ids)
   rec = model.init_cache(2)
@@ -118,6 +122,8 @@ def test_bad_input_names_the_argument(small_model):
     dataclasses.replace(SMALL, mode="rope")
   with pytest.raises(ValueError, match="window"):
     dataclasses.replace(SMALL, window=-1)
+  with pytest.raises(ValueError, match="conv"):
+    dataclasses.replace(SMALL, conv=-2)
   model = small_model
   with pytest.raises(ValueError, match="max_seq_len"):
     model(_ids((1, 17)))

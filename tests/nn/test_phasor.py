@@ -126,15 +126,19 @@ def test_recall_probability_limits():
   assert 0.985 < ph.recall_probability(100, 1900, 4096) < 0.995
 
 
-@pytest.mark.parametrize("mode,write_gate,window", [("content", False, 0),
-                                                    ("content", True, 0),
-                                                    ("positional", False, 0),
-                                                    ("content", True, 3)])
-def test_layer_recurrent_equals_parallel(mode, write_gate, window):
+@pytest.mark.parametrize("mode,write_gate,window,conv", [("content", False, 0, 0),
+                                                         ("content", True, 0, 0),
+                                                         ("positional", False, 0, 0),
+                                                         ("content", True, 3, 0),
+                                                         ("content", False, 0, 4),
+                                                         ("content", True, 3, 4)])
+def test_layer_recurrent_equals_parallel(mode, write_gate, window, conv):
   layer = ph.PhasorAttention(16, 2, 8, mode=mode, write_gate=write_gate, window=window,
-                             max_seq_len=32, rngs=nnx.Rngs(0))
+                             conv=conv, max_seq_len=32, rngs=nnx.Rngs(0))
   if window:  # its output projection starts at zero: give it something to say
     layer.window_attn.out.kernel[...] = jax.random.normal(jax.random.key(6), (16, 16))
+  if conv:  # and the convolution starts as the identity
+    layer.conv_kd[...] = jax.random.normal(jax.random.key(7), (conv, 16))
   x_btd = jax.random.normal(jax.random.key(5), (2, 9, 16))
   y_btd = layer(x_btd)
   cache = layer.init_cache(2)

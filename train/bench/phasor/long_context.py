@@ -108,6 +108,8 @@ class LongContextConfig:
     write_gate: the phasor model's learned input gate on writes (``HoloConfig``).
     window: the phasor model's exact attention over the last ``window`` tokens in
       every layer (0: none; ``HoloConfig``).
+    conv: width of the phasor model's short causal convolution on the memory's
+      input (0: none; ``HoloConfig``).
   """
 
   parts: tuple[str, ...] = ("lm", "decode")
@@ -136,6 +138,7 @@ class LongContextConfig:
   decode_mode: str = "prefill"
   write_gate: bool = False
   window: int = 0
+  conv: int = 0
 
   def __post_init__(self):
     if not self.parts or set(self.parts) - set(PARTS):
@@ -195,7 +198,7 @@ def model_configs(cfg: LongContextConfig) -> tuple[HoloConfig, GPTConfig]:
   kw = dict(vocab_size=hdata.VOCAB_SIZE, width=cfg.width, layers=cfg.layers, heads=cfg.heads,
             dtype=cfg.dtype)
   return (lm_config("phasor", hd_dim=cfg.hd_dim, max_seq_len=max(max_len, cfg.decode_tokens),
-                    write_gate=cfg.write_gate, window=cfg.window, **kw),
+                    write_gate=cfg.write_gate, window=cfg.window, conv=cfg.conv, **kw),
           lm_config("attention", max_seq_len=max_len, **kw))
 
 
