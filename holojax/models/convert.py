@@ -48,8 +48,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from holojax.nn.holo import (HoloLinear, LowRankLinear, equal_param_rank, holo_param_count,
-                             lowrank_param_count)
+from holojax.nn.holo import HoloLinear, LowRankLinear, equal_param_rank, holo_param_count
 
 KINDS = ("holo", "holo-fresh", "lowrank")
 ATTN = ("q_proj", "k_proj", "v_proj", "o_proj")
@@ -181,22 +180,24 @@ def _swap(spec: ConvertSpec, name: str, base: nnx.Linear, g_ii: np.ndarray | Non
   k_io = np.asarray(base.kernel[...], np.float64)
   bias = None if base.bias is None else np.asarray(base.bias[...], np.float32)
   d_in, d_out = k_io.shape
-  if spec.kind == "lowrank":
-    layer, _ = LowRankLinear.from_dense(k_io, _rank_of(spec, d_in, d_out), bias=bias,
-                                        rngs=nnx.Rngs(spec.seed))
-    if spec.calibrated:
-      _lowrank_calibrated(layer, k_io, _damped(g_ii))
-    params = lowrank_param_count(d_in, d_out, layer.rank, use_bias=bias is not None)
-  elif spec.kind == "holo":
-    layer, _ = HoloLinear.from_dense(k_io, spec.harmonics, basis_seed=_basis_seed(spec, name),
-                                     bias=bias, rngs=nnx.Rngs(spec.seed))
-    if spec.calibrated:
-      _holo_calibrated(layer, k_io, _damped(g_ii))
-    params = holo_param_count(d_in, d_out, spec.harmonics, use_bias=bias is not None)
-  else:  # the seed's swap: nothing transferred, one seed everywhere
-    layer = HoloLinear(d_in, d_out, spec.harmonics, use_bias=bias is not None,
-                       basis_seed=spec.seed, init="seed", rngs=nnx.Rngs(spec.seed))
-    params = holo_param_count(d_in, d_out, spec.harmonics, use_bias=bias is not None)
+  rngs, use_bias = nnx.Rngs(spec.seed), bias is not None
+  if spec.kind == "holo-fresh":  # the seed's swap: nothing transferred, one seed everywhere
+    layer = HoloLinear(d_in, d_out, spec.harmonics, use_bias=use_bias, basis_seed=spec.seed,
+                       init="seed", rngs=rngs)
+  elif not spec.calibrated:  # fit the weights
+    layer = (LowRankLinear.from_dense(k_io, _rank_of(spec, d_in, d_out), bias=bias, rngs=rngs)
+             if spec.kind == "lowrank" else
+             HoloLinear.from_dense(k_io, spec.harmonics, basis_seed=_basis_seed(spec, name),
+                                   bias=bias, rngs=rngs))[0]
+  elif spec.kind == "lowrank":  # fit the outputs on the calibration inputs
+    layer = LowRankLinear(d_in, d_out, _rank_of(spec, d_in, d_out), use_bias=use_bias, rngs=rngs)
+    _lowrank_calibrated(layer, k_io, _damped(g_ii))
+  else:
+    layer = HoloLinear(d_in, d_out, spec.harmonics, use_bias=use_bias,
+                       basis_seed=_basis_seed(spec, name), rngs=rngs)
+    _holo_calibrated(layer, k_io, _damped(g_ii))
+  if spec.calibrated and use_bias:
+    layer.bias_o[...] = jnp.asarray(bias)
   diff_io = _kernel_of(layer) - k_io
   err = float(np.linalg.norm(diff_io) / max(np.linalg.norm(k_io), 1e-30))
   out_err = None
@@ -205,8 +206,7 @@ def _swap(spec: ConvertSpec, name: str, base: nnx.Linear, g_ii: np.ndarray | Non
                             / max(np.sum(k_io * (g_ii @ k_io)), 1e-300)))
   dtype = base.kernel[...].dtype  # stored like the layer it replaces
   nnx.update(layer, jax.tree.map(lambda x: x.astype(dtype), nnx.state(layer)))
-  return layer, LayerFit(name, d_in, d_out, k_io.size + (0 if bias is None else d_out),
-                         params, err, out_err)
+  return layer, LayerFit(name, d_in, d_out, param_count(base), param_count(layer), err, out_err)
 
 
 class _Gram(nnx.Variable):

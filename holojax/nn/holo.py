@@ -69,6 +69,26 @@ def _check_input(x, in_features: int, name: str = "x") -> jax.Array:
   return x
 
 
+def _check_kernel(kernel_io) -> np.ndarray:
+  """A dense kernel [in, out] of floats, as numpy (``from_dense``'s input)."""
+  k_io = np.asarray(kernel_io)
+  if k_io.ndim != 2:
+    raise ValueError(f"kernel_io must be 2-D [in, out], got {k_io.shape}")
+  if not np.issubdtype(k_io.dtype, np.floating):
+    raise TypeError(f"kernel_io must be float, got dtype {k_io.dtype}")
+  return k_io
+
+
+def _copy_bias(layer, bias) -> None:
+  """Copies ``bias`` [out] (if given) into a biased ``layer``."""
+  if bias is None:
+    return
+  b_o = np.asarray(bias)
+  if b_o.shape != (layer.out_features,):
+    raise ValueError(f"bias must have shape ({layer.out_features},), got {b_o.shape}")
+  layer.bias_o[...] = jnp.asarray(b_o, jnp.float32)
+
+
 def _add_bias(y, b):
   """y[..., o] + b[o] without implicit rank promotion."""
   return y + jnp.reshape(b, (1,) * (y.ndim - 1) + (-1,))
@@ -241,11 +261,7 @@ class HoloLinear(nnx.Module):
       >>> err < 1e-5   # H >= in: the basis spans everything
       True
     """
-    k_io = np.asarray(kernel_io)
-    if k_io.ndim != 2:
-      raise ValueError(f"kernel_io must be 2-D [in, out], got {k_io.shape}")
-    if not np.issubdtype(k_io.dtype, np.floating):
-      raise TypeError(f"kernel_io must be float, got dtype {k_io.dtype}")
+    k_io = _check_kernel(kernel_io)
     d_in, d_out = k_io.shape
     layer = cls(d_in, d_out, harmonics, use_bias=bias is not None,
                 basis_seed=basis_seed, rngs=rngs)
@@ -258,11 +274,7 @@ class HoloLinear(nnx.Module):
                     / max(np.linalg.norm(w_oi), 1e-30))
     layer.amp_oh[...] = jnp.asarray(c_oh, jnp.float32)
     layer.phase_oh[...] = jnp.zeros_like(layer.phase_oh[...])
-    if bias is not None:
-      b_o = np.asarray(bias)
-      if b_o.shape != (d_out,):
-        raise ValueError(f"bias must have shape ({d_out},), got {b_o.shape}")
-      layer.bias_o[...] = jnp.asarray(b_o, jnp.float32)
+    _copy_bias(layer, bias)
     return layer, rel_err
 
 
@@ -319,11 +331,7 @@ class LowRankLinear(nnx.Module):
       >>> err < 1e-6
       True
     """
-    k_io = np.asarray(kernel_io)
-    if k_io.ndim != 2:
-      raise ValueError(f"kernel_io must be 2-D [in, out], got {k_io.shape}")
-    if not np.issubdtype(k_io.dtype, np.floating):
-      raise TypeError(f"kernel_io must be float, got dtype {k_io.dtype}")
+    k_io = _check_kernel(kernel_io)
     d_in, d_out = k_io.shape
     rank = _check_pos("rank", rank)
     if rank > min(d_in, d_out):
@@ -333,11 +341,7 @@ class LowRankLinear(nnx.Module):
     root = np.sqrt(s_k[:rank])
     layer.u_ir[...] = jnp.asarray(u_ik[:, :rank] * root, jnp.float32)
     layer.v_ro[...] = jnp.asarray(root[:, None] * vt_ko[:rank], jnp.float32)
-    if bias is not None:
-      b_o = np.asarray(bias)
-      if b_o.shape != (d_out,):
-        raise ValueError(f"bias must have shape ({d_out},), got {b_o.shape}")
-      layer.bias_o[...] = jnp.asarray(b_o, jnp.float32)
+    _copy_bias(layer, bias)
     rel_err = float(np.sqrt(np.sum(s_k[rank:] ** 2) / max(np.sum(s_k ** 2), 1e-300)))
     return layer, rel_err
 

@@ -75,7 +75,7 @@ def copy_bandwidth(num_bytes: int, repeats: int = 20) -> float:
   The buffer is donated and threaded through the calls, so each timed call
   reads and writes ``num_bytes`` in place; a fresh output per call (the
   earlier version) also timed the allocator and, on a CPU, first-touch page
-  faults, and read 4-8x low (CPU: 4.9 vs 40.8 GB/s on 256 MiB).
+  faults, and read several times low.
   """
   x = [jax.random.normal(jax.random.key(0), (num_bytes // 4,), jnp.float32)]
   f = jax.jit(lambda a: a * 1.0000001, donate_argnums=0)

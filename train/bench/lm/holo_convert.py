@@ -64,6 +64,15 @@ PHI3_SHAPES = {"qkv_proj": (3072, 9216), "o_proj": (3072, 3072), "gate_up_proj":
 PHI3_KEPT = 2 * 32064 * 3072 + (2 * 32 + 1) * 3072  # embeddings, head, norms
 
 
+def spec_of(variant: str, seed: int) -> ConvertSpec | None:
+  """The ``ConvertSpec`` of a variant name (None for ``original``)."""
+  m = _VARIANT.match(variant)
+  if m.group(1) == "original":
+    return None
+  return ConvertSpec(m.group(2), targets=m.group(4), harmonics=int(m.group(5)), seed=seed,
+                     calibrated=bool(m.group(3)))
+
+
 @dataclasses.dataclass(frozen=True)
 class HoloConvertConfig:
   """What ``run`` measures (module docstring).
@@ -72,7 +81,7 @@ class HoloConvertConfig:
     model: a pretrained name or ``llama-tiny`` (random, byte tokens: a smoke test).
     path: the GGUF file or its folder (none: ``find_gguf``).
     dtype: compute and parameter dtype (float32 or bfloat16).
-    variants: ``original`` or ``{holo-fresh|holo|lowrank}-{all|mlp|attn}-h{H}``,
+    variants: ``original`` or ``{holo-fresh|holo|lowrank}[-cal]-{all|mlp|attn}-h{H}``,
       each optionally ``+distill``.
     text_dir: held-out text folder (none: site-packages documentation).
     ppl_context: tokens per perplexity window.
@@ -114,7 +123,10 @@ class HoloConvertConfig:
     bad = [v for v in self.variants if not _VARIANT.match(v)]
     if bad or not self.variants:
       raise ValueError(f"variants {bad or self.variants!r}: each must be 'original' or "
-                       f"'{{holo-fresh|holo|lowrank}}-{{all|mlp|attn}}-h<H>[+distill]'")
+                       f"'{{holo-fresh|holo|lowrank}}[-cal]-{{all|mlp|attn}}-h<H>[+distill]' "
+                       f"(-cal: not with holo-fresh)")
+    for v in self.variants:  # a spec that cannot exist fails here, not mid-run
+      spec_of(v, self.seed)
     if self.dtype not in ("float32", "bfloat16"):
       raise ValueError(f"dtype={self.dtype!r} must be 'float32' or 'bfloat16'")
     require_positive(self, "ppl_context", "ppl_windows", "ppl_chunk", "new_tokens",
@@ -135,15 +147,6 @@ class HoloConvertConfig:
 
 
 TINY = HoloConvertConfig.tiny()
-
-
-def spec_of(variant: str, seed: int) -> ConvertSpec | None:
-  """The ``ConvertSpec`` of a variant name (None for ``original``)."""
-  m = _VARIANT.match(variant)
-  if m.group(1) == "original":
-    return None
-  return ConvertSpec(m.group(2), targets=m.group(4), harmonics=int(m.group(5)), seed=seed,
-                     calibrated=bool(m.group(3)))
 
 
 def answers(model, tok, prompts, new_tokens: int) -> list[str]:

@@ -49,6 +49,7 @@ def test_tiny_run_rows_match_the_parameter_formula(tiny):
 @pytest.mark.parametrize("kw,match", [
     (dict(variants=("holo-all-32",)), "variants"),
     (dict(variants=("svd-all-h8",)), "variants"),
+    (dict(variants=("holo-fresh-cal-all-h8",)), "calibrated"),
     (dict(ppl_context=100, ppl_chunk=32), "ppl_context"),
     (dict(distill_lr=0.0), "distill_lr"),
     (dict(distill_steps=0), "distill_steps"),
