@@ -40,6 +40,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import io
 import re
 import time
 
@@ -59,9 +60,9 @@ from holojax.train.bench.lm import pretrained
 from holojax.train.bench.lm.distill import distill_loop, kl_to_teacher, train_tokens
 
 _VARIANT = re.compile(r"^(full|int8|int4|window|holokv-k(\d)-(joint|faithful)(-c)?)(\+lora)?$")
-DEFAULT_VARIANTS = ("full", "int4", "window", "holokv-k1-joint",
+DEFAULT_VARIANTS = ("full", "int8", "int4", "window", "holokv-k1-joint",
                     *(f"holokv-k{k}-{r}" for k in (2, 4, 8) for r in ("joint", "faithful")),
-                    "holokv-k4-joint+lora", "holokv-k4-faithful+lora", "holokv-k8-joint+lora")
+                    *(f"holokv-k{k}-joint+lora" for k in (2, 4, 8)), "holokv-k4-faithful+lora")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -376,7 +377,7 @@ def run(cfg: HoloKVEvalConfig, progress: Progress = Progress()) -> Result:
     progress.partial(results)
   if cfg.decode_contexts:
     results["decode"] = decode_timing(cfg, mcfg, progress)
-  return Result(results, table(cfg, results))
+  return Result(results, table(cfg, results), {"holokv.png": plot_png(cfg, results)})
 
 
 def demo(model, tok, cfg: HoloKVEvalConfig, rng) -> dict:
@@ -390,6 +391,42 @@ def demo(model, tok, cfg: HoloKVEvalConfig, rng) -> dict:
   return {"variant": cfg.demo_variant, "key": key, "prompt_tokens": len(prompt),
           "answer": answer, "exact": re.search(r"\d{5}", answer) is not None
           and re.search(r"\d{5}", answer).group() == key}
+
+
+def plot_png(cfg: HoloKVEvalConfig, r: dict) -> bytes:
+  """Perplexity against bytes per token (one panel per context) and passkey exact
+  match by (length, depth) for every variant, as PNG bytes."""
+  import matplotlib  # noqa: PLC0415
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt  # noqa: PLC0415
+  names = list(cfg.variants)
+  fig, axes = plt.subplots(1, len(cfg.ppl_contexts) + 1, figsize=(5 * len(cfg.ppl_contexts) + 7, 4.8),
+                           gridspec_kw={"width_ratios": [1] * len(cfg.ppl_contexts) + [1.6]})
+  for ax, c in zip(axes, cfg.ppl_contexts):
+    for v in names:
+      ax.scatter(r["bytes_per_token"][v]["formula"], r["perplexity"][v][str(c)], s=18)
+      ax.annotate(v, (r["bytes_per_token"][v]["formula"], r["perplexity"][v][str(c)]),
+                  fontsize=6, xytext=(3, 2), textcoords="offset points")
+    ax.set_xscale("log", base=2)
+    ax.set_yscale("log")
+    ax.set_xlabel("cache bytes per token (all layers)")
+    ax.set_ylabel(f"perplexity @ {c} tokens")
+    ax.grid(alpha=0.3)
+  ax = axes[-1]
+  cols = [(str(n), str(d)) for n in cfg.passkey_lengths for d in cfg.passkey_depths]
+  acc = np.array([[r["passkey"][v]["by_length"][n][d] for n, d in cols] for v in names])
+  im = ax.imshow(acc, vmin=0, vmax=1, cmap="viridis", aspect="auto")
+  ax.set_yticks(range(len(names)), names, fontsize=7)
+  ax.set_xticks(range(len(cols)), [f"{n}/{d}" for n, d in cols], rotation=90, fontsize=6)
+  ax.set_xlabel("passkey prompt tokens / key depth")
+  ax.set_title("passkey exact match")
+  fig.colorbar(im, ax=ax)
+  fig.suptitle(f"{cfg.model} ({cfg.dtype}): HoloKV against int8 / int4 / window caches")
+  fig.tight_layout()
+  buf = io.BytesIO()
+  fig.savefig(buf, format="png", dpi=110)
+  plt.close(fig)
+  return buf.getvalue()
 
 
 def table(cfg: HoloKVEvalConfig, r: dict) -> str:

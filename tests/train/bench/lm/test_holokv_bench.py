@@ -69,6 +69,7 @@ def test_tiny_run_record(tmp_path):
   assert r["demo"]["key"] not in str(r["split"]["train"])
   assert "holokv-k4/xla" in r["decode"]["b2/256"]
   assert "passkey@448" in out.table and "demo" in out.table
+  assert out.files["holokv.png"][:8] == b"\x89PNG\r\n\x1a\n"
 
 
 def test_variant_specs():
