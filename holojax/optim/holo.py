@@ -405,6 +405,24 @@ def _flat_state_shapes(plan: FlatPlan, leaves, layout: HoloLayout):
   return mus, nus
 
 
+def _check_flat_state(state, plan: FlatPlan, paths, leaves, layout: HoloLayout) -> None:
+  """Raises a ``ValueError`` naming the leaves of the first group (or the dense
+  vector) whose state does not have the shape these gradients need."""
+  mus, nus = _flat_state_shapes(plan, leaves, layout)
+  got_mu = [tuple(x.shape) for x in jax.tree.leaves(state.mu)]
+  got_nu = [tuple(x.shape) for x in jax.tree.leaves(state.nu)]
+  if (got_mu, got_nu) == (mus, nus):
+    return
+  groups = [plan.dense] + [idx for _, idx in plan.groups]
+  bad = next((i for i in range(len(groups)) if i >= len(got_mu) or got_mu[i] != mus[i]
+              or got_nu[i] != nus[i]), len(groups) - 1)
+  names = ", ".join(f"{jax.tree_util.keystr(paths[i])} {tuple(leaves[i].shape)}"
+                    for i in groups[bad])
+  raise ValueError(
+      f"holo_adam (tree_layout='flat'): the gradients of {names} do not match the optimizer "
+      f"state built at init (state mu shapes {got_mu}, these gradients need {mus})")
+
+
 def _refuse_explicit_sharding(leaves) -> None:
   if any(lay.explicit_spec(x) is not None for x in leaves):
     raise ValueError(
@@ -558,14 +576,7 @@ def scale_by_holo_adam(b1: float = 0.9, b2: float = 0.999, eps: float = 1e-8,
       _refuse_explicit_sharding(gs)
       plan = flat_plan(gs, treedef.flatten_up_to(
           compress_labels(updates, compress, min_compress_size)))
-      mus, nus = _flat_state_shapes(plan, gs, layout)
-      got = ([tuple(x.shape) for x in jax.tree.leaves(state.mu)],
-             [tuple(x.shape) for x in jax.tree.leaves(state.nu)])
-      if got != (mus, nus):
-        raise ValueError(
-            "holo_adam (tree_layout='flat'): the gradients' shapes do not match the optimizer "
-            f"state built at init (state mu {got[0]}, the "
-            f"gradients need {mus})")
+      _check_flat_state(state, plan, [path for path, _ in paths_leaves], gs, layout)
       us, mu, nu = _flat_update(gs, state.mu, state.nu, seed32, count, plan=plan, **kw)
       us = [u.astype(g.dtype) for u, g in zip(us, gs)]
     else:
