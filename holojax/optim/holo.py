@@ -91,6 +91,32 @@ parameter ``8 heads h`` (complex64 ``hm``) ``+ 4 ceil(L / vb)`` (``rms``) per
 row, i.e. about ``64 heads / holo_ratio + 32 / vb`` bits/param; per dense
 parameter ``8 N`` (64 bits/param).
 
+Tree layout. ``tree_layout="leaf"`` (default) keeps a state per parameter
+(``mu``/``nu`` pytrees like the parameters, sharded like them) and traces
+the update once per tensor, so the program (and its compile time) grows
+with the number of tensors. ``tree_layout="flat"`` groups the compressed
+tensors by their shape flattened to ``[rows, L]`` and stacks each group::
+
+  mu = (m_dense f32[D], hm_1 c64[k_1 rows_1, heads, h_1], ...)
+  nu = (s_dense f32[D], rms_1 f32[k_1 rows_1, ceil(L_1 / vb)], ...)
+
+(``D`` elements of all dense tensors concatenated, ``k_i`` tensors in
+group ``i``, in order of first appearance in the tree). An update stacks
+each group's gradients ``[k, rows, L]``, runs the maths above once (one FFT,
+one key set, one retrieval), and splits the updates back; the dense tensors
+get one exact Adam on their concatenation. A model of repeated layers has a
+few groups whatever its depth, and the program holds one copy of the maths
+per group (the bytes and the bits/param are the leaf layout's). The maths
+are identical: the keys depend on chunk and head only, never on the tensor,
+so both layouts use the same keys, and the gate's ``rms`` is taken per
+tensor (over the group's rows of that tensor); updates agree to float
+rounding. Explicitly sharded parameters are refused with a ``ValueError``
+(stacking would not keep shards local; use ``"leaf"``); replicated or
+unsharded ones, and automatic (``jit``) sharding, work. The group of each
+tensor is recomputed from the gradients' shapes at every update (a callable
+``compress`` is then called on the gradients), so the state holds arrays
+only.
+
 Example::
 
   >>> import jax, jax.numpy as jnp, optax
