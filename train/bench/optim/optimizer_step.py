@@ -3,8 +3,9 @@
 For each parameter tree (``trees``: GPT-2 124M's shapes, a ~1B Llama-shaped
 tree, or ``leaves-N``: N equal leaves of ``leaves_total`` parameters), each
 optimizer of ``optimizers`` (``name``, ``name@implementation`` or
-``name:flat`` for ``tree_layout="flat"``, registry names) is jitted as update + apply with parameters and state donated, as a
-train step runs it, and measured in one run against ``optax.adamw``:
+``name:flat`` for ``tree_layout="flat"``, registry names) is jitted as update
++ apply with parameters and state donated, as a train step runs it, and
+measured in one run against ``optax.adamw``:
 
 * ``compile_s``: lowering + XLA compile of that step (``jit(...).lower().compile()``);
 * ``step_ms``: the median of ``repeats`` steps after a warm-up;
@@ -73,7 +74,8 @@ class OptimizerStepConfig:
   Attributes:
     trees: ``gpt2-124m``, ``llama-1b`` or ``leaves-N`` (N equal leaves).
     optimizers: registry names, optionally ``@implementation`` (TurboAdam's
-      fused v step: ``xla``, ``triton``, ``interpret``).
+      fused v step: ``xla``, ``triton``, ``interpret``) and ``:flat``
+      (``tree_layout="flat"``: ``holo_adam:flat``).
     leaves_total: parameters of each ``leaves-N`` tree.
     repeats: timed steps (their median is reported).
     bandwidth_bytes: buffer size of the copy-bandwidth measurement.
@@ -90,7 +92,7 @@ class OptimizerStepConfig:
     if bad or not self.trees:
       raise ValueError(f"trees {bad or self.trees!r}: each must be gpt2-124m, llama-1b or "
                        f"leaves-<N>")
-    names = [o.split("@")[0].split(":")[0] for o in self.optimizers]
+    names = [parse_spec(o)[0] for o in self.optimizers]
     unknown = [n for n in names if n not in registry.names()]
     if unknown or not self.optimizers:
       raise ValueError(f"optimizers {unknown or self.optimizers!r}: choose from "
@@ -102,16 +104,21 @@ TINY = OptimizerStepConfig(trees=("leaves-2", "leaves-8"), optimizers=("adamw", 
                            leaves_total=1 << 14, repeats=2, bandwidth_bytes=1 << 20)
 
 
-def make_optimizer(spec: str) -> tuple[optax.GradientTransformation, str]:
-  """(transformation, implementation label) of ``name[:flat][@implementation]``
-  (``:flat``: ``tree_layout="flat"``, labelled ``flat`` or ``flat+implementation``)."""
+def parse_spec(spec: str) -> tuple[str, dict, str]:
+  """``name[:tree_layout][@implementation]`` -> (registry name, keyword arguments,
+  implementation label: ``default``, ``flat``, ``triton``, ``flat+triton``)."""
   name, _, impl = spec.partition("@")
   name, _, tree_layout = name.partition(":")
   kw = {"implementation": impl} if impl else {}
   if tree_layout:
     kw["tree_layout"] = tree_layout
-  label = "+".join(x for x in (tree_layout, impl) if x)
-  return registry.get(name, 1e-3, 0.0, **kw), label or "default"
+  return name, kw, "+".join(x for x in (tree_layout, impl) if x) or "default"
+
+
+def make_optimizer(spec: str) -> tuple[optax.GradientTransformation, str]:
+  """(transformation, implementation label) of a :func:`parse_spec` spec."""
+  name, kw, label = parse_spec(spec)
+  return registry.get(name, 1e-3, 0.0, **kw), label
 
 
 def compiled_step(opt, params, grads):
@@ -141,7 +148,7 @@ def measure(spec: str, shapes, tree: str, bandwidth: float, repeats: int) -> dic
 
   step_s = median_time(run, repeats=repeats, warmup=2)
   s_bytes = tree_bytes(carry[1])
-  return {"optimizer": spec.split("@")[0].split(":")[0], "implementation": impl, "tree": tree, "params": n,
+  return {"optimizer": parse_spec(spec)[0], "implementation": impl, "tree": tree, "params": n,
           "compile_s": compile_s, "step_ms": 1e3 * step_s,
           "floor_ms": 1e3 * (12 * n + 2 * s_bytes) / bandwidth,
           "state_bits_per_param": state_bits_per_param(carry[1], carry[0])}
@@ -157,9 +164,8 @@ def run(cfg: OptimizerStepConfig, progress: Progress = Progress()) -> Result:
       try:
         row = measure(spec, shapes, tree, bandwidth, cfg.repeats)
       except Exception as e:  # record it, keep going (e.g. a kernel that cannot lower here)
-        row = {"optimizer": spec.split("@")[0].split(":")[0], "implementation": "+".join(
-            x for x in (spec.split("@")[0].partition(":")[2], spec.partition("@")[2]) if x)
-               or "default", "tree": tree, "error": f"{type(e).__name__}: {e}"[:300]}
+        row = {"optimizer": parse_spec(spec)[0], "implementation": parse_spec(spec)[2],
+               "tree": tree, "error": f"{type(e).__name__}: {e}"[:300]}
       results["rows"].append(row)
       progress.say(f"{tree} {spec}: {row}")
       progress.partial(results)
