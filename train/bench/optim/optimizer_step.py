@@ -67,6 +67,17 @@ def tree_shapes(name: str, leaves_total: int) -> dict:
   return {f"w{i:04d}": (rows, 1024) for i in range(n)}
 
 
+def parse_spec(spec: str) -> tuple[str, dict, str]:
+  """``name[:tree_layout][@implementation]`` -> (registry name, keyword arguments,
+  implementation label: ``default``, ``flat``, ``triton``, ``flat+triton``)."""
+  name, _, impl = spec.partition("@")
+  name, _, tree_layout = name.partition(":")
+  kw = {"implementation": impl} if impl else {}
+  if tree_layout:
+    kw["tree_layout"] = tree_layout
+  return name, kw, "+".join(x for x in (tree_layout, impl) if x) or "default"
+
+
 @dataclasses.dataclass(frozen=True)
 class OptimizerStepConfig:
   """What ``run`` measures (module docstring).
@@ -102,17 +113,6 @@ class OptimizerStepConfig:
 
 TINY = OptimizerStepConfig(trees=("leaves-2", "leaves-8"), optimizers=("adamw", "turbo_adam"),
                            leaves_total=1 << 14, repeats=2, bandwidth_bytes=1 << 20)
-
-
-def parse_spec(spec: str) -> tuple[str, dict, str]:
-  """``name[:tree_layout][@implementation]`` -> (registry name, keyword arguments,
-  implementation label: ``default``, ``flat``, ``triton``, ``flat+triton``)."""
-  name, _, impl = spec.partition("@")
-  name, _, tree_layout = name.partition(":")
-  kw = {"implementation": impl} if impl else {}
-  if tree_layout:
-    kw["tree_layout"] = tree_layout
-  return name, kw, "+".join(x for x in (tree_layout, impl) if x) or "default"
 
 
 def make_optimizer(spec: str) -> tuple[optax.GradientTransformation, str]:
