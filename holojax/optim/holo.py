@@ -370,7 +370,8 @@ def _sketched_update(g32, mu, nu, count, *, layout, b1, b2, eps, rf, sketch_, re
   if layout.faithful:
     u = jnp.sqrt(bc2) / bc1 * jnp.clip(m_g, -2.0, 2.0) / (s_el + eps)
   else:
-    u = (m_g / bc1) * (s_el / (s_el + eps))
+    u = m_g / (bc1 * (1.0 + eps / s_el))  # = (m_g / bc1) s / (s + eps); a divide last: XLA
+    # does not copy it into every leaf's output slice (flat layout)
   return u, hm.astype(jnp.complex64), rms
 
 

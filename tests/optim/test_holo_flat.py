@@ -115,13 +115,12 @@ def _compute(ops: collections.Counter) -> int:
 
 def test_program_size_does_not_grow_with_the_number_of_leaves():
   """10 vs 200 leaves of the same total size: the flat program's compute ops
-  (before XLA) are the same, and so are the FFTs, transcendentals and
-  reductions of the compiled module; the leaf layout's grow ~20x."""
+  are the same before XLA and in the compiled module (only per-leaf stacking,
+  slicing and output fusions are added); the leaf layout's grow ~20x."""
   small, big = _update(10, 160, "flat"), _update(200, 8, "flat")
   assert _compute(_ops(big.as_text())) == _compute(_ops(small.as_text()))
-  heavy = ("fft", "sine", "cosine", "tanh", "sqrt", "reduce", "while")
   cs, cb = _ops(small.compile().as_text()), _ops(big.compile().as_text())
-  assert cs["fft"] > 0 and all(cs[k] == cb[k] for k in heavy), (cs, cb)
+  assert cs["fft"] > 0 and _compute(cb) == _compute(cs), (cs, cb)
   leaf_small = _ops(_update(10, 160, "leaf").as_text())
   leaf_big = _ops(_update(200, 8, "leaf").as_text())
   assert leaf_big["cosine"] >= 15 * leaf_small["cosine"] > 0  # codebook keys per leaf
