@@ -18,6 +18,7 @@ import pytest
 import holojax.optim.holo as ha
 from holojax.optim import holo_adam
 from tests.optim import contract
+from tests.optim.test_holo import _reference_step
 
 
 def _tree():
@@ -75,6 +76,27 @@ def test_group_update_equals_leaf_updates():
     np.testing.assert_allclose(np.asarray(u[j]), np.asarray(ul), rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(np.asarray(hm2[rows]), np.asarray(hml), rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(np.asarray(rms2[rows]), np.asarray(rmsl), rtol=1e-6)
+
+
+def test_flat_ratio1_one_head_is_adam_with_block_v():
+  """Two stacked tensors at ratio 1, one head: each follows the NumPy reference
+  of Adam with a block-mean v and the gate (its rms per tensor, not per group)."""
+  kw = dict(b1=0.9, b2=0.99, eps=1e-8, resonance_factor=0.4, warmup_steps=3)
+  opt = ha.scale_by_holo_adam(holo_ratio=1, heads=1, v_block_size=32, min_compress_size=0,
+                              compress=True, tree_layout="flat", **kw)
+  shape = (50, 41)  # rows of 41: a partial last v block
+  s = opt.init({"a": jnp.zeros(shape), "b": jnp.zeros(shape)})
+  assert [x.shape for x in s.mu] == [(0,), (100, 1, 41)]
+  ref = {k: (np.zeros(shape), np.zeros((50, 2))) for k in "ab"}
+  upd = jax.jit(opt.update)
+  for t in range(1, 7):
+    g = {k: jax.random.normal(jax.random.key(10 * t + i), shape) * (1 + t) * (1 + 9 * i)
+         for i, k in enumerate("ab")}
+    u, s = upd(g, s)
+    for k in "ab":
+      want, *ref[k] = _reference_step(np.asarray(g[k]), *ref[k], t, b1=0.9, b2=0.99, eps=1e-8,
+                                      vb=32, rf_max=0.4, warmup=3)
+      np.testing.assert_allclose(np.asarray(u[k]), want, rtol=2e-4, atol=1e-5)
 
 
 def test_flat_state_is_stacked_per_shape_group():
