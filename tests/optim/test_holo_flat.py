@@ -187,3 +187,11 @@ def test_bench_names_the_flat_layout():
                                         tuple)
   with pytest.raises(ValueError, match="optimizers"):
     ob.OptimizerStepConfig(optimizers=("nope:flat",))
+
+
+def test_flat_under_inject_hyperparams():
+  from holojax.optim import HOLO_ADAM_STATIC_ARGS
+  assert "tree_layout" in HOLO_ADAM_STATIC_ARGS
+  contract.check_inject_hyperparams(
+      holo_adam, dict(learning_rate=1e-2, b2=0.99, min_compress_size=1024, warmup_steps=2,
+                      tree_layout="flat"), static_args=HOLO_ADAM_STATIC_ARGS)
