@@ -91,6 +91,32 @@ parameter ``8 heads h`` (complex64 ``hm``) ``+ 4 ceil(L / vb)`` (``rms``) per
 row, i.e. about ``64 heads / holo_ratio + 32 / vb`` bits/param; per dense
 parameter ``8 N`` (64 bits/param).
 
+Tree layout. ``tree_layout="leaf"`` (default) keeps a state per parameter
+(``mu``/``nu`` pytrees like the parameters, sharded like them) and traces
+the update once per tensor, so the program (and its compile time) grows
+with the number of tensors. ``tree_layout="flat"`` groups the compressed
+tensors by their shape flattened to ``[rows, L]`` and stacks each group::
+
+  mu = (m_dense f32[D], hm_1 c64[k_1 rows_1, heads, h_1], ...)
+  nu = (s_dense f32[D], rms_1 f32[k_1 rows_1, ceil(L_1 / vb)], ...)
+
+(``D`` elements of all dense tensors concatenated, ``k_i`` tensors in
+group ``i``, in order of first appearance in the tree). An update stacks
+each group's gradients ``[k, rows, L]``, runs the maths above once (one FFT,
+one key set, one retrieval), and splits the updates back; the dense tensors
+get one exact Adam on their concatenation. A model of repeated layers has a
+few groups whatever its depth, and the program holds one copy of the maths
+per group (the bytes and the bits/param are the leaf layout's). The maths
+are identical: the keys depend on chunk and head only, never on the tensor,
+so both layouts use the same keys, and the gate's ``rms`` is taken per
+tensor (over the group's rows of that tensor); updates agree to float
+rounding. Explicitly sharded parameters are refused with a ``ValueError``
+(stacking would not keep shards local; use ``"leaf"``); replicated or
+unsharded ones, and automatic (``jit``) sharding, work. The group of each
+tensor is recomputed from the gradients' shapes at every update (a callable
+``compress`` is then called on the gradients), so the state holds arrays
+only.
+
 Example::
 
   >>> import jax, jax.numpy as jnp, optax
@@ -126,7 +152,10 @@ from holojax.optim import moments, validate
 # ``optax.inject_hyperparams(holo_adam, static_args=STATIC_ARGS)``. (``compress``
 # may be a callable, which inject_hyperparams would otherwise call as a schedule.)
 STATIC_ARGS = ("holo_ratio", "v_block_size", "heads", "min_compress_size", "codebook_size",
-               "codebook_width", "fft_chunk_size", "faithful", "compress", "exact_grad")
+               "codebook_width", "fft_chunk_size", "faithful", "compress", "exact_grad",
+               "tree_layout")
+
+TREE_LAYOUTS = ("leaf", "flat")  # values of ``tree_layout`` (module docstring)
 
 HOLO_ADAM_PRESETS: dict[str, dict[str, int]] = {
     "max": dict(holo_ratio=50, heads=2),
@@ -158,8 +187,14 @@ class HoloLayout:
   fft_chunk_size: int = 2_000_000
   faithful: bool = False
   exact_grad: bool = True
+  tree_layout: str = "leaf"
 
   def __post_init__(self):
+    if not isinstance(self.tree_layout, str):
+      raise TypeError(f"tree_layout must be a str, one of {TREE_LAYOUTS}, got "
+                      f"{type(self.tree_layout).__name__}")
+    if self.tree_layout not in TREE_LAYOUTS:
+      raise ValueError(f"tree_layout={self.tree_layout!r}: must be one of {TREE_LAYOUTS}")
     for name in ("holo_ratio", "v_block_size", "heads", "codebook_size", "codebook_width",
                  "fft_chunk_size"):
       validate.static_int(name, getattr(self, name), 1)
@@ -273,11 +308,12 @@ def retrieve(hm: jax.Array, length: int, seed: jax.Array, layout: HoloLayout) ->
   return _by_row_groups(one, hm, groups)
 
 
-def resonance_gate(g: jax.Array, m_hat: jax.Array, faithful: bool) -> jax.Array:
-  """``gamma`` in ``[0, 1]`` (see module docstring)."""
+def resonance_gate(g: jax.Array, m_hat: jax.Array, faithful: bool, axes=None) -> jax.Array:
+  """``gamma`` in ``[0, 1]`` (see module docstring); ``rms`` is taken over ``axes``
+  (None: the whole tensor; ``(1, 2)`` for ``[k, rows, L]``: per stacked tensor)."""
   if faithful:
     return 0.5 + 0.5 * jnp.tanh(5.0 * g * m_hat)
-  rms = lambda x: jnp.sqrt(jnp.mean(jnp.square(x)))
+  rms = lambda x: jnp.sqrt(jnp.mean(jnp.square(x), axis=axes, keepdims=True))
   a = g * m_hat / (rms(g) * rms(m_hat) + 1e-30)
   return 0.5 + 0.5 * jnp.tanh(a)
 
@@ -303,20 +339,13 @@ def _init_leaf(p, compressed: bool, layout: HoloLayout):
   return hm, moments.block_rms(z, layout.v_block_size)
 
 
-def _leaf_update(g, mu, nu, seed, count, *, layout, b1, b2, eps, rf):
-  """One tensor: ``(update float32, new mu, new nu)``."""
-  if not jnp.iscomplexobj(mu):  # dense: exact Adam
-    return moments.dense_adam(g, mu, nu, b1=b1, b2=b2, eps=eps, count=count)
-
-  spec = lay.work_spec(g, None)
-  g32 = lay.reshard(g.astype(jnp.float32), spec)
-  length, vb = g.shape[-1], layout.v_block_size
-  h, n_chunks = layout.chunking(length)
-  lead = g.ndim - 1
-  sketch_ = lambda x: lay.per_shard(lambda a, sd: sketch(a, sd, layout), x, seed,
-                                    lead=lead, out_trailing=2)
-  retrieve_ = lambda hm: lay.per_shard(lambda a, sd: retrieve(a, length, sd, layout), hm, seed,
-                                       lead=lead, out_trailing=1)
+def _sketched_update(g32, mu, nu, count, *, layout, b1, b2, eps, rf, sketch_, retrieve_,
+                     axes=None):
+  """The compressed update of ``g32 float32[*lead, L]`` given ``sketch_: [*lead, L] ->
+  [*lead, heads, h]`` and ``retrieve_`` (its adjoint): ``(u, hm, rms)``. The gate's
+  ``rms`` is over ``axes`` (None: all of ``g32``; see :func:`resonance_gate`)."""
+  length, vb = g32.shape[-1], layout.v_block_size
+  _, n_chunks = layout.chunking(length)
   bc1 = 1.0 - jnp.asarray(b1, jnp.float32) ** count
   bc2 = 1.0 - jnp.asarray(b2, jnp.float32) ** count
 
@@ -336,15 +365,147 @@ def _leaf_update(g, mu, nu, seed, count, *, layout, b1, b2, eps, rf):
     m_hat = b1 * retrieve_(mu) + (1.0 - b1) * x
   else:
     m_hat = retrieve_(hm)
-  gamma = resonance_gate(x, m_hat, layout.faithful)
+  gamma = resonance_gate(x, m_hat, layout.faithful, axes)
   m_g = m_hat * (1.0 - rf + rf * gamma)
   if layout.faithful:
     u = jnp.sqrt(bc2) / bc1 * jnp.clip(m_g, -2.0, 2.0) / (s_el + eps)
   else:
-    u = (m_g / bc1) * (s_el / (s_el + eps))
+    u = m_g / (bc1 * (1.0 + eps / s_el))  # = (m_g / bc1) s / (s + eps); a divide last: XLA
+    # does not copy it into every leaf's output slice (flat layout)
+  return u, hm.astype(jnp.complex64), rms
+
+
+def _leaf_update(g, mu, nu, seed, count, *, layout, b1, b2, eps, rf):
+  """One tensor: ``(update float32, new mu, new nu)``."""
+  if not jnp.iscomplexobj(mu):  # dense: exact Adam
+    return moments.dense_adam(g, mu, nu, b1=b1, b2=b2, eps=eps, count=count)
+
+  spec = lay.work_spec(g, None)
+  g32 = lay.reshard(g.astype(jnp.float32), spec)
+  length, lead = g.shape[-1], g.ndim - 1
+  sketch_ = lambda x: lay.per_shard(lambda a, sd: sketch(a, sd, layout), x, seed,
+                                    lead=lead, out_trailing=2)
+  retrieve_ = lambda hm: lay.per_shard(lambda a, sd: retrieve(a, length, sd, layout), hm, seed,
+                                       lead=lead, out_trailing=1)
+  u, hm, rms = _sketched_update(g32, mu, nu, count, layout=layout, b1=b1, b2=b2, eps=eps, rf=rf,
+                                sketch_=sketch_, retrieve_=retrieve_)
   if spec is not None:
     u = lay.reshard(u, jax.sharding.PartitionSpec(*lay.explicit_spec(g)))
-  return u, hm.astype(jnp.complex64), rms
+  return u, hm, rms
+
+
+# ----------------------------------------------------------------------------
+# The flat layout: one stacked state per group of equally shaped tensors.
+
+
+class FlatPlan(NamedTuple):
+  """Which leaves share a stacked state (``tree_layout="flat"``), from static shapes.
+
+  ``dense``: indices of the dense leaves (one float32 vector of all their
+  elements); ``groups``: ``((rows, L), indices)`` per group of compressed
+  leaves whose shape flattens to ``[rows, L]`` (in order of first appearance).
+  """
+  dense: tuple[int, ...]
+  groups: tuple[tuple[tuple[int, int], tuple[int, ...]], ...]
+
+
+def flat_plan(leaves, labels) -> FlatPlan:
+  """The :class:`FlatPlan` of ``leaves`` (arrays or shapes' holders) and their
+  compress ``labels``; scalars and empty tensors are dense, as in the leaf layout."""
+  dense, groups = [], {}
+  for i, (x, c) in enumerate(zip(leaves, labels)):
+    if not c or x.ndim == 0 or x.size == 0:
+      dense.append(i)
+    else:
+      groups.setdefault((math.prod(x.shape[:-1]), x.shape[-1]), []).append(i)
+  return FlatPlan(tuple(dense), tuple((k, tuple(v)) for k, v in groups.items()))
+
+
+def _flat_state_shapes(plan: FlatPlan, leaves, layout: HoloLayout):
+  """``(mu shapes, nu shapes)``: ``[dense vector, *groups]`` (see :func:`_init_flat`)."""
+  d = sum(leaves[i].size for i in plan.dense)
+  mus, nus = [(d,)], [(d,)]
+  for (rows, length), idx in plan.groups:
+    h, _ = layout.chunking(length)
+    mus.append((len(idx) * rows, layout.heads, h))
+    nus.append((len(idx) * rows, lay.num_blocks(length, layout.v_block_size)))
+  return mus, nus
+
+
+def _check_flat_state(state, plan: FlatPlan, paths, leaves, layout: HoloLayout) -> None:
+  """Raises a ``ValueError`` naming the leaves of the first group (or the dense
+  vector) whose state does not have the shape these gradients need."""
+  mus, nus = _flat_state_shapes(plan, leaves, layout)
+  got_mu = [tuple(x.shape) for x in jax.tree.leaves(state.mu)]
+  got_nu = [tuple(x.shape) for x in jax.tree.leaves(state.nu)]
+  if (got_mu, got_nu) == (mus, nus):
+    return
+  groups = [plan.dense] + [idx for _, idx in plan.groups]
+  bad = next((i for i in range(len(groups)) if i >= len(got_mu) or got_mu[i] != mus[i]
+              or got_nu[i] != nus[i]), len(groups) - 1)
+  names = ", ".join(f"{jax.tree_util.keystr(paths[i])} {tuple(leaves[i].shape)}"
+                    for i in groups[bad])
+  raise ValueError(
+      f"holo_adam (tree_layout='flat'): the gradients of {names} do not match the optimizer "
+      f"state built at init (state mu shapes {got_mu}, these gradients need {mus})")
+
+
+def _refuse_explicit_sharding(leaves) -> None:
+  if any(lay.explicit_spec(x) is not None for x in leaves):
+    raise ValueError(
+        "holo_adam: tree_layout='flat' stacks tensors and does not keep explicitly sharded "
+        "parameters' shards local; use tree_layout='leaf' for explicitly sharded parameters")
+
+
+def _init_flat(leaves, labels, layout: HoloLayout):
+  """``(mu, nu)`` tuples: float32 ``[D]`` twice (dense m and sqrt(v) of all dense
+  leaves' ``D`` elements), then per group complex64 ``[k rows, heads, h]`` and
+  float32 ``[k rows, ceil(L / v_block_size)]`` (the ``k`` tensors' rows stacked)."""
+  _refuse_explicit_sharding(leaves)
+  mus, nus = _flat_state_shapes(flat_plan(leaves, labels), leaves, layout)
+  mu = tuple(jnp.zeros(s, jnp.complex64 if i else jnp.float32) for i, s in enumerate(mus))
+  return mu, tuple(jnp.zeros(s, jnp.float32) for s in nus)
+
+
+def _group_update(g_krl, hm, rms, seed, count, **kw):
+  """One group of the flat layout: ``g_krl float32[k, rows, L]``, its stacked state
+  ``hm [k rows, heads, h]``, ``rms [k rows, nb]``: ``(u [k, rows, L], hm, rms)``.
+  The sketch runs once over all ``k rows`` rows (keys depend on chunk and head only)."""
+  layout = kw["layout"]
+  k, rows, length = g_krl.shape
+  heads, h = hm.shape[1:]
+  sketch_ = lambda x: sketch(x.reshape(k * rows, length), seed, layout).reshape(
+      k, rows, heads, h)
+  retrieve_ = lambda x: retrieve(x.reshape(k * rows, heads, h), length, seed,
+                                 layout).reshape(k, rows, length)
+  u, hm_new, rms_new = _sketched_update(
+      g_krl, hm.reshape(k, rows, heads, h), rms.reshape(k, rows, -1), count, sketch_=sketch_,
+      retrieve_=retrieve_, axes=(1, 2), **kw)
+  return u, hm_new.reshape(hm.shape), rms_new.reshape(rms.shape)
+
+
+def _flat_update(leaves, mu, nu, seed, count, *, plan: FlatPlan, layout, b1, b2, eps, rf):
+  """Every leaf's float32 update and the new ``(mu, nu)`` tuples: one dense Adam
+  on the concatenated dense leaves, one sketched update per group on its
+  stacked ``[k, rows, L]`` gradients (the gate's rms per tensor)."""
+  out = [None] * len(leaves)
+  new_mu, new_nu = [mu[0]], [nu[0]]
+  if plan.dense:
+    g = jnp.concatenate([leaves[i].astype(jnp.float32).ravel() for i in plan.dense])
+    u, new_mu[0], new_nu[0] = moments.dense_adam(g, mu[0], nu[0], b1=b1, b2=b2, eps=eps,
+                                                 count=count)
+    offsets = np.cumsum([0] + [leaves[i].size for i in plan.dense])
+    for j, i in enumerate(plan.dense):
+      out[i] = jax.lax.slice_in_dim(u, offsets[j], offsets[j + 1]).reshape(leaves[i].shape)
+  for ((rows, length), idx), m, v in zip(plan.groups, mu[1:], nu[1:]):
+    g_krl = jnp.stack([leaves[i].astype(jnp.float32).reshape(rows, length) for i in idx])
+    u_krl, hm, rms = _group_update(g_krl, m, v, seed, count, layout=layout, b1=b1, b2=b2,
+                                   eps=eps, rf=rf)
+    new_mu.append(hm)
+    new_nu.append(rms)
+    for j, i in enumerate(idx):
+      out[i] = jax.lax.index_in_dim(u_krl, j, keepdims=False).reshape(leaves[i].shape)
+  return out, tuple(new_mu), tuple(new_nu)
 
 
 def _state_shapes_ok(g, mu, nu, layout) -> bool:
@@ -362,7 +523,8 @@ def scale_by_holo_adam(b1: float = 0.9, b2: float = 0.999, eps: float = 1e-8,
                        min_compress_size: int = 8192, codebook_size: int = 256,
                        codebook_width: int = 8192, fft_chunk_size: int = 2_000_000,
                        faithful: bool = False, compress: Any = None, seed: int = 0,
-                       exact_grad: bool = True) -> optax.GradientTransformationExtraArgs:
+                       exact_grad: bool = True, tree_layout: str = "leaf"
+                       ) -> optax.GradientTransformationExtraArgs:
   """Rescales updates by HoloAdam's sketched m and block-rms v (see module docstring).
 
   Args:
@@ -383,6 +545,11 @@ def scale_by_holo_adam(b1: float = 0.9, b2: float = 0.999, eps: float = 1e-8,
       the codebook is recomputed from it, never stored).
     exact_grad: use ``b1 p^_{t-1} + (1 - b1) p_t`` (sketched history, exact
       current gradient) instead of ``p^_t`` (ignored when ``faithful``).
+    tree_layout: ``"leaf"`` (a state per parameter, sharded like it) or
+      ``"flat"`` (a stacked state per group of equally shaped compressed
+      tensors and one dense vector: one sketch per group, a program whose
+      size does not grow with the number of tensors; no explicitly sharded
+      parameters). See the module docstring.
 
   Returns:
     An ``optax.GradientTransformationExtraArgs``. Shape-setting arguments
@@ -396,7 +563,7 @@ def scale_by_holo_adam(b1: float = 0.9, b2: float = 0.999, eps: float = 1e-8,
       is not floating point.
   """
   layout = HoloLayout(holo_ratio, v_block_size, heads, min_compress_size, codebook_size,
-                      codebook_width, fft_chunk_size, faithful, exact_grad)
+                      codebook_width, fft_chunk_size, faithful, exact_grad, tree_layout)
   validate.check_real("b1", b1, 0.0, 1.0, hi_open=True)
   validate.check_real("b2", b2, 0.0, 1.0, hi_open=True)
   validate.check_real("eps", eps, 0.0)
@@ -407,40 +574,52 @@ def scale_by_holo_adam(b1: float = 0.9, b2: float = 0.999, eps: float = 1e-8,
   def init_fn(params):
     validate.check_float_params("holo_adam", params)
     labels = compress_labels(params, compress, min_compress_size)
-    leaves = [_init_leaf(p, c, layout) for p, c in
-              zip(jax.tree.leaves(params), jax.tree.structure(params).flatten_up_to(labels))]
     treedef = jax.tree.structure(params)
+    flat_labels = treedef.flatten_up_to(labels)
+    if layout.tree_layout == "flat":
+      mu, nu = _init_flat(jax.tree.leaves(params), flat_labels, layout)
+    else:
+      leaves = [_init_leaf(p, c, layout) for p, c in zip(jax.tree.leaves(params), flat_labels)]
+      mu = treedef.unflatten([x[0] for x in leaves])
+      nu = treedef.unflatten([x[1] for x in leaves])
     return ScaleByHoloAdamState(
         count=jnp.zeros((), jnp.int32),
-        key=jax.random.key_data(jax.random.key(seed)).astype(jnp.uint32),
-        mu=treedef.unflatten([x[0] for x in leaves]),
-        nu=treedef.unflatten([x[1] for x in leaves]))
+        key=jax.random.key_data(jax.random.key(seed)).astype(jnp.uint32), mu=mu, nu=nu)
 
   def update_fn(updates, state, params=None, **extra_args):
     del extra_args
     if params is not None:
       validate.check_param_shapes("holo_adam", updates, params)
     paths_leaves, treedef = jax.tree_util.tree_flatten_with_path(updates)
-    mus = treedef.flatten_up_to(state.mu)
-    nus = treedef.flatten_up_to(state.nu)
     count = optax.safe_increment(state.count)
     t = count.astype(jnp.float32)
     w = jnp.asarray(warmup_steps, jnp.float32)
     rf = resonance_factor * jnp.where(w > 0, jnp.minimum(t / jnp.maximum(w, 1e-30), 1.0), 1.0)
     seed32 = quant.seed_from_key(jax.random.wrap_key_data(state.key))
+    kw = dict(layout=layout, b1=b1, b2=b2, eps=eps, rf=rf)
 
-    out = []
-    for (path, g), mu, nu in zip(paths_leaves, mus, nus):
-      if not _state_shapes_ok(g, mu, nu, layout):
-        validate.raise_state_mismatch("holo_adam", path, g.shape)
-      u, m, v = _leaf_update(g, mu, nu, seed32, count, layout=layout, b1=b1, b2=b2, eps=eps,
-                             rf=rf)
-      out.append((u.astype(g.dtype), m, v))
+    if layout.tree_layout == "flat":
+      gs = [g for _, g in paths_leaves]
+      _refuse_explicit_sharding(gs)
+      plan = flat_plan(gs, treedef.flatten_up_to(
+          compress_labels(updates, compress, min_compress_size)))
+      _check_flat_state(state, plan, [path for path, _ in paths_leaves], gs, layout)
+      us, mu, nu = _flat_update(gs, state.mu, state.nu, seed32, count, plan=plan, **kw)
+      us = [u.astype(g.dtype) for u, g in zip(us, gs)]
+    else:
+      out = []
+      for (path, g), m, v in zip(paths_leaves, treedef.flatten_up_to(state.mu),
+                                 treedef.flatten_up_to(state.nu)):
+        if not _state_shapes_ok(g, m, v, layout):
+          validate.raise_state_mismatch("holo_adam", path, g.shape)
+        u, m, v = _leaf_update(g, m, v, seed32, count, **kw)
+        out.append((u.astype(g.dtype), m, v))
+      us = [x[0] for x in out]
+      mu = treedef.unflatten([x[1] for x in out])
+      nu = treedef.unflatten([x[2] for x in out])
 
-    new_state = ScaleByHoloAdamState(
-        count=count, key=state.key,
-        mu=treedef.unflatten([x[1] for x in out]), nu=treedef.unflatten([x[2] for x in out]))
-    return treedef.unflatten([x[0] for x in out]), new_state
+    new_state = ScaleByHoloAdamState(count=count, key=state.key, mu=mu, nu=nu)
+    return treedef.unflatten(us), new_state
 
   return optax.GradientTransformationExtraArgs(init_fn, update_fn)
 
@@ -452,7 +631,8 @@ def holo_adam(learning_rate: optax.ScalarOrSchedule = 1e-4, b1: float = 0.9,
               min_compress_size: int = 8192, codebook_size: int = 256,
               codebook_width: int = 8192, fft_chunk_size: int = 2_000_000,
               faithful: bool = False, compress: Any = None, seed: int = 0,
-              exact_grad: bool = True, mask: Any = None) -> optax.GradientTransformationExtraArgs:
+              exact_grad: bool = True, mask: Any = None, tree_layout: str = "leaf"
+              ) -> optax.GradientTransformationExtraArgs:
   """HoloAdam(W): ``apply_if_finite(chain(scale_by_holo_adam, add_decayed_weights, -lr))``.
 
   A non-finite gradient skips the whole step (no decay, no schedule step,
@@ -478,6 +658,6 @@ def holo_adam(learning_rate: optax.ScalarOrSchedule = 1e-4, b1: float = 0.9,
                          min_compress_size=min_compress_size, codebook_size=codebook_size,
                          codebook_width=codebook_width, fft_chunk_size=fft_chunk_size,
                          faithful=faithful, compress=compress, seed=seed,
-                         exact_grad=exact_grad),
+                         exact_grad=exact_grad, tree_layout=tree_layout),
       optax.add_decayed_weights(weight_decay, mask),
       optax.scale_by_learning_rate(learning_rate)))

@@ -18,8 +18,15 @@ SMALL = {"turbo_adam": dict(min_m_compress_elements=1024),
 ROSENBROCK = {"holo_adam_max": dict(steps=1600)}
 
 
+# Layouts of a registered optimizer, as "name[layout]": (registry name, extra kwargs).
+# HoloAdam's flat layout refuses explicitly sharded parameters (asserted below).
+VARIANTS = {"holo_adam[flat]": ("holo_adam", dict(tree_layout="flat"))}
+REFUSES_EXPLICIT = {"holo_adam[flat]"}
+
+
 def _make(name):
-  return lambda lr: registry.get(name, lr, 0.0, **SMALL.get(name, {}))
+  base, kw = VARIANTS.get(name, (name, {}))
+  return lambda lr: registry.get(base, lr, 0.0, **SMALL.get(base, {}), **kw)
 
 
 # Presets of one implementation (its code, other hyperparameters): the costly
@@ -31,7 +38,7 @@ COSTLY = (contract.check_explicit_sharding, contract.check_explicit_sharding_eag
 
 
 def _cases():
-  for name in registry.names():
+  for name in registry.names() + list(VARIANTS):
     for check in contract.CHECKS:
       costly = check in COSTLY and (name in PRESET_OF or (
           # HoloAdam's eager update dispatches hundreds of small ops, each
@@ -43,7 +50,11 @@ def _cases():
 
 @pytest.mark.parametrize("name,check", list(_cases()))
 def test_contract(name, check):
-  if check is contract.check_rosenbrock:
+  if name in REFUSES_EXPLICIT and check in (contract.check_explicit_sharding,
+                                            contract.check_explicit_sharding_eager):
+    with pytest.raises(ValueError, match="tree_layout"):
+      check(_make(name))
+  elif check is contract.check_rosenbrock:
     check(_make(name), **ROSENBROCK.get(name, {}))
   else:
     check(_make(name))
@@ -53,6 +64,6 @@ def test_every_registered_optimizer_is_covered():
   assert set(SMALL) | {"adamw", "adafactor", "lion"} == set(registry.names())
 
 
-@pytest.mark.parametrize("name", registry.names())
+@pytest.mark.parametrize("name", registry.names() + list(VARIANTS))
 def test_orbax_roundtrip(name, tmp_path):
   contract.check_orbax_roundtrip(_make(name), tmp_path)

@@ -19,10 +19,12 @@ OURS = {
     "holo_adam": lambda lr, **kw: holo_adam(lr, min_compress_size=1024, **kw),
     "holo_adam_faithful": lambda lr, **kw: holo_adam(lr, min_compress_size=1024, faithful=True,
                                                      **kw),
+    "holo_adam_flat": lambda lr, **kw: holo_adam(lr, min_compress_size=1024, tree_layout="flat",
+                                                 **kw),
 }
 # The overflow guarantees hold for the default encodings (faithful keeps the
 # original's fp16 CoState scales and unclipped gate).
-SAFE = ("turbo_adam", "turbo_adam_v", "holo_adam")
+SAFE = ("turbo_adam", "turbo_adam_v", "holo_adam", "holo_adam_flat")
 
 
 def _params():
@@ -169,4 +171,5 @@ def _scale_by(name):
   if name.startswith("turbo"):
     kw = dict(compress_m=False) if name == "turbo_adam_v" else dict(min_m_compress_elements=1024)
     return scale_by_turbo_adam(faithful=name.endswith("faithful"), **kw)
-  return scale_by_holo_adam(min_compress_size=1024, faithful=name.endswith("faithful"))
+  return scale_by_holo_adam(min_compress_size=1024, faithful=name.endswith("faithful"),
+                            tree_layout="flat" if name.endswith("flat") else "leaf")

@@ -2,9 +2,10 @@
 
 For each parameter tree (``trees``: GPT-2 124M's shapes, a ~1B Llama-shaped
 tree, or ``leaves-N``: N equal leaves of ``leaves_total`` parameters), each
-optimizer of ``optimizers`` (``name`` or ``name@implementation``, registry
-names) is jitted as update + apply with parameters and state donated, as a
-train step runs it, and measured in one run against ``optax.adamw``:
+optimizer of ``optimizers`` (``name``, ``name@implementation`` or
+``name:flat`` for ``tree_layout="flat"``, registry names) is jitted as update
++ apply with parameters and state donated, as a train step runs it, and
+measured in one run against ``optax.adamw``:
 
 * ``compile_s``: lowering + XLA compile of that step (``jit(...).lower().compile()``);
 * ``step_ms``: the median of ``repeats`` steps after a warm-up;
@@ -66,6 +67,17 @@ def tree_shapes(name: str, leaves_total: int) -> dict:
   return {f"w{i:04d}": (rows, 1024) for i in range(n)}
 
 
+def parse_spec(spec: str) -> tuple[str, dict, str]:
+  """``name[:tree_layout][@implementation]`` -> (registry name, keyword arguments,
+  implementation label: ``default``, ``flat``, ``triton``, ``flat+triton``)."""
+  name, _, impl = spec.partition("@")
+  name, _, tree_layout = name.partition(":")
+  kw = {"implementation": impl} if impl else {}
+  if tree_layout:
+    kw["tree_layout"] = tree_layout
+  return name, kw, "+".join(x for x in (tree_layout, impl) if x) or "default"
+
+
 @dataclasses.dataclass(frozen=True)
 class OptimizerStepConfig:
   """What ``run`` measures (module docstring).
@@ -73,7 +85,8 @@ class OptimizerStepConfig:
   Attributes:
     trees: ``gpt2-124m``, ``llama-1b`` or ``leaves-N`` (N equal leaves).
     optimizers: registry names, optionally ``@implementation`` (TurboAdam's
-      fused v step: ``xla``, ``triton``, ``interpret``).
+      fused v step: ``xla``, ``triton``, ``interpret``) and ``:flat``
+      (``tree_layout="flat"``: ``holo_adam:flat``).
     leaves_total: parameters of each ``leaves-N`` tree.
     repeats: timed steps (their median is reported).
     bandwidth_bytes: buffer size of the copy-bandwidth measurement.
@@ -90,11 +103,11 @@ class OptimizerStepConfig:
     if bad or not self.trees:
       raise ValueError(f"trees {bad or self.trees!r}: each must be gpt2-124m, llama-1b or "
                        f"leaves-<N>")
-    names = [o.split("@")[0] for o in self.optimizers]
+    names = [parse_spec(o)[0] for o in self.optimizers]
     unknown = [n for n in names if n not in registry.names()]
     if unknown or not self.optimizers:
       raise ValueError(f"optimizers {unknown or self.optimizers!r}: choose from "
-                       f"{registry.names()} (optionally name@implementation)")
+                       f"{registry.names()} (optionally name:flat, name@implementation)")
     require_positive(self, "leaves_total", "repeats", "bandwidth_bytes")
 
 
@@ -103,10 +116,9 @@ TINY = OptimizerStepConfig(trees=("leaves-2", "leaves-8"), optimizers=("adamw", 
 
 
 def make_optimizer(spec: str) -> tuple[optax.GradientTransformation, str]:
-  """(transformation, implementation label) of ``name`` or ``name@implementation``."""
-  name, _, impl = spec.partition("@")
-  kw = {"implementation": impl} if impl else {}
-  return registry.get(name, 1e-3, 0.0, **kw), impl or "default"
+  """(transformation, implementation label) of a :func:`parse_spec` spec."""
+  name, kw, label = parse_spec(spec)
+  return registry.get(name, 1e-3, 0.0, **kw), label
 
 
 def compiled_step(opt, params, grads):
@@ -136,7 +148,7 @@ def measure(spec: str, shapes, tree: str, bandwidth: float, repeats: int) -> dic
 
   step_s = median_time(run, repeats=repeats, warmup=2)
   s_bytes = tree_bytes(carry[1])
-  return {"optimizer": spec.split("@")[0], "implementation": impl, "tree": tree, "params": n,
+  return {"optimizer": parse_spec(spec)[0], "implementation": impl, "tree": tree, "params": n,
           "compile_s": compile_s, "step_ms": 1e3 * step_s,
           "floor_ms": 1e3 * (12 * n + 2 * s_bytes) / bandwidth,
           "state_bits_per_param": state_bits_per_param(carry[1], carry[0])}
@@ -152,8 +164,8 @@ def run(cfg: OptimizerStepConfig, progress: Progress = Progress()) -> Result:
       try:
         row = measure(spec, shapes, tree, bandwidth, cfg.repeats)
       except Exception as e:  # record it, keep going (e.g. a kernel that cannot lower here)
-        row = {"optimizer": spec.split("@")[0], "implementation": spec.partition("@")[2]
-               or "default", "tree": tree, "error": f"{type(e).__name__}: {e}"[:300]}
+        row = {"optimizer": parse_spec(spec)[0], "implementation": parse_spec(spec)[2],
+               "tree": tree, "error": f"{type(e).__name__}: {e}"[:300]}
       results["rows"].append(row)
       progress.say(f"{tree} {spec}: {row}")
       progress.partial(results)
