@@ -58,7 +58,18 @@ def test_splits_share_no_module_and_mask_all_but_answers():
     (dict(task="summary"), "task"),
     (dict(held_out=1.0), "held_out"),
     (dict(steps=0), "steps"),
+    (dict(tree_layout="stacked"), "tree_layout"),
 ])
 def test_bad_config_names_the_field(kw, match):
   with pytest.raises(ValueError, match=match):
     ft.FinetuneConfig.tiny(**kw)
+
+
+def test_optimizers_get_the_configured_tree_layout():
+  import jax.numpy as jnp  # noqa: PLC0415
+  params = {"w": jnp.zeros((64, 256)), "b": jnp.zeros((256,))}
+  flat = ft._tx("holo_adam", 1e-3, 0, "flat").init(params)
+  leaf = ft._tx("holo_adam", 1e-3, 0, "leaf").init(params)
+  holo_state = lambda s: s[1].inner_state[0]  # chain(clip, apply_if_finite(chain(holo, ...)))
+  assert isinstance(holo_state(flat).mu, tuple) and isinstance(holo_state(leaf).mu, dict)
+  ft._tx("adamw", 1e-3, 0, "flat").init(params)  # optimizers without the argument ignore it
