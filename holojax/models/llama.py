@@ -48,7 +48,8 @@ from holojax.nn.embed import Embed
 class LlamaConfig:
   """Sizes of a :class:`Llama` (HF's names).
 
-  ``dtype`` is the compute dtype, ``param_dtype`` the stored one. The
+  ``dtype`` is the compute dtype, ``param_dtype`` the stored one; ``remat``
+  recomputes each block's activations in the backward pass. The
   ``smollm2-135m-instruct`` preset is the GGUF's model (fill its weights with
   ``holojax.models.load_pretrained``); ``llama-tiny`` is for tests (a byte
   vocabulary, so ``holojax train --model llama-tiny`` runs on the corpus).
@@ -67,8 +68,11 @@ class LlamaConfig:
   tie_embeddings: bool = True
   dtype: str = "float32"
   param_dtype: str = "float32"
+  remat: bool = False
 
   def __post_init__(self):
+    if not isinstance(self.remat, bool):
+      raise TypeError(f"remat={self.remat!r} must be a bool")
     for name in ("vocab_size", "hidden_size", "num_hidden_layers", "num_heads", "num_kv_heads",
                  "head_dim", "intermediate_size", "max_seq_len"):
       if getattr(self, name) < 1:
@@ -98,6 +102,17 @@ LLAMA_PRESETS: dict[str, LlamaConfig] = {
     "llama-tiny": LlamaConfig(vocab_size=256, hidden_size=64, num_hidden_layers=2, num_heads=4,
                               num_kv_heads=2, head_dim=16, intermediate_size=128, max_seq_len=256,
                               rope_base=10_000.0),
+    # Llama-3.2-1B's shapes (1.24B parameters, tied embeddings): random init, for
+    # throughput, sharding and optimizer-memory runs.
+    "llama-1b": LlamaConfig(vocab_size=128256, hidden_size=2048, num_hidden_layers=16,
+                            num_heads=32, num_kv_heads=8, head_dim=64, intermediate_size=8192,
+                            rope_base=500_000.0),
+    # Llama-2-13B's shapes (13.0B parameters, untied): the optimizer-memory capstone
+    # (`holojax bench big_step`).
+    "llama-13b": LlamaConfig(vocab_size=32000, hidden_size=5120, num_hidden_layers=40,
+                             num_heads=40, num_kv_heads=40, head_dim=128, intermediate_size=13824,
+                             max_seq_len=4096, rope_base=10_000.0, tie_embeddings=False,
+                             remat=True),
 }
 
 
@@ -191,6 +206,11 @@ class LlamaBlock(nnx.Module):
     return self.finish(x_btd, attn), layer_cache
 
 
+# A block whose activations are recomputed in the backward pass (``LlamaConfig.remat``):
+# training memory holds one block's activations instead of every block's.
+_remat_block = nnx.remat(lambda layer, x_btd, positions_t: layer(x_btd, positions_t))
+
+
 class Llama(nnx.Module):
   """Llama-family causal LM (see the module docstring)."""
 
@@ -217,7 +237,8 @@ class Llama(nnx.Module):
     positions_t = jnp.arange(input_ids.shape[1], dtype=jnp.int32)
     x_btd = self.embed(input_ids)
     for layer in self.layers:
-      x_btd = layer(x_btd, positions_t)
+      x_btd = (_remat_block(layer, x_btd, positions_t) if cfg.remat
+               else layer(x_btd, positions_t))
     return lm_output(self._head(x_btd), labels)
 
   def init_cache(self, batch: int, max_len: int, kind="full") -> LlamaCache:

@@ -68,6 +68,24 @@ def test_config_validation():
   with pytest.raises(ValueError, match="dtype"):
     LlamaConfig(dtype="float16")
   assert LLAMA_PRESETS["smollm2-135m-instruct"].num_params() == 134_515_008
+  with pytest.raises(TypeError, match="remat"):
+    LlamaConfig(remat=1)
+
+
+@pytest.mark.parametrize("name,billions", [("llama-1b", 1.236), ("llama-13b", 13.016)])
+def test_large_presets_count_their_parameters(name, billions):
+  cfg = LLAMA_PRESETS[name]
+  model = nnx.eval_shape(lambda: Llama(cfg, rngs=nnx.Rngs(0)))  # shapes only
+  from holojax.optim.accounting import num_params
+  assert num_params(model) == cfg.num_params() and round(cfg.num_params() / 1e9, 3) == billions
+
+
+def test_remat_gives_the_same_gradients(tiny):
+  ids = jax.random.randint(jax.random.key(0), (2, 16), 0, TINY.vocab_size)
+  grads = lambda cfg: nnx.grad(lambda m: m(ids, labels=ids).loss)(Llama(cfg, rngs=nnx.Rngs(0)))
+  a, b = grads(TINY), grads(dataclasses.replace(TINY, remat=True))
+  for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
+    np.testing.assert_allclose(x, y, rtol=1e-6, atol=1e-7)
 
 
 def test_registry_presets():

@@ -61,6 +61,9 @@ BENCHMARKS: dict[str, tuple[str, str]] = {
     "optimizer_step": ("holojax.train.bench.optim.optimizer_step",
                        "Every optimizer's jitted step: compile time (10 vs 200 leaves), step "
                        "time vs optax.adamw, memory floor"),
+    "big_step": ("holojax.train.bench.optim.big_step",
+                 "A 13B Llama's full train step on one GPU per optimizer: ok or out of "
+                 "memory, peak bytes, step time"),
     "convergence": ("holojax.train.bench.optim.convergence",
                     "Optimizers at equal steps on one model: final loss, gap to AdamW"),
     "demo": ("holojax.train.bench.optim.demo",

@@ -1,0 +1,201 @@
+"""Memory you can touch: one full train step of a 13B Llama on one GPU, per optimizer.
+
+For each optimizer of ``optimizers`` (registry names, ``name[:tree_layout][@implementation]``
+as in ``holojax bench optimizer_step``), a fresh process builds ``model`` (float32
+parameters, ``dtype`` compute, rematerialised blocks) and its optimizer state on
+the device, then runs ``steps`` full train steps (forward, backward, update,
+apply; parameters and state donated: ``holojax.train.step``) on ``batch`` x
+``seq`` random tokens. One process per attempt, so each peak is its own and an
+out-of-memory attempt cannot poison the next. Rows (``results["rows"]``)::
+
+  {"optimizer", "params", "status", "phase", "peak_bytes", "step_ms",
+   "state_bytes", "need_bytes", "error"}
+
+``status`` is ``"ok"``, ``"oom"`` (the device ran out of memory, during
+``phase`` ``"init"`` or ``"step"``) or ``"error"``; ``peak_bytes`` the device's
+``peak_bytes_in_use`` (None where the backend keeps no statistics, e.g. CPU);
+``step_ms`` the median of the steps after the first (which compiles);
+``state_bytes`` the optimizer state by ``jax.eval_shape`` (nothing allocated);
+``need_bytes`` the floor every step must hold at once: parameters, gradients
+and state (``8 N + state`` for N float32 parameters). AdamW's state is 8 N, so
+it needs 16 bytes per parameter (208 GB at 13B, more than an H200's 141 GB);
+TurboAdam's is under 1 byte per parameter (about 117 GB in all).
+
+  holojax bench big_step                                  # the H200 run (13B)
+  holojax bench big_step --optimizers turbo_adam:flat adamw
+  holojax bench big_step --tiny --no-save                 # CPU smoke run
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import statistics
+import subprocess
+import sys
+import time
+
+import jax
+import numpy as np
+from flax import nnx
+
+from holojax.models.llama import LLAMA_PRESETS, Llama
+from holojax.optim import registry
+from holojax.optim.accounting import tree_bytes
+from holojax.train.bench.common import Progress, Result, device_memory, require_positive
+from holojax.train.bench.optim.optimizer_step import parse_spec
+from holojax.train.step import init_state, make_train_step
+
+
+@dataclasses.dataclass(frozen=True)
+class BigStepConfig:
+  """What ``run`` measures (module docstring).
+
+  Attributes:
+    model: a Llama preset (``holojax.models.LLAMA_PRESETS``), random weights.
+    optimizers: ``name[:tree_layout][@implementation]`` each, tried in order.
+    dtype: compute dtype (parameters stay float32).
+    remat: recompute each block's activations in the backward pass.
+    batch: sequences per step.
+    seq: tokens per sequence.
+    steps: train steps per attempt (the first compiles; the rest are timed).
+    timeout_s: seconds an attempt may take before it is stopped (status "error").
+  """
+
+  model: str = "llama-13b"
+  optimizers: tuple[str, ...] = ("turbo_adam", "adamw")
+  dtype: str = "bfloat16"
+  remat: bool = True
+  batch: int = 1
+  seq: int = 256
+  steps: int = 3
+  timeout_s: int = 1200
+
+  def __post_init__(self):
+    if self.model not in LLAMA_PRESETS:
+      raise ValueError(f"model={self.model!r}: choose a Llama preset {sorted(LLAMA_PRESETS)}")
+    bad = [s for s in self.optimizers if parse_spec(s)[0] not in registry.names()]
+    if bad or not self.optimizers:
+      raise ValueError(f"optimizers {bad or self.optimizers!r}: choose from {registry.names()}")
+    if self.dtype not in ("float32", "bfloat16"):
+      raise ValueError(f"dtype={self.dtype!r} must be 'float32' or 'bfloat16'")
+    require_positive(self, "batch", "seq", "steps", "timeout_s")
+    if self.seq > LLAMA_PRESETS[self.model].max_seq_len:
+      raise ValueError(f"seq={self.seq} exceeds {self.model}'s context of "
+                       f"{LLAMA_PRESETS[self.model].max_seq_len} tokens")
+
+
+TINY = BigStepConfig(model="llama-tiny", optimizers=("adamw", "turbo_adam"), dtype="float32",
+                     seq=32, steps=2, timeout_s=300)
+
+
+def model_config(cfg: BigStepConfig):
+  return dataclasses.replace(LLAMA_PRESETS[cfg.model], dtype=cfg.dtype, param_dtype="float32",
+                             remat=cfg.remat)
+
+
+def optimizer(spec: str):
+  name, kw, _ = parse_spec(spec)
+  return registry.get(name, 1e-5, 0.0, **kw)
+
+
+def need(cfg: BigStepConfig, spec: str) -> tuple[int, int, int]:
+  """``(parameters, state bytes, need bytes)`` from shapes alone (nothing allocated)."""
+  model = nnx.eval_shape(lambda: Llama(model_config(cfg), rngs=nnx.Rngs(0)))
+  params = nnx.state(model, nnx.Param).to_pure_dict()
+  n = sum(x.size for x in jax.tree.leaves(params))
+  state = jax.eval_shape(optimizer(spec).init, params)
+  return n, tree_bytes(state), 8 * n + tree_bytes(state)
+
+
+def is_oom(err: BaseException) -> bool:
+  """Whether ``err`` is XLA's out-of-device-memory error."""
+  text = str(err)
+  return "RESOURCE_EXHAUSTED" in text or "Out of memory" in text or "out of memory" in text
+
+
+def attempt(cfg: BigStepConfig, spec: str) -> dict:
+  """One optimizer's build + ``steps`` train steps in this process (see module docstring)."""
+  row = {"optimizer": spec, "status": "ok", "phase": "init", "peak_bytes": None,
+         "step_ms": None, "error": None}
+  loss = lambda model, ids: model(ids, labels=ids).loss
+  try:
+    tx = optimizer(spec)
+    graphdef, state = init_state(lambda: Llama(model_config(cfg), rngs=nnx.Rngs(0)), tx)
+    step = make_train_step(graphdef, tx, loss)
+    row["phase"] = "step"
+    rng = np.random.default_rng(0)
+    vocab = LLAMA_PRESETS[cfg.model].vocab_size
+    times = []
+    for _ in range(cfg.steps):
+      ids = jax.numpy.asarray(rng.integers(0, vocab, (cfg.batch, cfg.seq)), jax.numpy.int32)
+      t0 = time.perf_counter()
+      state, metrics = step(state, ids)
+      row["loss"] = float(jax.block_until_ready(metrics["train/loss"]))
+      times.append(time.perf_counter() - t0)
+    row["step_ms"] = 1e3 * statistics.median(times[1:] or times)
+    row["first_step_s"] = times[0]
+  except Exception as err:  # noqa: BLE001 - reported in the row, never swallowed silently
+    row["status"] = "oom" if is_oom(err) else "error"
+    row["error"] = str(err).strip().splitlines()[0][:300]
+  row["peak_bytes"] = device_memory()["peak_bytes_in_use"]
+  return row
+
+
+def _attempt_in_child(cfg: BigStepConfig, spec: str) -> dict:
+  """:func:`attempt` in a fresh Python process (its own device memory and peak)."""
+  arg = json.dumps({"config": dataclasses.asdict(cfg), "spec": spec})
+  cmd = [sys.executable, "-m", "holojax.train.bench.optim.big_step", arg]
+  try:
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=cfg.timeout_s)
+  except subprocess.TimeoutExpired:
+    return {"optimizer": spec, "status": "error", "error": f"timed out after {cfg.timeout_s} s"}
+  lines = [ln for ln in out.stdout.splitlines() if ln.startswith("{")]
+  if out.returncode or not lines:
+    tail = (out.stderr.strip().splitlines() or ["no output"])[-1][:300]
+    return {"optimizer": spec, "status": "oom" if "RESOURCE_EXHAUSTED" in out.stderr else "error",
+            "error": f"exit {out.returncode}: {tail}"}
+  return json.loads(lines[-1])
+
+
+def run(cfg: BigStepConfig, progress: Progress = Progress()) -> Result:
+  """Every optimizer's attempt (module docstring), each in its own process."""
+  stats = jax.devices()[0].memory_stats() or {}
+  results = {"model": cfg.model, "device_bytes": stats.get("bytes_limit"), "rows": []}
+  for spec in cfg.optimizers:
+    n, state_bytes, need_bytes = need(cfg, spec)
+    progress.say(f"{spec}: {n / 1e9:.2f}B parameters, state {state_bytes / 2**30:.1f} GiB, "
+                 f"needs at least {need_bytes / 2**30:.1f} GiB")
+    row = {**_attempt_in_child(cfg, spec), "params": n, "state_bytes": state_bytes,
+           "need_bytes": need_bytes}
+    progress.say(f"{spec}: {row['status']}" + (f" ({row['error']})" if row.get("error") else ""))
+    results["rows"].append(row)
+    progress.partial(results)
+  return Result(results, table(cfg, results))
+
+
+def table(cfg: BigStepConfig, r: dict) -> str:
+  gib = lambda b: "n/a" if b is None else f"{b / 2**30:.1f}"
+  lines = [f"{cfg.model}: one train step, batch {cfg.batch} x {cfg.seq} tokens, float32 "
+           f"parameters, {cfg.dtype} compute, remat {cfg.remat}; device memory "
+           f"{gib(r['device_bytes'])} GiB",
+           "optimizer | params | state GiB | needs GiB | status | peak GiB | step ms",
+           "----------|--------|-----------|-----------|--------|----------|--------"]
+  for x in r["rows"]:
+    status = x["status"] + (f" ({x['phase']})" if x["status"] != "ok" and x.get("phase") else "")
+    ms = "n/a" if x.get("step_ms") is None else f"{x['step_ms']:.0f}"
+    lines.append(f"{x['optimizer']} | {x['params'] / 1e9:.2f}B | {gib(x['state_bytes'])} | "
+                 f"{gib(x['need_bytes'])} | {status} | {gib(x.get('peak_bytes'))} | {ms}")
+  return "\n".join(lines)
+
+
+def main(argv: list[str]) -> int:
+  """The child process: one attempt, its row as the last line of stdout."""
+  arg = json.loads(argv[0])
+  conf = {k: tuple(v) if isinstance(v, list) else v for k, v in arg["config"].items()}
+  print(json.dumps(attempt(BigStepConfig(**conf), arg["spec"])), flush=True)
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main(sys.argv[1:]))
