@@ -11,8 +11,11 @@ and writes the record.
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 import statistics
+import subprocess
+import sys
 import time
 from typing import Any, Callable, NamedTuple
 
@@ -85,6 +88,38 @@ def copy_bandwidth(num_bytes: int, repeats: int = 20) -> float:
     return x[0]
 
   return 2 * x[0].nbytes / median_time(run, repeats=repeats, warmup=2)
+
+
+def in_child(module: str, config, args: list, timeout_s: float) -> dict:
+  """``fn(config, *args)`` of ``module`` run in a fresh process (its own device
+  memory and peak statistics): ``python -m module JSON``, where the module's
+  ``__main__`` is :func:`child_main` and its result the last stdout line.
+
+  A child that fails, prints no result or outlives ``timeout_s`` gives
+  ``{"status": "oom" | "error", "error": ...}`` ("oom" when its stderr names
+  XLA's out-of-memory error).
+  """
+  arg = {"config": dataclasses.asdict(config), "args": list(args)}
+  cmd = [sys.executable, "-m", module, json.dumps(arg)]
+  try:
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout_s)
+  except subprocess.TimeoutExpired:
+    return {"status": "error", "error": f"timed out after {timeout_s} s"}
+  lines = [ln for ln in out.stdout.splitlines() if ln.startswith("{")]
+  if out.returncode or not lines:
+    tail = (out.stderr.strip().splitlines() or ["no output"])[-1][:300]
+    return {"status": "oom" if "RESOURCE_EXHAUSTED" in out.stderr else "error",
+            "error": f"exit {out.returncode}: {tail}"}
+  return json.loads(lines[-1])
+
+
+def child_main(config_cls, fn, argv: list[str]) -> int:
+  """The ``__main__`` of a module run by :func:`in_child`: prints ``fn(config, *args)``
+  as one JSON line."""
+  arg = json.loads(argv[0])
+  conf = {k: tuple(v) if isinstance(v, list) else v for k, v in arg["config"].items()}
+  print(json.dumps(fn(config_cls(**conf), *arg["args"])), flush=True)
+  return 0
 
 
 def device_memory() -> dict:

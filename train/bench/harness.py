@@ -54,6 +54,9 @@ BENCHMARKS: dict[str, tuple[str, str]] = {
     "finetune": ("holojax.train.bench.lm.finetune",
                  "SmolLM2 instruction fine-tune (stdlib docstrings), every optimizer at its "
                  "best rate: held-out loss, state bytes"),
+    "scaling": ("holojax.train.bench.lm.scaling",
+                "Data parallel and FSDP on 1, 2, 4 devices, every optimizer: tokens/s, "
+                "scaling efficiency, memory per device"),
     "turbo_adam": ("holojax.train.bench.optim.turbo_adam",
                    "TurboAdam: state bits/param (GPT-2 124M tree) and optimizer step time"),
     "holo_adam": ("holojax.train.bench.optim.holo_adam",

@@ -91,12 +91,22 @@ def time_training(cfg: TrainConfig, *, warmup: int, steps: int, **model_override
   jax.block_until_ready((state, metrics))
   dt = time.perf_counter() - t
   peak = device_memory()["peak_bytes_in_use"]
+  peaks = [(d.memory_stats() or {}).get("peak_bytes_in_use") for d in run.mesh.devices.flat]
   return {"step_ms": 1e3 * dt / steps,
           "tokens_per_s": steps * cfg.batch_size * cfg.seq_len / dt,
           "last_loss": float(metrics["train/loss"]),
           "flops_per_token": spec.config.flops_per_token(cfg.seq_len),
           "num_params": spec.config.num_params(),
-          "peak_memory_gib": peak / 2**30 if peak is not None else None}
+          "peak_memory_gib": peak / 2**30 if peak is not None else None,
+          "peak_bytes_per_device": None if None in peaks else max(peaks),
+          "param_bytes_per_device": bytes_on(state["model"], run.mesh.devices.flat[0]),
+          "state_bytes_per_device": bytes_on(state["opt"], run.mesh.devices.flat[0])}
+
+
+def bytes_on(tree, device) -> int:
+  """Bytes of ``tree``'s arrays held on ``device`` (its shards of sharded arrays)."""
+  return sum(s.data.nbytes for x in jax.tree.leaves(tree) for s in x.addressable_shards
+             if s.device == device)
 
 
 def run(cfg: ThroughputConfig, progress: Progress = Progress()) -> Result:

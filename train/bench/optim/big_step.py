@@ -29,9 +29,7 @@ TurboAdam's is under 1 byte per parameter (about 117 GB in all).
 from __future__ import annotations
 
 import dataclasses
-import json
 import statistics
-import subprocess
 import sys
 import time
 
@@ -42,7 +40,8 @@ from flax import nnx
 from holojax.models.llama import LLAMA_PRESETS, Llama
 from holojax.optim import registry
 from holojax.optim.accounting import tree_bytes
-from holojax.train.bench.common import Progress, Result, device_memory, require_positive
+from holojax.train.bench.common import (Progress, Result, child_main, device_memory,
+                                        in_child, require_positive)
 from holojax.train.bench.optim.optimizer_step import parse_spec
 from holojax.train.step import init_state, make_train_step
 
@@ -142,22 +141,6 @@ def attempt(cfg: BigStepConfig, spec: str) -> dict:
   return row
 
 
-def _attempt_in_child(cfg: BigStepConfig, spec: str) -> dict:
-  """:func:`attempt` in a fresh Python process (its own device memory and peak)."""
-  arg = json.dumps({"config": dataclasses.asdict(cfg), "spec": spec})
-  cmd = [sys.executable, "-m", "holojax.train.bench.optim.big_step", arg]
-  try:
-    out = subprocess.run(cmd, capture_output=True, text=True, timeout=cfg.timeout_s)
-  except subprocess.TimeoutExpired:
-    return {"optimizer": spec, "status": "error", "error": f"timed out after {cfg.timeout_s} s"}
-  lines = [ln for ln in out.stdout.splitlines() if ln.startswith("{")]
-  if out.returncode or not lines:
-    tail = (out.stderr.strip().splitlines() or ["no output"])[-1][:300]
-    return {"optimizer": spec, "status": "oom" if "RESOURCE_EXHAUSTED" in out.stderr else "error",
-            "error": f"exit {out.returncode}: {tail}"}
-  return json.loads(lines[-1])
-
-
 def run(cfg: BigStepConfig, progress: Progress = Progress()) -> Result:
   """Every optimizer's attempt (module docstring), each in its own process."""
   stats = jax.devices()[0].memory_stats() or {}
@@ -166,7 +149,8 @@ def run(cfg: BigStepConfig, progress: Progress = Progress()) -> Result:
     n, state_bytes, need_bytes = need(cfg, spec)
     progress.say(f"{spec}: {n / 1e9:.2f}B parameters, state {state_bytes / 2**30:.1f} GiB, "
                  f"needs at least {need_bytes / 2**30:.1f} GiB")
-    row = {**_attempt_in_child(cfg, spec), "params": n, "state_bytes": state_bytes,
+    child = in_child("holojax.train.bench.optim.big_step", cfg, [spec], cfg.timeout_s)
+    row = {"optimizer": spec, **child, "params": n, "state_bytes": state_bytes,
            "need_bytes": need_bytes}
     progress.say(f"{spec}: {row['status']}" + (f" ({row['error']})" if row.get("error") else ""))
     results["rows"].append(row)
@@ -189,13 +173,5 @@ def table(cfg: BigStepConfig, r: dict) -> str:
   return "\n".join(lines)
 
 
-def main(argv: list[str]) -> int:
-  """The child process: one attempt, its row as the last line of stdout."""
-  arg = json.loads(argv[0])
-  conf = {k: tuple(v) if isinstance(v, list) else v for k, v in arg["config"].items()}
-  print(json.dumps(attempt(BigStepConfig(**conf), arg["spec"])), flush=True)
-  return 0
-
-
 if __name__ == "__main__":
-  sys.exit(main(sys.argv[1:]))
+  sys.exit(child_main(BigStepConfig, attempt, sys.argv[1:]))
