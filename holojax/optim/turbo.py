@@ -272,9 +272,12 @@ class Segments:
   def of(cls, nbs) -> Segments:
     """Segments of consecutive tensors of ``nbs`` blocks each (static ints > 0)."""
     ends = np.cumsum(nbs).astype(np.int32)
-    starts = jnp.asarray(ends - np.asarray(nbs, np.int32))
-    marks = jnp.zeros((int(ends[-1]),), jnp.int32).at[starts[1:]].add(1)
-    return cls(starts, jnp.asarray(ends), jnp.cumsum(marks, dtype=jnp.int32))
+    # Opaque to XLA: the per-block ids below are computed at run time, never
+    # constant-folded into an [NB] array in the program.
+    starts, ends = jax.lax.optimization_barrier(
+        (jnp.asarray(ends - np.asarray(nbs, np.int32)), jnp.asarray(ends)))
+    marks = jnp.zeros((int(sum(nbs)),), jnp.int32).at[starts[1:]].add(1)
+    return cls(starts, ends, jnp.cumsum(marks, dtype=jnp.int32))
 
   def size(self, x_nb: jax.Array) -> jax.Array:
     del x_nb
