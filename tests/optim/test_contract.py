@@ -18,8 +18,17 @@ SMALL = {"turbo_adam": dict(min_m_compress_elements=1024),
 ROSENBROCK = {"holo_adam_max": dict(steps=1600)}
 
 
+# TurboAdam's flat tree layout (issue 12), as a case of its own: shown name ->
+# registry name. It refuses explicitly sharded parameters (a ValueError
+# naming tree_layout): the explicit-sharding checks assert the refusal.
+FLAT = {"turbo_adam[flat]": "turbo_adam", "turbo_adam_v[flat]": "turbo_adam_v"}
+FLAT_REFUSES = (contract.check_explicit_sharding, contract.check_explicit_sharding_eager)
+
+
 def _make(name):
-  return lambda lr: registry.get(name, lr, 0.0, **SMALL.get(name, {}))
+  base = FLAT.get(name, name)
+  extra = dict(tree_layout="flat") if name in FLAT else {}
+  return lambda lr: registry.get(base, lr, 0.0, **SMALL.get(base, {}), **extra)
 
 
 # Presets of one implementation (its code, other hyperparameters): the costly
@@ -31,7 +40,7 @@ COSTLY = (contract.check_explicit_sharding, contract.check_explicit_sharding_eag
 
 
 def _cases():
-  for name in registry.names():
+  for name in registry.names() + list(FLAT):
     for check in contract.CHECKS:
       costly = check in COSTLY and (name in PRESET_OF or (
           # HoloAdam's eager update dispatches hundreds of small ops, each
@@ -43,7 +52,10 @@ def _cases():
 
 @pytest.mark.parametrize("name,check", list(_cases()))
 def test_contract(name, check):
-  if check is contract.check_rosenbrock:
+  if name in FLAT and check in FLAT_REFUSES:
+    with pytest.raises(ValueError, match="tree_layout='flat'.*use tree_layout='leaf'"):
+      check(_make(name))
+  elif check is contract.check_rosenbrock:
     check(_make(name), **ROSENBROCK.get(name, {}))
   else:
     check(_make(name))
@@ -53,6 +65,6 @@ def test_every_registered_optimizer_is_covered():
   assert set(SMALL) | {"adamw", "adafactor", "lion"} == set(registry.names())
 
 
-@pytest.mark.parametrize("name", registry.names())
+@pytest.mark.parametrize("name", registry.names() + list(FLAT))
 def test_orbax_roundtrip(name, tmp_path):
   contract.check_orbax_roundtrip(_make(name), tmp_path)
