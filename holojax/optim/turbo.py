@@ -4,6 +4,25 @@ Layout: a tensor ``(*lead, L)`` is cut into blocks of ``block_size`` along
 its last axis (:mod:`holojax.optim.layout`), so the state keeps the leading
 axes and is sharded like the parameter.
 
+Tree layout (``tree_layout``): ``"leaf"`` (the default) keeps a state per
+tensor and updates each tensor in its own subgraph, so the program (and its
+compile time) grows with the number of tensors. ``"flat"`` groups the
+blocked tensors by the fields they store (m and v / v only / m only
+compressed) and concatenates each group's row blocks, tensor after tensor
+in tree order, into one buffer ``g_nb [NB, bs]``; the state fields are
+``[NB, ...]`` arrays and ``alpha float32[n]`` (n tensors in the group), and
+the dense tensors' ``mu``/``nu`` are one raveled ``float32[N_dense]``. One
+update runs the maths below once per buffer (one fused v step, one seed:
+the draws hash the global element index) and splits the update back: a
+constant number of ops whatever the number of tensors. The per-tensor
+quantities (``alpha``, the quantiles ``P_null``/``P_amp``, the phase scale)
+are segmented reductions over each tensor's block range
+(:class:`Segments`): segment ids and counts from int32 cumsums, float sums
+per block then by a segmented scan, one 32-round bisection for every
+tensor's thresholds. The maths per tensor is the leaf layout's; only the
+random draws differ. Flat buffers mix tensors, so explicitly sharded
+parameters are refused (ValueError): use ``"leaf"`` for FSDP.
+
 Second moment (per block, really packed, see :mod:`holojax.kernels.quant`)::
 
   v_{t-1} = decode(codes, lo, hi)                      # log grid, code 0 == 0
@@ -65,6 +84,9 @@ State layout (default, 4-bit v, 2-bit reference, block 128), bits/param::
   m:  2 (ref codes) + 2*16/128 (ref levels) + 1 (delta signs)
       + 16/128 (delta scale)                                      = 3.375
   per tensor: alpha float32; per state: count int32, key uint32[2]
+
+(flat layout: the same per block; dense m of the v-only group and dense v
+of the m-only group are stored in ``[NB, bs]`` blocks, padding included.)
 
 Example::
 
