@@ -47,10 +47,10 @@ def test_program_size_does_not_grow_with_the_number_of_tensors():
   print(f"flat compute ops: {flat10} (10 tensors), {flat200} (200 tensors)")
   assert flat10 == flat200 and flat10 > 100
   assert ops10["while"] == ops200["while"] and ops10["gather"] == ops200["gather"]
+  leaf5, _ = compute_ops("leaf", 5)
   leaf10, _ = compute_ops("leaf", 10)
-  leaf20, _ = compute_ops("leaf", 20)
-  print(f"leaf compute ops: {leaf10} (10 tensors), {leaf20} (20 tensors)")
-  assert leaf20 > 1.5 * leaf10
+  print(f"leaf compute ops: {leaf5} (5 tensors), {leaf10} (10 tensors)")
+  assert leaf10 > 1.5 * leaf5
 
 
 # ----------------------------------------------------------------------------
@@ -63,19 +63,21 @@ def _pieces(x, nbs=NBS):
   return ta._split(x, nbs)
 
 
-def test_segmented_quantiles_equal_per_tensor():
+@pytest.mark.parametrize("scatter", [False, True])
+def test_segmented_quantiles_equal_per_tensor(scatter):
   x = jnp.abs(jax.random.normal(jax.random.key(0), (sum(NBS),)))
   x = x.at[10].set(x[11]).at[3].set(0.0)  # ties, a zero
   x = x * jnp.repeat(jnp.logspace(-3, 3, len(NBS)), np.asarray(NBS))  # scales far apart
   qs = (0.0, 0.1, 0.37, 0.9, 1.0)
-  got = ta.quantiles(x, qs, ta.Segments.of(NBS))
+  got = ta.quantiles(x, qs, ta.Segments.of(NBS, scatter))
   assert got.shape == (len(qs), len(NBS))
   want = jnp.stack([ta.quantiles(xs, qs) for xs in _pieces(x)], axis=1)
   np.testing.assert_array_equal(np.asarray(got), np.asarray(want))
 
 
-def test_segmented_sums_and_counts_equal_per_tensor():
-  seg = ta.Segments.of(NBS)
+@pytest.mark.parametrize("scatter", [False, True])
+def test_segmented_sums_and_counts_equal_per_tensor(scatter):
+  seg = ta.Segments.of(NBS, scatter)
   x = jax.random.normal(jax.random.key(1), (sum(NBS), 16))
   x = x * jnp.repeat(jnp.logspace(-4, 4, len(NBS)), np.asarray(NBS))[:, None]
   want = jnp.stack([jnp.sum(xs) for xs in _pieces(x)])
@@ -99,8 +101,8 @@ def test_segmented_costate_encode_equals_per_tensor(faithful):
   empty = lambda n, b: ta._MLeaf(*ta._init_group(b, n, True, True, layout).m)
   flat = ta.encode_m(q, g, empty(len(NBS), nb), layout, 0.1, 0.9, ta.Segments.of(NBS))
   leaf = lambda b: ta._MLeaf(jnp.zeros((), jnp.float32), *empty(1, b)[1:])
-  per = [ta.encode_m(qs, gs, leaf(b), layout, 0.1, 0.9)
-         for qs, gs, b in zip(_pieces(q), _pieces(g), NBS)]
+  per = jax.jit(lambda q, g: [ta.encode_m(qs, gs, leaf(b), layout, 0.1, 0.9)
+                              for qs, gs, b in zip(_pieces(q), _pieces(g), NBS)])(q, g)
   np.testing.assert_allclose(np.asarray(flat.alpha), [float(m.alpha) for m in per], rtol=1e-5)
   np.testing.assert_array_equal(np.asarray(flat.signs),
                                 np.concatenate([np.asarray(m.signs) for m in per]))

@@ -73,7 +73,8 @@ def tree_shapes(name: str, leaves_total: int) -> dict:
 
 
 def parse_spec(spec: str) -> tuple[str, str, str]:
-  """``name[@implementation][:tree_layout]`` -> (name, implementation, tree_layout), "" if absent."""
+  """``name[@implementation][:tree_layout]`` -> (name, implementation, tree_layout), each
+  "" where absent."""
   head, _, tree_layout = spec.partition(":")
   name, _, impl = head.partition("@")
   return name, impl, tree_layout
