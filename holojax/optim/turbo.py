@@ -17,7 +17,8 @@ the draws hash the global element index) and splits the update back: a
 constant number of ops whatever the number of tensors. The per-tensor
 quantities (``alpha``, the quantiles ``P_null``/``P_amp``, the phase scale)
 are segmented reductions over each tensor's block range
-(:class:`Segments`): segment ids and counts from int32 cumsums, float sums
+(:class:`Segments`): segment ids from an int32 cumsum, exact integer
+counts from cumsum differences (a sorted segment sum on CPU), float sums
 per block then by a segmented scan, one 32-round bisection for every
 tensor's thresholds. The maths per tensor is the leaf layout's; only the
 random draws differ. Flat buffers mix tensors, so explicitly sharded
