@@ -155,7 +155,6 @@ STATIC_ARGS = ("holo_ratio", "v_block_size", "heads", "min_compress_size", "code
                "codebook_width", "fft_chunk_size", "faithful", "compress", "exact_grad",
                "tree_layout")
 
-TREE_LAYOUTS = ("leaf", "flat")  # values of ``tree_layout`` (module docstring)
 
 HOLO_ADAM_PRESETS: dict[str, dict[str, int]] = {
     "max": dict(holo_ratio=50, heads=2),
@@ -190,11 +189,7 @@ class HoloLayout:
   tree_layout: str = "leaf"
 
   def __post_init__(self):
-    if not isinstance(self.tree_layout, str):
-      raise TypeError(f"tree_layout must be a str, one of {TREE_LAYOUTS}, got "
-                      f"{type(self.tree_layout).__name__}")
-    if self.tree_layout not in TREE_LAYOUTS:
-      raise ValueError(f"tree_layout={self.tree_layout!r}: must be one of {TREE_LAYOUTS}")
+    validate.static_choice("tree_layout", self.tree_layout, lay.TREE_LAYOUTS)
     for name in ("holo_ratio", "v_block_size", "heads", "codebook_size", "codebook_width",
                  "fft_chunk_size"):
       validate.static_int(name, getattr(self, name), 1)

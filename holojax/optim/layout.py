@@ -40,6 +40,12 @@ import jax.numpy as jnp
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 
+# ``tree_layout`` of the compressed optimizers: a state per parameter tensor ("leaf",
+# sharded like it) or stacked states for the whole tree ("flat": a program whose size
+# does not grow with the number of tensors; unsharded or replicated parameters only).
+TREE_LAYOUTS = ("leaf", "flat")
+
+
 def num_blocks(n: int, block: int) -> int:
   """Blocks of ``block`` elements that hold ``n`` elements."""
   return -(-n // block)

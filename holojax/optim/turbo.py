@@ -4,6 +4,26 @@ Layout: a tensor ``(*lead, L)`` is cut into blocks of ``block_size`` along
 its last axis (:mod:`holojax.optim.layout`), so the state keeps the leading
 axes and is sharded like the parameter.
 
+Tree layout (``tree_layout``): ``"leaf"`` (the default) keeps a state per
+tensor and updates each tensor in its own subgraph, so the program (and its
+compile time) grows with the number of tensors. ``"flat"`` groups the
+blocked tensors by the fields they store (m and v / v only / m only
+compressed) and concatenates each group's row blocks, tensor after tensor
+in tree order, into one buffer ``g_nb [NB, bs]``; the state fields are
+``[NB, ...]`` arrays and ``alpha float32[n]`` (n tensors in the group), and
+the dense tensors' ``mu``/``nu`` are one raveled ``float32[N_dense]``. One
+update runs the maths below once per buffer (one fused v step, one seed:
+the draws hash the global element index) and splits the update back: a
+constant number of ops whatever the number of tensors. The per-tensor
+quantities (``alpha``, the quantiles ``P_null``/``P_amp``, the phase scale)
+are segmented reductions over each tensor's block range
+(:class:`Segments`): segment ids from an int32 cumsum, exact integer
+counts from cumsum differences (a sorted segment sum on CPU), float sums
+per block then by a segmented scan, one 32-round bisection for every
+tensor's thresholds. The maths per tensor is the leaf layout's; only the
+random draws differ. Flat buffers mix tensors, so explicitly sharded
+parameters are refused (ValueError): use ``"leaf"`` for FSDP.
+
 Second moment (per block, really packed, see :mod:`holojax.kernels.quant`)::
 
   v_{t-1} = decode(codes, lo, hi)                      # log grid, code 0 == 0
@@ -66,6 +86,9 @@ State layout (default, 4-bit v, 2-bit reference, block 128), bits/param::
       + 16/128 (delta scale)                                      = 3.375
   per tensor: alpha float32; per state: count int32, key uint32[2]
 
+(flat layout: the same per block; dense m of the v-only group and dense v
+of the m-only group are stored in ``[NB, bs]`` blocks, padding included.)
+
 Example::
 
   >>> import jax, jax.numpy as jnp, optax
@@ -86,7 +109,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Any, NamedTuple
+from typing import Any, ClassVar, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -101,7 +124,8 @@ from holojax.optim import moments, validate
 # Arguments that set shapes or the code path: static under
 # ``optax.inject_hyperparams(turbo_adam, static_args=STATIC_ARGS)``.
 STATIC_ARGS = ("block_size", "v_bits", "compress_m", "compress_v", "error_feedback",
-               "min_m_compress_elements", "faithful", "m_ref_bits", "implementation")
+               "min_m_compress_elements", "faithful", "m_ref_bits", "implementation",
+               "tree_layout")
 
 Q_MAX = 2.0**14   # the largest |m| / sqrt(v^) coded (fp16 levels) when b1^2 >= b2
 SHIFT_BITS = 60   # blocks with |g| or sqrt(v) above 2^60 are computed in units of 2^k
@@ -125,13 +149,35 @@ class CoStateM(NamedTuple):
 
 
 class ScaleByTurboAdamState(NamedTuple):
-  """State of :func:`scale_by_turbo_adam`."""
+  """State of :func:`scale_by_turbo_adam` (``tree_layout="leaf"``)."""
   count: jax.Array  # int32[], steps taken
   key: jax.Array    # uint32[2] (raw key data), split every step
   mu: Any           # per leaf: float32[param shape] where m is dense, else MaskedNode()
   nu: Any           # per leaf: float32[param shape] sqrt(v) where v is dense, else MaskedNode()
   v: PackedV
   m: CoStateM
+
+
+class TurboFlatGroup(NamedTuple):
+  """The blocked tensors that store the same fields, their row blocks
+  concatenated tensor after tensor (tree order) along one block axis ``NB``."""
+  mu: Any      # float32[NB, bs]: m_t where m is dense (the v-only group), else MaskedNode()
+  nu: Any      # float32[NB, bs]: sqrt(v) where v is dense (the m-only group), else MaskedNode()
+  v: PackedV   # codes uint8[NB, bs * v_bits / 8], bounds float16[NB, 2] (or MaskedNode())
+  m: CoStateM  # alpha float32[n tensors]; ref, levels, signs, scales, err [NB, ...]
+
+
+class ScaleByTurboAdamFlatState(NamedTuple):
+  """State of :func:`scale_by_turbo_adam` with ``tree_layout="flat"``."""
+  count: jax.Array  # int32[], steps taken
+  key: jax.Array    # uint32[2] (raw key data), split every step
+  mu: Any           # float32[N dense]: the dense tensors' m, raveled and concatenated
+  nu: Any           # float32[N dense]: their sqrt(v) (MaskedNode() both, if none)
+  groups: Any       # {"mv", "v", "m"} -> TurboFlatGroup: m and v / v only / m only compressed
+
+
+# Flat-layout groups: name -> (m compressed, v compressed).
+FLAT_GROUPS = {"mv": (True, True), "v": (False, True), "m": (True, False)}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -145,8 +191,10 @@ class TurboAdamLayout:
   min_m_compress_elements: int = 4096
   faithful: bool = False
   m_ref_bits: int = 2
+  tree_layout: str = "leaf"
 
   def __post_init__(self):
+    validate.static_choice("tree_layout", self.tree_layout, lay.TREE_LAYOUTS)
     validate.static_int("block_size", self.block_size, 8)
     if self.block_size % 8:
       raise ValueError(f"block_size={self.block_size!r} must be a positive multiple of 8 "
@@ -164,23 +212,148 @@ class TurboAdamLayout:
   def v_compressed(self, shape) -> bool:
     if not self.compress_v or len(shape) < 2 or math.prod(shape) == 0:
       return False
-    rows = math.prod(shape[:-1]) * lay.num_blocks(shape[-1], self.block_size)
+    rows = self.row_blocks(shape)
     return rows * (self.block_size * self.v_bits // 8 + 4) < 4 * math.prod(shape)
 
   def blocked(self, shape) -> bool:
     return self.m_compressed(shape) or self.v_compressed(shape)
+
+  def flat_plan(self, shapes) -> tuple[list[int], dict[str, list[int]]]:
+    """Flat layout of leaves of ``shapes``: (dense leaf indices, group -> leaf indices),
+    groups in :data:`FLAT_GROUPS` order, empty ones left out."""
+    kind = {v: k for k, v in FLAT_GROUPS.items()}
+    dense, groups = [], {k: [] for k in FLAT_GROUPS}
+    for i, shape in enumerate(shapes):
+      mc, vc = self.m_compressed(shape), self.v_compressed(shape)
+      (groups[kind[mc, vc]] if mc or vc else dense).append(i)
+    return dense, {k: v for k, v in groups.items() if v}
+
+  def row_blocks(self, shape) -> int:
+    """Blocks of a blocked tensor of ``shape`` (rows times blocks per row)."""
+    return math.prod(shape[:-1]) * lay.num_blocks(shape[-1], self.block_size)
 
 
 # ----------------------------------------------------------------------------
 # Quantiles without a sort.
 
 
-def order_statistics(x: jax.Array, ks: jax.Array) -> jax.Array:
+class Whole:
+  """Per-tensor reductions over all of one tensor's blocks (the leaf layout).
+
+  A per-tensor quantity is a scalar; :meth:`blocks` / :meth:`elems` broadcast it.
+  """
+  ndim = 0
+
+  @staticmethod
+  def size(x_nb: jax.Array):
+    return x_nb.size
+
+  @staticmethod
+  def sum(x: jax.Array) -> jax.Array:
+    return jnp.sum(x)
+
+  @staticmethod
+  def count(mask: jax.Array) -> jax.Array:
+    return jnp.sum(mask, dtype=jnp.int32)
+
+  @staticmethod
+  def count_le(bits: jax.Array, t_k: jax.Array) -> jax.Array:
+    """``int32[K]``: entries of ``bits`` at most each threshold ``t_k[j]``."""
+    return jnp.stack([jnp.sum(bits <= t_k[j], dtype=jnp.int32) for j in range(t_k.shape[0])])
+
+  @staticmethod
+  def blocks(a: jax.Array) -> jax.Array:
+    return a
+
+  @staticmethod
+  def elems(a: jax.Array) -> jax.Array:
+    return a
+
+
+WHOLE = Whole()
+
+
+@dataclasses.dataclass(frozen=True)
+class Segments:
+  """Per-tensor reductions over contiguous block ranges of one ``[NB, bs]``
+  buffer (the flat layout): tensor ``s`` owns blocks ``starts[s]:ends[s]``.
+
+  Every reduction is a constant number of ops whatever the number of
+  tensors ``n``: the block's segment id is a cumsum of boundary marks,
+  integer counts are differences of an int32 cumsum (exact; or, with
+  ``scatter``, a sorted segment sum: a serial loop on CPU, where XLA's
+  cumsum is a log-depth scan 7x slower, but atomics on few addresses on GPU),
+  float sums are reduced per block first, then by a segmented scan (each
+  segment summed apart: no cancellation against other tensors, no atomics).
+  """
+  starts: jax.Array  # int32[n], first block of each tensor
+  ends: jax.Array    # int32[n], one past its last block
+  seg_nb: jax.Array  # int32[NB], the tensor of each block
+  scatter: bool = False  # counts by segment sum (CPU) instead of cumsum differences
+  ndim: ClassVar[int] = 1
+
+  @classmethod
+  def of(cls, nbs, scatter: bool | None = None) -> Segments:
+    """Segments of consecutive tensors of ``nbs`` blocks each (static ints > 0);
+    ``scatter=None``: segment-sum counts on CPU, cumsum differences elsewhere."""
+    ends = np.cumsum(nbs).astype(np.int32)
+    # Opaque to XLA: the per-block ids below are computed at run time, never
+    # constant-folded into an [NB] array in the program.
+    starts, ends = jax.lax.optimization_barrier(
+        (jnp.asarray(ends - np.asarray(nbs, np.int32)), jnp.asarray(ends)))
+    marks = jnp.zeros((int(sum(nbs)),), jnp.int32).at[starts[1:]].add(1)
+    scatter = jax.default_backend() == "cpu" if scatter is None else scatter
+    return cls(starts, ends, jnp.cumsum(marks, dtype=jnp.int32), scatter)
+
+  def size(self, x_nb: jax.Array) -> jax.Array:
+    del x_nb
+    return self.ends - self.starts
+
+  def _block_sums(self, x: jax.Array) -> jax.Array:
+    return jnp.sum(x, axis=-1) if x.ndim == 2 else x
+
+  def sum(self, x: jax.Array) -> jax.Array:
+    """``float32[n]``: sums of ``x [NB]`` (or ``[NB, bs]``) over each tensor's blocks."""
+    x_nb = self._block_sums(x).astype(jnp.float32)
+    first = jnp.zeros(x_nb.shape, bool).at[self.starts].set(True)
+
+    def add(a, b):
+      (xa, fa), (xb, fb) = a, b
+      return jnp.where(fb, xb, xa + xb), fa | fb
+    scan, _ = jax.lax.associative_scan(add, (x_nb, first))
+    return scan[self.ends - 1]
+
+  def _count_rows(self, mask_kb: jax.Array) -> jax.Array:
+    """``int32[K, n]`` counts of ``mask [K, NB]`` per tensor."""
+    if self.scatter:
+      return jax.vmap(lambda m: jax.ops.segment_sum(
+          m.astype(jnp.int32), self.seg_nb, self.starts.shape[0], indices_are_sorted=True))(mask_kb)
+    c = jnp.cumsum(mask_kb.astype(jnp.int32), axis=-1)
+    c = jnp.pad(c, ((0, 0), (1, 0)))
+    return c[:, self.ends] - c[:, self.starts]
+
+  def count(self, mask_nb: jax.Array) -> jax.Array:
+    return self._count_rows(mask_nb[None])[0]
+
+  def count_le(self, bits_nb: jax.Array, t_kn: jax.Array) -> jax.Array:
+    """``int32[K, n]``: blocks of each tensor with ``bits`` at most its threshold."""
+    return self._count_rows(bits_nb[None, :] <= t_kn[:, self.seg_nb])
+
+  def blocks(self, a_n: jax.Array) -> jax.Array:
+    return a_n[self.seg_nb]
+
+  def elems(self, a_n: jax.Array) -> jax.Array:
+    return a_n[self.seg_nb][:, None]
+
+
+def order_statistics(x: jax.Array, ks: jax.Array, red=WHOLE) -> jax.Array:
   """The ``k``-th smallest entries (0-based) of non-negative ``x``, for each ``k``.
 
   Bisection on the float32 bit patterns (monotone for ``x >= 0``): 32
   rounds of counting, so it is exact, needs no sort and works on sharded
   ``x`` (the counts are all-reduced). ``ks``: int32 vector, may be traced.
+  With ``red`` a :class:`Segments`, ``x`` is ``[NB]`` and ``ks`` ``[K, n]``:
+  every tensor bisects its own thresholds, all in the same 32 rounds.
   """
   bits = jax.lax.bitcast_convert_type(x.astype(jnp.float32), jnp.int32)
   need = ks + 1  # the answer is the smallest t with count(bits <= t) >= k + 1
@@ -188,8 +361,7 @@ def order_statistics(x: jax.Array, ks: jax.Array) -> jax.Array:
   def body(_, lohi):
     lo, hi = lohi
     mid = lo + (hi - lo) // 2
-    cnt = jnp.stack([jnp.sum(bits <= mid[j], dtype=jnp.int32) for j in range(ks.shape[0])])
-    ok = cnt >= need
+    ok = red.count_le(bits, mid) >= need
     return jnp.where(ok, lo, mid), jnp.where(ok, mid, hi)
 
   lo = jnp.full(ks.shape, -1, jnp.int32)
@@ -198,8 +370,11 @@ def order_statistics(x: jax.Array, ks: jax.Array) -> jax.Array:
   return jax.lax.bitcast_convert_type(hi, jnp.float32)
 
 
-def quantiles(x: jax.Array, qs) -> jax.Array:
+def quantiles(x: jax.Array, qs, red=WHOLE) -> jax.Array:
   """``jnp.quantile(x, qs)`` (linear interpolation) for non-negative ``x``, sort-free.
+
+  With ``red`` a :class:`Segments`: ``[len(qs), n]``, each tensor's quantiles
+  of its own blocks.
 
   Example:
     >>> import jax.numpy as jnp
@@ -207,10 +382,12 @@ def quantiles(x: jax.Array, qs) -> jax.Array:
     >>> quantiles(x, (0.1, 0.5, 0.9)).tolist()
     [0.4000000059604645, 2.0, 3.5999999046325684]
   """
-  n = x.size
-  pos = jnp.clip(jnp.stack([jnp.asarray(q, jnp.float32) for q in qs]) * (n - 1), 0.0, n - 1)
+  n = red.size(x)
+  top = n - 1 if red.ndim == 0 else (n - 1)[None]
+  q = jnp.stack([jnp.asarray(q, jnp.float32) for q in qs]).reshape((-1,) + (1,) * red.ndim)
+  pos = jnp.clip(q * top, 0.0, top)
   lo = jnp.floor(pos).astype(jnp.int32)
-  stats = order_statistics(x, jnp.concatenate([lo, jnp.minimum(lo + 1, n - 1)]))
+  stats = order_statistics(x, jnp.concatenate([lo, jnp.minimum(lo + 1, top)]), red)
   a, b = stats[:len(qs)], stats[len(qs):]
   return a + (pos - lo) * (b - a)
 
@@ -252,21 +429,23 @@ def encode_reference(m: jax.Array, bits: int) -> tuple[jax.Array, jax.Array]:
   return quant.pack_bits(codes, 2), levels
 
 
-def costate_code(delta: jax.Array, null_pct, amp_pct) -> tuple[jax.Array, jax.Array]:
+def costate_code(delta: jax.Array, null_pct, amp_pct, red=WHOLE
+                 ) -> tuple[jax.Array, jax.Array]:
   """CoState sign code of ``delta [..., nb, bs]``: ``(sign_codes, scales float16[..., nb])``.
 
   Block magnitude ``c_b = mean|delta_b|``; blocks below the ``null_pct``
-  quantile of ``c`` (over every block of the tensor) decode to 0, blocks at
-  or above the ``amp_pct`` quantile keep their own scale ``c_b``, the rest
-  share the mean ``c`` of their class.
+  quantile of ``c`` (over every block of the tensor: ``red``, one tensor or
+  :class:`Segments` of a flat buffer) decode to 0, blocks at or above the
+  ``amp_pct`` quantile keep their own scale ``c_b``, the rest share the mean
+  ``c`` of their class.
   """
   c = jnp.mean(jnp.abs(delta), axis=-1)
-  t_null, t_amp = quantiles(c, (null_pct, amp_pct))
-  null = c < t_null
-  amp = (c >= t_amp) & ~null
+  t_null, t_amp = quantiles(c, (null_pct, amp_pct), red)
+  null = c < red.blocks(t_null)
+  amp = (c >= red.blocks(t_amp)) & ~null
   phase = ~null & ~amp
-  s_phase = jnp.sum(jnp.where(phase, c, 0.0)) / jnp.maximum(jnp.sum(phase), 1)
-  scales = jnp.where(null, 0.0, jnp.where(amp, c, s_phase)).astype(jnp.float16)
+  s_phase = red.sum(jnp.where(phase, c, 0.0)) / jnp.maximum(red.count(phase), 1)
+  scales = jnp.where(null, 0.0, jnp.where(amp, c, red.blocks(s_phase))).astype(jnp.float16)
   return quant.pack_signs(delta), scales
 
 
@@ -285,29 +464,36 @@ class _MLeaf(NamedTuple):
   err: jax.Array
 
 
-def decode_m(ms: _MLeaf, g_blocks: jax.Array, layout: TurboAdamLayout) -> jax.Array:
+def decode_m(ms: _MLeaf, g_blocks: jax.Array, layout: TurboAdamLayout, red=WHOLE
+             ) -> jax.Array:
   """Previous code ``[..., nb, bs]``: ``q^`` (default) or ``m^`` (faithful, needs ``g``)."""
   delta = costate_decode_delta(ms.signs, ms.scales)
+  alpha = red.elems(ms.alpha)
   if layout.faithful:
-    return ms.alpha * g_blocks + delta
-  return ms.alpha * decode_reference(ms.ref, ms.levels, layout.m_ref_bits) + delta
+    return alpha * g_blocks + delta
+  return alpha * decode_reference(ms.ref, ms.levels, layout.m_ref_bits) + delta
 
 
 def encode_m(q: jax.Array, g_blocks: jax.Array, ms: _MLeaf, layout: TurboAdamLayout,
-             null_pct, amp_pct) -> _MLeaf:
-  """CoState code of ``q [..., nb, bs]`` (``m`` itself when faithful; see module docstring)."""
+             null_pct, amp_pct, red=WHOLE) -> _MLeaf:
+  """CoState code of ``q [..., nb, bs]`` (``m`` itself when faithful; see module docstring).
+
+  ``alpha`` (and the CoState quantiles) are per tensor: ``red`` reduces over
+  one tensor (a scalar ``alpha``) or over each :class:`Segments` range of a
+  flat ``[NB, bs]`` buffer (``alpha float32[n]``).
+  """
   if layout.faithful:
     ref_codes, ref_levels = ms.ref, ms.levels  # unused, size 0
     r = g_blocks
   else:
     ref_codes, ref_levels = encode_reference(q, layout.m_ref_bits)
     r = decode_reference(ref_codes, ref_levels, layout.m_ref_bits)
-  rr = jnp.sum(r * r)
-  alpha = jnp.where(rr > 0, jnp.sum(q * r) / jnp.where(rr > 0, rr, 1.0), 0.0)
-  delta = q - alpha * r
+  rr = red.sum(r * r)
+  alpha = jnp.where(rr > 0, red.sum(q * r) / jnp.where(rr > 0, rr, 1.0), 0.0)
+  delta = q - red.elems(alpha) * r
   if layout.error_feedback:
     delta = delta + ms.err
-  sign_codes, scales = costate_code(delta, null_pct, amp_pct)
+  sign_codes, scales = costate_code(delta, null_pct, amp_pct, red)
   err = delta - costate_decode_delta(sign_codes, scales) if layout.error_feedback else ms.err
   return _MLeaf(alpha.astype(jnp.float32), ref_codes, ref_levels, sign_codes, scales, err)
 
@@ -381,17 +567,18 @@ def _init_leaf(p, layout: TurboAdamLayout):
   return mu, nu, v, m
 
 
-def _leaf_update(g, mu, nu, v, ms: _MLeaf, seed, count, *, layout, impl, b1, b2, eps,
-                 null_pct, amp_pct):
-  """One tensor: ``(update, mu, nu, (codes, bounds), m fields)``.
+def _leaf_update(g, mu, nu, v, ms: _MLeaf, seed, count, **kw):
+  """One tensor: ``(update, mu, nu, (codes, bounds), m fields)`` (leaf layout).
 
-  Blocked tensors are computed on ``[*lead, nb, bs]`` blocks in per-block
-  units ``2^k`` (:func:`block_shift`): ``gs = g 2^-k``, ``m_t`` likewise.
+  Blocked tensors are computed on ``[*lead, nb, bs]`` blocks by
+  :func:`_blocks_update`; dense ``mu``/``nu`` are stored in the parameter's shape.
   """
+  layout = kw["layout"]
   shape, bs = tuple(g.shape), layout.block_size
   mc, vc = layout.m_compressed(shape), layout.v_compressed(shape)
   if not (mc or vc):
-    u, mu, nu = moments.dense_adam(g, mu, nu, b1=b1, b2=b2, eps=eps, count=count)
+    u, mu, nu = moments.dense_adam(g, mu, nu, b1=kw["b1"], b2=kw["b2"], eps=kw["eps"],
+                                   count=count)
     return u, mu, nu, v, ms
 
   spec = lay.work_spec(g, bs)  # None unless the last axis' shards are not whole blocks
@@ -400,14 +587,30 @@ def _leaf_update(g, mu, nu, v, ms: _MLeaf, seed, count, *, layout, impl, b1, b2,
       lambda x: lay.reshard(x, jax.sharding.PartitionSpec(*lay.explicit_spec(g))))
   blocks = lambda x: lay.row_blocks(to_work(x), bs)
   unblock = lambda xb: to_param(lay.from_row_blocks(xb, shape[-1]))
-  gb = blocks(g.astype(jnp.float32))                              # [*lead, nb, bs]
+  ub, mu_b, nu_b, v, ms = _blocks_update(
+      blocks(g.astype(jnp.float32)), mu if mc else blocks(mu), nu if vc else blocks(nu), v, ms,
+      seed, count, mc=mc, vc=vc, red=WHOLE, **kw)
+  return unblock(ub), mu if mc else unblock(mu_b), nu if vc else unblock(nu_b), v, ms
+
+
+def _blocks_update(gb, mu_b, nu_b, v, ms: _MLeaf, seed, count, *, mc, vc, red, layout, impl,
+                   b1, b2, eps, null_pct, amp_pct):
+  """TurboAdam on blocks ``gb float32[..., nb, bs]`` of one tensor (``red=WHOLE``)
+  or of many (a flat ``[NB, bs]`` buffer, ``red`` their :class:`Segments`).
+
+  Returns ``(update, mu_b, nu_b, (codes, bounds), m fields)``: ``mu_b`` is
+  ``m_t`` in blocks where m is dense (else unchanged), ``nu_b`` ``sqrt(v_t)``
+  where v is dense. Computed in per-block units ``2^k`` (:func:`block_shift`):
+  ``gs = g 2^-k``, ``m_t`` likewise. Everything here is per block or
+  elementwise except the per-tensor reductions of ``red``.
+  """
   bc1 = 1.0 - jnp.asarray(b1, jnp.float32) ** count
   bc2 = 1.0 - jnp.asarray(b2, jnp.float32) ** count
   units = mc and not layout.faithful  # m coded in units of sqrt(v^)
 
   if vc:
     codes, bounds = v
-    k = block_shift(gb, bounds[..., 1])                           # [*lead, nb]
+    k = block_shift(gb, bounds[..., 1])                           # [..., nb]
     unit = jnp.exp2(-k)[..., None]
     lo, hi = ((bounds[..., i].astype(jnp.float32) - 2.0 * k).astype(jnp.float16)
               for i in (0, 1))
@@ -415,17 +618,17 @@ def _leaf_update(g, mu, nu, v, ms: _MLeaf, seed, count, *, layout, impl, b1, b2,
       sqrt_v_prev = decode_sqrt_v(codes, lo, hi, layout.v_bits)
   else:
     unit = 1.0
-    s_prev = blocks(nu)
+    s_prev = nu_b
     if units:
       sqrt_v_prev = s_prev
   gs = gb * unit
 
   if not mc:
-    m_prev = blocks(mu) * unit
+    m_prev = mu_b * unit
   elif layout.faithful:  # alpha g_t + delta^, delta^ stored in units of m
-    m_prev = ms.alpha * gs + costate_decode_delta(ms.signs, ms.scales) * unit
+    m_prev = red.elems(ms.alpha) * gs + costate_decode_delta(ms.signs, ms.scales) * unit
   else:
-    m_prev = decode_m(ms, gs, layout) * sqrt_v_prev
+    m_prev = decode_m(ms, gs, layout, red) * sqrt_v_prev
   m_t = b1 * m_prev + (1.0 - b1) * gs
 
   if vc:
@@ -438,19 +641,19 @@ def _leaf_update(g, mu, nu, v, ms: _MLeaf, seed, count, *, layout, impl, b1, b2,
   else:
     s_new = moments.rms_moment(gb, s_prev, b2)                    # dense sqrt(v_t)
     ub = (m_t / bc1) / (s_new / jnp.sqrt(bc2) + eps)
-    nu = unblock(s_new)
+    nu_b = s_new
     sqrt_v_new = s_new
 
   if not mc:
-    mu = unblock(m_t / unit)
+    mu_b = m_t / unit
   elif layout.faithful:
-    ms = encode_m(m_t / unit, gb, ms, layout, null_pct, amp_pct)
+    ms = encode_m(m_t / unit, gb, ms, layout, null_pct, amp_pct, red)
   else:
     ok = sqrt_v_new > 0
     q = jnp.where(ok, m_t / jnp.where(ok, sqrt_v_new, 1.0), 0.0)
     q_max = ratio_bound(b1, b2)
-    ms = encode_m(jnp.clip(q, -q_max, q_max), gs, ms, layout, null_pct, amp_pct)
-  return unblock(ub), mu, nu, v, ms
+    ms = encode_m(jnp.clip(q, -q_max, q_max), gs, ms, layout, null_pct, amp_pct, red)
+  return ub, mu_b, nu_b, v, ms
 
 
 def _fused(gs, m_t, codes, lo, hi, scalars, seed, layout, impl):
@@ -480,13 +683,119 @@ def _state_shapes_ok(g, mu, nu, v, layout) -> bool:
   return True
 
 
+# ----------------------------------------------------------------------------
+# The flat layout: one buffer per group, whatever the number of tensors.
+
+
+def _check_unsharded(tree, what: str) -> None:
+  """Flat buffers mix tensors: explicitly sharded ones are refused (ValueError)."""
+  for path, x in jax.tree_util.tree_flatten_with_path(tree)[0]:
+    spec = lay.explicit_spec(x)
+    if spec is not None:
+      raise ValueError(
+          f"tree_layout='flat' supports unsharded or replicated parameters only; the {what} "
+          f"{jax.tree_util.keystr(path)} is explicitly sharded as "
+          f"{jax.sharding.PartitionSpec(*spec)}: use tree_layout='leaf'")
+
+
+def _init_group(nb: int, n: int, mc: bool, vc: bool, layout: TurboAdamLayout
+                ) -> TurboFlatGroup:
+  """Zero state of a group of ``n`` tensors holding ``nb`` row blocks in all."""
+  bs, empty = layout.block_size, optax.MaskedNode()
+  z = lambda k, dtype: jnp.zeros((nb, k), dtype)
+  ref = not layout.faithful
+  m = CoStateM(alpha=jnp.zeros((n,), jnp.float32),
+               ref=z(bs * layout.m_ref_bits // 8, jnp.uint8) if ref else empty,
+               levels=z(layout.m_ref_bits, jnp.float16) if ref else empty,
+               signs=z(bs // 8, jnp.uint8), scales=jnp.zeros((nb,), jnp.float16),
+               err=z(bs, jnp.float32) if layout.error_feedback else empty)
+  return TurboFlatGroup(
+      mu=empty if mc else z(bs, jnp.float32), nu=empty if vc else z(bs, jnp.float32),
+      v=PackedV(z(bs * layout.v_bits // 8, jnp.uint8), z(2, jnp.float16)) if vc
+      else PackedV(empty, empty),
+      m=m if mc else CoStateM(*(empty,) * len(CoStateM._fields)))
+
+
+def _init_flat(params, layout: TurboAdamLayout):
+  """``(mu, nu, groups)`` of :class:`ScaleByTurboAdamFlatState`."""
+  _check_unsharded(params, "parameter")
+  leaves = jax.tree.leaves(params)
+  dense, groups = layout.flat_plan([tuple(p.shape) for p in leaves])
+  n_dense = sum(leaves[i].size for i in dense)
+  mu = jnp.zeros((n_dense,), jnp.float32) if dense else optax.MaskedNode()
+  nu = jnp.zeros((n_dense,), jnp.float32) if dense else optax.MaskedNode()
+  return mu, nu, {
+      k: _init_group(sum(layout.row_blocks(leaves[i].shape) for i in idx), len(idx),
+                     *FLAT_GROUPS[k], layout) for k, idx in groups.items()}
+
+
+def _split(x_flat: jax.Array, sizes) -> list[jax.Array]:
+  """Consecutive pieces of ``sizes`` along the first axis (static slices)."""
+  ends = np.cumsum(sizes)
+  return [x_flat[e - n:e] for e, n in zip(ends, sizes)]
+
+
+def _flat_group_ok(grp: TurboFlatGroup, nb: int, n: int, mc: bool, vc: bool) -> bool:
+  rows = lambda x: x.shape[0] if hasattr(x, "shape") else None
+  m_ok = rows(grp.m.alpha) == n and rows(grp.m.scales) == nb if mc else rows(grp.mu) == nb
+  return m_ok and (rows(grp.v.bounds) == nb if vc else rows(grp.nu) == nb)
+
+
+def _flat_update(gs: list, state: ScaleByTurboAdamFlatState, sub, count, **kw):
+  """Updates (a list like ``gs``) and ``(mu, nu, groups)`` of the flat layout.
+
+  The dense tensors are one raveled buffer; each group's gradients are
+  concatenated into ``[NB, bs]`` row blocks and updated in one
+  :func:`_blocks_update` with per-tensor reductions over :class:`Segments`
+  (one fused v step, one seed for the whole buffer), then split back.
+  """
+  layout = kw["layout"]
+  bs = layout.block_size
+  shapes = [tuple(g.shape) for g in gs]
+  dense, groups = layout.flat_plan(shapes)
+  mismatch = ValueError("turbo_adam: the gradients do not match the optimizer state built at "
+                        "init (tree_layout='flat': same tree and shapes needed)")
+  if sorted(groups) != sorted(state.groups):
+    raise mismatch
+  out = [None] * len(gs)
+  mu, nu = state.mu, state.nu
+  if dense:
+    sizes = [gs[i].size for i in dense]
+    if getattr(mu, "shape", None) != (sum(sizes),):
+      raise mismatch
+    g_d = jnp.concatenate([gs[i].reshape(-1).astype(jnp.float32) for i in dense])
+    u_d, mu, nu = moments.dense_adam(g_d, mu, nu, b1=kw["b1"], b2=kw["b2"], eps=kw["eps"],
+                                     count=count)
+    for i, u in zip(dense, _split(u_d, sizes)):
+      out[i] = u.reshape(shapes[i])
+
+  new_groups = {}
+  for j, (name, idx) in enumerate(groups.items()):
+    mc, vc = FLAT_GROUPS[name]
+    nbs = [layout.row_blocks(shapes[i]) for i in idx]
+    grp = state.groups[name]
+    if not _flat_group_ok(grp, sum(nbs), len(idx), mc, vc):
+      raise mismatch
+    gb = jnp.concatenate([lay.row_blocks(gs[i].astype(jnp.float32), bs).reshape(-1, bs)
+                          for i in idx])                            # [NB, bs]
+    seed = quant.seed_from_key(jax.random.fold_in(sub, j))
+    ub, mu_b, nu_b, v, ms = _blocks_update(gb, grp.mu, grp.nu, tuple(grp.v), _MLeaf(*grp.m),
+                                           seed, count, mc=mc, vc=vc, red=Segments.of(nbs),
+                                           **kw)
+    new_groups[name] = TurboFlatGroup(mu_b, nu_b, PackedV(*v), CoStateM(*ms))
+    for i, u in zip(idx, _split(ub, nbs)):
+      lead, length = shapes[i][:-1], shapes[i][-1]
+      out[i] = lay.from_row_blocks(u.reshape(*lead, -1, bs), length)
+  return out, mu, nu, new_groups
+
+
 def scale_by_turbo_adam(b1: float = 0.9, b2: float = 0.999, eps: float = 1e-8,
                         block_size: int = 128, v_bits: int = 4, compress_m: bool = True,
                         compress_v: bool = True, null_pct: float = 0.10,
                         amp_pct: float = 0.90, error_feedback: bool = False,
                         min_m_compress_elements: int = 4096, faithful: bool = False,
                         seed: int = 0, m_ref_bits: int = 2,
-                        implementation: str | None = None
+                        implementation: str | None = None, tree_layout: str = "leaf"
                         ) -> optax.GradientTransformationExtraArgs:
   """Rescales updates by TurboAdam's compressed moments (see module docstring).
 
@@ -507,6 +816,10 @@ def scale_by_turbo_adam(b1: float = 0.9, b2: float = 0.999, eps: float = 1e-8,
       ``"xla"``), ``"xla"``, ``"triton"``, ``"interpret"``, ``"pallas"``
       (the compiled Pallas GPU backends) or a sequence tried in order; see
       :func:`holojax.kernels.turbo_adam.fused_v_update`. Chosen once, here.
+    tree_layout: ``"leaf"`` (the default: a state per tensor, sharded like
+      it) or ``"flat"`` (blocked tensors' states concatenated into a few
+      buffers, one update whatever the number of tensors; unsharded or
+      replicated parameters only). See the module docstring.
 
   Returns:
     An ``optax.GradientTransformationExtraArgs``. Shape-setting arguments
@@ -518,12 +831,13 @@ def scale_by_turbo_adam(b1: float = 0.9, b2: float = 0.999, eps: float = 1e-8,
 
   Raises:
     ValueError: an argument is out of range, or (at ``update``) a gradient's
-      shape does not match its parameter (the message names the leaf).
+      shape does not match its parameter (the message names the leaf), or
+      ``tree_layout="flat"`` meets an explicitly sharded parameter.
     TypeError: an argument has the wrong type (``v_bits=4.0``, a string
       rate), or (at ``init``) a parameter is not floating point.
   """
   layout = TurboAdamLayout(block_size, v_bits, compress_m, compress_v, error_feedback,
-                           min_m_compress_elements, faithful, m_ref_bits)
+                           min_m_compress_elements, faithful, m_ref_bits, tree_layout)
   validate.check_real("b1", b1, 0.0, 1.0, hi_open=True)
   validate.check_real("b2", b2, 0.0, 1.0, hi_open=True)
   validate.check_real("eps", eps, 0.0)
@@ -540,8 +854,15 @@ def scale_by_turbo_adam(b1: float = 0.9, b2: float = 0.999, eps: float = 1e-8,
     raise ValueError(f"implementation={implementation!r} picks the kernel {impl!r}, which "
                      "needs compress_v=True (it updates the packed v)")
 
+  hyper = dict(layout=layout, impl=impl, b1=b1, b2=b2, eps=eps, null_pct=null_pct,
+               amp_pct=amp_pct)
+
   def init_fn(params):
     validate.check_float_params("turbo_adam", params)
+    if layout.tree_layout == "flat":
+      return ScaleByTurboAdamFlatState(
+          jnp.zeros((), jnp.int32), jax.random.key_data(jax.random.key(seed)).astype(jnp.uint32),
+          *_init_flat(params, layout))
     leaves = [_init_leaf(p, layout) for p in jax.tree.leaves(params)]
     treedef = jax.tree.structure(params)
     field = lambda f: treedef.unflatten([f(x) for x in leaves])
@@ -556,27 +877,33 @@ def scale_by_turbo_adam(b1: float = 0.9, b2: float = 0.999, eps: float = 1e-8,
     del extra_args
     if params is not None:
       validate.check_param_shapes("turbo_adam", updates, params)
+    count = optax.safe_increment(state.count)
+    key, sub = jax.random.split(jax.random.wrap_key_data(state.key))
+    key_data = jax.random.key_data(key).astype(jnp.uint32)
+    if layout.tree_layout == "flat":
+      _check_unsharded(updates, "gradient")
+      gs, treedef = jax.tree.flatten(updates)
+      us, mu, nu, groups = _flat_update(gs, state, sub, count, **hyper)
+      return (treedef.unflatten([u.astype(g.dtype) for u, g in zip(us, gs)]),
+              ScaleByTurboAdamFlatState(count, key_data, mu, nu, groups))
+
     paths_leaves, treedef = jax.tree_util.tree_flatten_with_path(updates)
     flat = lambda tree: treedef.flatten_up_to(tree)
     mus, nus = flat(state.mu), flat(state.nu)
     vs = list(zip(flat(state.v.codes), flat(state.v.bounds)))
     ms = [_MLeaf(*x) for x in zip(*[flat(f) for f in state.m])]
-    count = optax.safe_increment(state.count)
-    key, sub = jax.random.split(jax.random.wrap_key_data(state.key))
 
     out = []
     for i, (path, g) in enumerate(paths_leaves):
       if not _state_shapes_ok(g, mus[i], nus[i], vs[i], layout):
         validate.raise_state_mismatch("turbo_adam", path, g.shape)
       seed_i = quant.seed_from_key(jax.random.fold_in(sub, i))
-      u, mu, nu, v, m = _leaf_update(g, mus[i], nus[i], vs[i], ms[i], seed_i, count,
-                                     layout=layout, impl=impl, b1=b1, b2=b2, eps=eps,
-                                     null_pct=null_pct, amp_pct=amp_pct)
+      u, mu, nu, v, m = _leaf_update(g, mus[i], nus[i], vs[i], ms[i], seed_i, count, **hyper)
       out.append((u.astype(g.dtype), mu, nu, v, m))
 
     field = lambda f: treedef.unflatten([f(x) for x in out])
     new_state = ScaleByTurboAdamState(
-        count=count, key=jax.random.key_data(key).astype(jnp.uint32),
+        count=count, key=key_data,
         mu=field(lambda x: x[1]), nu=field(lambda x: x[2]),
         v=PackedV(field(lambda x: x[3][0]), field(lambda x: x[3][1])),
         m=CoStateM(*[field(lambda x, i=i: x[4][i]) for i in range(6)]))
@@ -591,8 +918,8 @@ def turbo_adam(learning_rate: optax.ScalarOrSchedule = 1e-3, b1: float = 0.9,
                compress_v: bool = True, null_pct: float = 0.10, amp_pct: float = 0.90,
                error_feedback: bool = False, min_m_compress_elements: int = 4096,
                faithful: bool = False, seed: int = 0, m_ref_bits: int = 2,
-               implementation: str | None = None, mask: Any = None
-               ) -> optax.GradientTransformationExtraArgs:
+               implementation: str | None = None, mask: Any = None,
+               tree_layout: str = "leaf") -> optax.GradientTransformationExtraArgs:
   """TurboAdam(W): ``apply_if_finite(chain(scale_by_turbo_adam, add_decayed_weights, -lr))``.
 
   With ``compress_m=False, compress_v=False`` this is ``optax.adamw`` (with
@@ -618,6 +945,6 @@ def turbo_adam(learning_rate: optax.ScalarOrSchedule = 1e-3, b1: float = 0.9,
                           amp_pct=amp_pct, error_feedback=error_feedback,
                           min_m_compress_elements=min_m_compress_elements,
                           faithful=faithful, seed=seed, m_ref_bits=m_ref_bits,
-                          implementation=implementation),
+                          implementation=implementation, tree_layout=tree_layout),
       optax.add_decayed_weights(weight_decay, mask),
       optax.scale_by_learning_rate(learning_rate)))

@@ -91,6 +91,19 @@ def static_int(name: str, value, lo: int | None = None, *,
     raise ValueError(f"{name}={value!r} is not allowed; must be {allowed}")
 
 
+def static_choice(name: str, value, choices: Sequence[str]) -> None:
+  """A Python string naming one of ``choices`` (a code path or state layout).
+
+  Raises:
+    TypeError: ``value`` is not a string.
+    ValueError: ``value`` is not in ``choices``.
+  """
+  if not isinstance(value, str):
+    raise TypeError(f"{name}={value!r} must be a str, one of {tuple(choices)}")
+  if value not in choices:
+    raise ValueError(f"{name}={value!r} is not allowed; must be one of {tuple(choices)}")
+
+
 def static_bool(name: str, value) -> None:
   """A Python bool that selects a code path (never traced)."""
   if isinstance(value, (jax.Array, jax.core.Tracer)):

@@ -18,14 +18,16 @@ SMALL = {"turbo_adam": dict(min_m_compress_elements=1024),
 ROSENBROCK = {"holo_adam_max": dict(steps=1600)}
 
 
-# Layouts of a registered optimizer, as "name[layout]": (registry name, extra kwargs).
-# HoloAdam's flat layout refuses explicitly sharded parameters (asserted below).
-VARIANTS = {"holo_adam[flat]": ("holo_adam", dict(tree_layout="flat"))}
-REFUSES_EXPLICIT = {"holo_adam[flat]"}
+# Layouts of a registered optimizer (issue 12), as cases of their own: shown name ->
+# (registry name, extra keyword arguments). The flat tree layouts refuse explicitly
+# sharded parameters (a ValueError naming tree_layout): those checks assert the refusal.
+FLAT = {f"{n}[flat]": (n, dict(tree_layout="flat"))
+        for n in ("turbo_adam", "turbo_adam_v", "holo_adam")}
+FLAT_REFUSES = (contract.check_explicit_sharding, contract.check_explicit_sharding_eager)
 
 
 def _make(name):
-  base, kw = VARIANTS.get(name, (name, {}))
+  base, kw = FLAT.get(name, (name, {}))
   return lambda lr: registry.get(base, lr, 0.0, **SMALL.get(base, {}), **kw)
 
 
@@ -38,7 +40,7 @@ COSTLY = (contract.check_explicit_sharding, contract.check_explicit_sharding_eag
 
 
 def _cases():
-  for name in registry.names() + list(VARIANTS):
+  for name in registry.names() + list(FLAT):
     for check in contract.CHECKS:
       costly = check in COSTLY and (name in PRESET_OF or (
           # HoloAdam's eager update dispatches hundreds of small ops, each
@@ -50,9 +52,8 @@ def _cases():
 
 @pytest.mark.parametrize("name,check", list(_cases()))
 def test_contract(name, check):
-  if name in REFUSES_EXPLICIT and check in (contract.check_explicit_sharding,
-                                            contract.check_explicit_sharding_eager):
-    with pytest.raises(ValueError, match="tree_layout"):
+  if name in FLAT and check in FLAT_REFUSES:
+    with pytest.raises(ValueError, match="tree_layout='flat'.*use tree_layout='leaf'"):
       check(_make(name))
   elif check is contract.check_rosenbrock:
     check(_make(name), **ROSENBROCK.get(name, {}))
@@ -64,6 +65,6 @@ def test_every_registered_optimizer_is_covered():
   assert set(SMALL) | {"adamw", "adafactor", "lion"} == set(registry.names())
 
 
-@pytest.mark.parametrize("name", registry.names() + list(VARIANTS))
+@pytest.mark.parametrize("name", registry.names() + list(FLAT))
 def test_orbax_roundtrip(name, tmp_path):
   contract.check_orbax_roundtrip(_make(name), tmp_path)

@@ -16,6 +16,8 @@ OURS = {
     "turbo_adam_v": lambda lr, **kw: turbo_adam(lr, compress_m=False, **kw),
     "turbo_adam_faithful": lambda lr, **kw: turbo_adam(lr, faithful=True,
                                                        min_m_compress_elements=1024, **kw),
+    "turbo_adam_flat": lambda lr, **kw: turbo_adam(lr, min_m_compress_elements=1024,
+                                                   tree_layout="flat", **kw),
     "holo_adam": lambda lr, **kw: holo_adam(lr, min_compress_size=1024, **kw),
     "holo_adam_faithful": lambda lr, **kw: holo_adam(lr, min_compress_size=1024, faithful=True,
                                                      **kw),
@@ -24,7 +26,7 @@ OURS = {
 }
 # The overflow guarantees hold for the default encodings (faithful keeps the
 # original's fp16 CoState scales and unclipped gate).
-SAFE = ("turbo_adam", "turbo_adam_v", "holo_adam", "holo_adam_flat")
+SAFE = ("turbo_adam", "turbo_adam_v", "turbo_adam_flat", "holo_adam", "holo_adam_flat")
 
 
 def _params():
@@ -160,9 +162,11 @@ def test_gradient_shape_mismatch_names_the_leaf(name, bad):
   g = {"w": w, "b": p["b"]}
   with pytest.raises(ValueError, match=r"\['w'\]"):
     tx.update(g, s, p)
-  # Without params (scale_by_* alone) the state's layout still catches a transpose.
+  # Without params (scale_by_* alone) the state's layout still catches a
+  # transpose (the flat layout's buffers hold no per-tensor names).
   if bad == "transposed":
-    with pytest.raises(ValueError, match=r"\['w'\]"):
+    with pytest.raises(ValueError, match="tree_layout='flat'" if name.endswith("flat")
+                       else r"\['w'\]"):
       _scale_by(name).update(g, s.inner_state[0])
 
 
@@ -170,6 +174,7 @@ def _scale_by(name):
   from holojax.optim import scale_by_holo_adam, scale_by_turbo_adam
   if name.startswith("turbo"):
     kw = dict(compress_m=False) if name == "turbo_adam_v" else dict(min_m_compress_elements=1024)
-    return scale_by_turbo_adam(faithful=name.endswith("faithful"), **kw)
+    return scale_by_turbo_adam(faithful=name.endswith("faithful"),
+                               tree_layout="flat" if name.endswith("flat") else "leaf", **kw)
   return scale_by_holo_adam(min_compress_size=1024, faithful=name.endswith("faithful"),
                             tree_layout="flat" if name.endswith("flat") else "leaf")

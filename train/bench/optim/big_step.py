@@ -42,7 +42,7 @@ from holojax.optim import registry
 from holojax.optim.accounting import tree_bytes
 from holojax.train.bench.common import (Progress, Result, child_main, device_memory,
                                         in_child, require_positive)
-from holojax.train.bench.optim.optimizer_step import parse_spec
+from holojax.train.bench.optim.optimizer_step import make_optimizer, parse_spec
 from holojax.train.step import init_state, make_train_step
 
 
@@ -93,17 +93,12 @@ def model_config(cfg: BigStepConfig):
                              remat=cfg.remat)
 
 
-def optimizer(spec: str):
-  name, kw, _ = parse_spec(spec)
-  return registry.get(name, 1e-5, 0.0, **kw)
-
-
 def need(cfg: BigStepConfig, spec: str) -> tuple[int, int, int]:
   """``(parameters, state bytes, need bytes)`` from shapes alone (nothing allocated)."""
   model = nnx.eval_shape(lambda: Llama(model_config(cfg), rngs=nnx.Rngs(0)))
   params = nnx.state(model, nnx.Param).to_pure_dict()
   n = sum(x.size for x in jax.tree.leaves(params))
-  state = jax.eval_shape(optimizer(spec).init, params)
+  state = jax.eval_shape(make_optimizer(spec).init, params)
   return n, tree_bytes(state), 8 * n + tree_bytes(state)
 
 
@@ -119,7 +114,7 @@ def attempt(cfg: BigStepConfig, spec: str) -> dict:
          "step_ms": None, "error": None}
   loss = lambda model, ids: model(ids, labels=ids).loss
   try:
-    tx = optimizer(spec)
+    tx = make_optimizer(spec)
     graphdef, state = init_state(lambda: Llama(model_config(cfg), rngs=nnx.Rngs(0)), tx)
     step = make_train_step(graphdef, tx, loss)
     row["phase"] = "step"

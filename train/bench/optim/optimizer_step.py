@@ -2,9 +2,10 @@
 
 For each parameter tree (``trees``: GPT-2 124M's shapes, a ~1B Llama-shaped
 tree, or ``leaves-N``: N equal leaves of ``leaves_total`` parameters), each
-optimizer of ``optimizers`` (``name``, ``name@implementation`` or
-``name:flat`` for ``tree_layout="flat"``, registry names) is jitted as update
-+ apply with parameters and state donated, as a train step runs it, and
+optimizer of ``optimizers`` (``name[@implementation][:tree_layout]``, registry
+names: ``turbo_adam@triton`` runs TurboAdam's fused v kernel, ``turbo_adam:flat``
+its flat tree layout, ``turbo_adam@triton:flat`` both) is jitted as update +
+apply with parameters and state donated, as a train step runs it, and
 measured in one run against ``optax.adamw``:
 
 * ``compile_s``: lowering + XLA compile of that step (``jit(...).lower().compile()``);
@@ -16,12 +17,14 @@ measured in one run against ``optax.adamw``:
 
 The ``leaves-10`` / ``leaves-200`` pair has the same total size, so its compile
 times show how a program grows with the number of tensors (issue 12's target:
-not at all). Rows go to ``results["rows"]`` as ``{"optimizer",
-"implementation", "tree", "params", "compile_s", "step_ms", "floor_ms",
-"state_bits_per_param"}``; a failure is a row with ``error``.
+not at all; TurboAdam's ``:flat`` rows). Rows go to ``results["rows"]`` as
+``{"optimizer", "implementation", "tree_layout", "tree", "params", "compile_s",
+"step_ms", "floor_ms", "state_bits_per_param"}``; a failure is a row with
+``error``.
 
   holojax bench optimizer_step                                 # the GPU run
   holojax bench optimizer_step --trees leaves-10,leaves-200    # compile scaling
+  holojax bench optimizer_step --optimizers adamw,turbo_adam,turbo_adam:flat
   holojax bench optimizer_step --tiny --no-save                # CPU smoke run
 """
 
@@ -35,11 +38,13 @@ import jax
 import optax
 
 from holojax.optim import registry
+from holojax.optim.layout import TREE_LAYOUTS
 from holojax.optim.accounting import state_bits_per_param, tree_bytes
 from holojax.train.bench.common import (Progress, Result, copy_bandwidth, gpt2_shapes,
                                         median_time, random_params_and_grads, require_positive)
 
-OPTIMIZERS = ("adamw", "turbo_adam", "turbo_adam@triton", "turbo_adam_v", "holo_adam",
+OPTIMIZERS = ("adamw", "turbo_adam", "turbo_adam:flat", "turbo_adam@triton",
+              "turbo_adam@triton:flat", "turbo_adam_v", "turbo_adam_v:flat", "holo_adam",
               "adafactor", "lion")
 _TREE = re.compile(r"^(gpt2-124m|llama-1b|leaves-(\d+))$")
 
@@ -67,15 +72,12 @@ def tree_shapes(name: str, leaves_total: int) -> dict:
   return {f"w{i:04d}": (rows, 1024) for i in range(n)}
 
 
-def parse_spec(spec: str) -> tuple[str, dict, str]:
-  """``name[:tree_layout][@implementation]`` -> (registry name, keyword arguments,
-  implementation label: ``default``, ``flat``, ``triton``, ``flat+triton``)."""
-  name, _, impl = spec.partition("@")
-  name, _, tree_layout = name.partition(":")
-  kw = {"implementation": impl} if impl else {}
-  if tree_layout:
-    kw["tree_layout"] = tree_layout
-  return name, kw, "+".join(x for x in (tree_layout, impl) if x) or "default"
+def parse_spec(spec: str) -> tuple[str, str, str]:
+  """``name[@implementation][:tree_layout]`` -> (name, implementation, tree_layout), each
+  "" where absent."""
+  head, _, tree_layout = spec.partition(":")
+  name, _, impl = head.partition("@")
+  return name, impl, tree_layout
 
 
 @dataclasses.dataclass(frozen=True)
@@ -85,8 +87,8 @@ class OptimizerStepConfig:
   Attributes:
     trees: ``gpt2-124m``, ``llama-1b`` or ``leaves-N`` (N equal leaves).
     optimizers: registry names, optionally ``@implementation`` (TurboAdam's
-      fused v step: ``xla``, ``triton``, ``interpret``) and ``:flat``
-      (``tree_layout="flat"``: ``holo_adam:flat``).
+      fused v step: ``xla``, ``triton``, ``interpret``) and ``:tree_layout``
+      (TurboAdam's ``leaf`` or ``flat``), in that order.
     leaves_total: parameters of each ``leaves-N`` tree.
     repeats: timed steps (their median is reported).
     bandwidth_bytes: buffer size of the copy-bandwidth measurement.
@@ -103,22 +105,35 @@ class OptimizerStepConfig:
     if bad or not self.trees:
       raise ValueError(f"trees {bad or self.trees!r}: each must be gpt2-124m, llama-1b or "
                        f"leaves-<N>")
-    names = [parse_spec(o)[0] for o in self.optimizers]
-    unknown = [n for n in names if n not in registry.names()]
+    specs = [parse_spec(o) for o in self.optimizers]
+    unknown = [o for o, (n, _, t) in zip(self.optimizers, specs)
+               if n not in registry.names() or t not in ("",) + TREE_LAYOUTS]
     if unknown or not self.optimizers:
       raise ValueError(f"optimizers {unknown or self.optimizers!r}: choose from "
-                       f"{registry.names()} (optionally name:flat, name@implementation)")
+                       f"{registry.names()} (optionally name@implementation:tree_layout, "
+                       f"tree_layout in {TREE_LAYOUTS})")
     require_positive(self, "leaves_total", "repeats", "bandwidth_bytes")
 
 
-TINY = OptimizerStepConfig(trees=("leaves-2", "leaves-8"), optimizers=("adamw", "turbo_adam"),
+TINY = OptimizerStepConfig(trees=("leaves-2", "leaves-8"),
+                           optimizers=("adamw", "turbo_adam", "turbo_adam:flat"),
                            leaves_total=1 << 14, repeats=2, bandwidth_bytes=1 << 20)
 
 
-def make_optimizer(spec: str) -> tuple[optax.GradientTransformation, str]:
-  """(transformation, implementation label) of a :func:`parse_spec` spec."""
-  name, kw, label = parse_spec(spec)
-  return registry.get(name, 1e-3, 0.0, **kw), label
+def labels(spec: str) -> dict:
+  """The row's ``optimizer``, ``implementation`` and ``tree_layout`` of ``spec``."""
+  name, impl, tree_layout = parse_spec(spec)
+  return {"optimizer": name, "implementation": impl or "default",
+          "tree_layout": tree_layout or "default"}
+
+
+def make_optimizer(spec: str) -> optax.GradientTransformation:
+  """The transformation of ``name[@implementation][:tree_layout]``."""
+  name, impl, tree_layout = parse_spec(spec)
+  kw = {"implementation": impl} if impl else {}
+  if tree_layout:
+    kw["tree_layout"] = tree_layout
+  return registry.get(name, 1e-3, 0.0, **kw)
 
 
 def compiled_step(opt, params, grads):
@@ -136,7 +151,7 @@ def compiled_step(opt, params, grads):
 
 def measure(spec: str, shapes, tree: str, bandwidth: float, repeats: int) -> dict:
   """One row of the module docstring."""
-  opt, impl = make_optimizer(spec)
+  opt = make_optimizer(spec)
   params, grads = random_params_and_grads(shapes)
   n = sum(x.size for x in jax.tree.leaves(params))
   compile_s, fn, state = compiled_step(opt, params, grads)
@@ -148,7 +163,7 @@ def measure(spec: str, shapes, tree: str, bandwidth: float, repeats: int) -> dic
 
   step_s = median_time(run, repeats=repeats, warmup=2)
   s_bytes = tree_bytes(carry[1])
-  return {"optimizer": parse_spec(spec)[0], "implementation": impl, "tree": tree, "params": n,
+  return {**labels(spec), "tree": tree, "params": n,
           "compile_s": compile_s, "step_ms": 1e3 * step_s,
           "floor_ms": 1e3 * (12 * n + 2 * s_bytes) / bandwidth,
           "state_bits_per_param": state_bits_per_param(carry[1], carry[0])}
@@ -164,8 +179,7 @@ def run(cfg: OptimizerStepConfig, progress: Progress = Progress()) -> Result:
       try:
         row = measure(spec, shapes, tree, bandwidth, cfg.repeats)
       except Exception as e:  # record it, keep going (e.g. a kernel that cannot lower here)
-        row = {"optimizer": parse_spec(spec)[0], "implementation": parse_spec(spec)[2],
-               "tree": tree, "error": f"{type(e).__name__}: {e}"[:300]}
+        row = {**labels(spec), "tree": tree, "error": f"{type(e).__name__}: {e}"[:300]}
       results["rows"].append(row)
       progress.say(f"{tree} {spec}: {row}")
       progress.partial(results)
@@ -173,20 +187,25 @@ def run(cfg: OptimizerStepConfig, progress: Progress = Progress()) -> Result:
   return Result(results, table(results))
 
 
+def layout(row: dict) -> str:
+  return row.get("tree_layout", "default")  # records before the flat layout have none
+
+
 def table(r: dict) -> str:
   """One row per (tree, optimizer): compile s, step ms, x adamw, floor ms, bits."""
-  head = ["tree", "optimizer", "impl", "params", "compile s", "step ms", "x adamw",
+  head = ["tree", "optimizer", "impl", "layout", "params", "compile s", "step ms", "x adamw",
           "floor ms", "bits/param"]
   base = {x["tree"]: x["step_ms"] for x in r["rows"]
           if x["optimizer"] == "adamw" and "step_ms" in x}
   rows = []
   for x in r["rows"]:
     if "error" in x:
-      rows.append([x["tree"], x["optimizer"], x["implementation"], "-", "failed", "-", "-", "-",
-                   x["error"][:40]])
+      rows.append([x["tree"], x["optimizer"], x["implementation"], layout(x), "-", "failed",
+                   "-", "-", "-", x["error"][:40]])
       continue
     ratio = f"{x['step_ms'] / base[x['tree']]:.2f}" if x["tree"] in base else "-"
-    rows.append([x["tree"], x["optimizer"], x["implementation"], f"{x['params'] / 1e6:.1f}M",
+    rows.append([x["tree"], x["optimizer"], x["implementation"], layout(x),
+                 f"{x['params'] / 1e6:.1f}M",
                  f"{x['compile_s']:.1f}", f"{x['step_ms']:.3f}", ratio, f"{x['floor_ms']:.3f}",
                  f"{x['state_bits_per_param']:.2f}"])
   widths = [max(len(h), *(len(row[i]) for row in rows)) for i, h in enumerate(head)]
