@@ -122,6 +122,18 @@ def child_main(config_cls, fn, argv: list[str]) -> int:
   return 0
 
 
+def compiled_bytes(jitted, *args) -> int | None:
+  """Device bytes one call of ``jitted(*args)`` holds at its peak, by XLA's memory
+  analysis of the compiled program (arguments + outputs + temporaries - donated
+  aliases); the executable comes from jit's cache once the function has run.
+  None where the backend gives no analysis."""
+  m = jitted.lower(*args).compile().memory_analysis()
+  if m is None:
+    return None
+  return (m.argument_size_in_bytes + m.output_size_in_bytes + m.temp_size_in_bytes
+          - m.alias_size_in_bytes)
+
+
 def device_memory() -> dict:
   """``bytes_in_use`` and ``peak_bytes_in_use`` of the first device (None where
   the backend does not report them)."""

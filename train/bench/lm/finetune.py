@@ -19,8 +19,11 @@ HoloAdam's README reports it converging where Adafactor "collapses" (final loss
 * **Costs**: optimizer-state bytes and bits per parameter
   (``state_bits_per_param``), mean step time (the steps after the compiling
   one, no host sync between them),
-  and the device's peak memory after the optimizer's runs (process-wide, so
-  it only grows from one optimizer to the next; the state bytes are exact).
+  the train step's device memory by XLA's analysis of its compiled program
+  (``step_bytes``: parameters, gradients, optimizer state and temporaries at
+  the step's peak, each optimizer's own), and the device's peak memory after
+  the optimizer's runs (process-wide, so it only grows from one optimizer to
+  the next).
 
 Parameters are float32, compute is ``dtype``. ``FinetuneConfig()`` is the GPU
 run; ``TINY`` runs the same code on the random ``llama-tiny`` model with byte
@@ -43,8 +46,8 @@ from flax import nnx
 from holojax.data import instruct
 from holojax.optim import registry
 from holojax.optim.accounting import state_bits_per_param, tree_bytes
-from holojax.train.bench.common import Progress, Result, device_memory, require_positive, \
-    warmup_cosine
+from holojax.train.bench.common import (Progress, Result, compiled_bytes, device_memory,
+                                        require_positive, warmup_cosine)
 from holojax.train.bench.lm import pretrained
 from holojax.train.demo import plot_png
 from holojax.train.step import host_lr, init_state, make_eval_step, make_train_step, \
@@ -222,8 +225,10 @@ def train_run(base_state, graphdef, run: Runner, lr: float, steps: int, data: Sp
   losses = [float(x) for x in jax.device_get(losses)]
   t2 = time.perf_counter()
   step_s = (t2 - t1) / (steps - 1) if steps > 1 else t1 - t0
+  step_bytes = compiled_bytes(run.step, with_learning_rate(state, lr_t[-1]),
+                              (jnp.asarray(b.ids_bt), jnp.asarray(b.labels_bt)))
   out = {"lr": lr, "train_losses": losses, "diverged": not np.all(np.isfinite(losses)),
-         "step_ms": 1e3 * step_s, "state_bytes": tree_bytes(state["opt"]),
+         "step_ms": 1e3 * step_s, "step_bytes": step_bytes, "state_bytes": tree_bytes(state["opt"]),
          "state_bits_per_param": state_bits_per_param(state["opt"], params)}
   for split, enc in evals.items():
     out[f"{split}_loss"] = (float("nan") if out["diverged"] else
@@ -275,12 +280,13 @@ def run(cfg: FinetuneConfig, progress: Progress = Progress()) -> Result:
 def table(cfg: FinetuneConfig, r: dict) -> str:
   """One row per optimizer at its best rate."""
   head = ["optimizer", "best lr", "held-out loss", "val loss", "state bits/param",
-          "state MB", "step ms"]
+          "state MB", "step GiB", "step ms"]
   rows = []
   for n, o in r["optimizers"].items():
     f = o["final"]
     rows.append([n, f"{o['best_lr']:g}", f"{f['test_loss']:.4f}", f"{f['val_loss']:.4f}",
                  f"{f['state_bits_per_param']:.2f}", f"{f['state_bytes'] / 2 ** 20:.1f}",
+                 "n/a" if f.get("step_bytes") is None else f"{f['step_bytes'] / 2 ** 30:.2f}",
                  f"{f['step_ms']:.1f}"])
   widths = [max(len(h), *(len(row[i]) for row in rows)) for i, h in enumerate(head)]
   fmt = lambda row: " | ".join(x.rjust(w) for x, w in zip(row, widths))

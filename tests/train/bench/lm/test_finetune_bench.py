@@ -25,7 +25,7 @@ def test_tiny_run_reports_every_optimizer_at_its_best_rate(tiny):
     assert o["best_lr"] == min(ok, key=lambda s: s["val_loss"])["lr"]
     f = o["final"]
     assert len(f["train_losses"]) == ft.TINY.steps and np.isfinite(f["test_loss"])
-    assert f["state_bytes"] > 0 and f["step_ms"] > 0
+    assert f["state_bytes"] > 0 and f["step_ms"] > 0 and f["step_bytes"] > f["state_bytes"]
   assert r["optimizers"]["adamw"]["final"]["state_bits_per_param"] == pytest.approx(64, abs=0.1)
   assert r["optimizers"]["turbo_adam"]["final"]["state_bits_per_param"] < 32
   assert np.isfinite(r["before_test_loss"])
