@@ -65,6 +65,8 @@ def _words(x: jax.Array) -> jax.Array:
     x = x.astype(jnp.uint8)
   if jnp.issubdtype(x.dtype, jax.dtypes.prng_key):
     x = jax.random.key_data(x)
+  if jnp.issubdtype(x.dtype, jnp.complexfloating):  # HoloAdam's traces: (re, im) pairs
+    x = jnp.stack([x.real, x.imag], axis=-1)
   size = x.dtype.itemsize
   if size == 8:
     x = jax.lax.bitcast_convert_type(x, jnp.uint32)

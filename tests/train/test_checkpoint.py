@@ -32,6 +32,14 @@ def test_checksum_sees_a_flipped_bit():
   assert ckpt.checksum(s) == ckpt.checksum(_state())
 
 
+def test_checksum_of_complex_state_sees_either_part():
+  """HoloAdam keeps complex64 traces: both their real and imaginary bits count."""
+  z = jnp.exp(1j * jnp.arange(12.0).reshape(3, 4)).astype(jnp.complex64)
+  assert ckpt.checksum({"z": z}) == ckpt.checksum({"z": z + 0})
+  assert ckpt.checksum({"z": z}) != ckpt.checksum({"z": z.at[1, 2].add(1e-3)})
+  assert ckpt.checksum({"z": z}) != ckpt.checksum({"z": z.at[1, 2].add(1e-3j)})
+
+
 def test_non_finite_state_is_not_saved(tmp_path):
   mngr = ckpt.manager(str(tmp_path), keep=5, save_every=1)
   bad = {**_state(), "w": _state()["w"].at[0, 0].set(jnp.nan)}
