@@ -226,13 +226,13 @@ def test_flat_kernel_equals_reference_over_100_steps(impl):
   np.testing.assert_allclose(np.asarray(nk), np.asarray(nx), rtol=1e-4)
   for a, b in zip(jax.tree.leaves(sx), jax.tree.leaves(sk)):
     a, b = np.asarray(a), np.asarray(b)
-    if impl == "interpret":  # the same arithmetic on the CPU: bit for bit
+    if impl == "interpret" and a.dtype == np.uint8:  # the same draws: every code equal
       np.testing.assert_array_equal(a, b)
     elif a.dtype == np.uint8:  # GPU arithmetic (FMA) may move a few rounding draws
       assert np.mean(a != b) < 1e-3
     else:
-      np.testing.assert_allclose(b.astype(np.float32), a.astype(np.float32), rtol=1e-3,
-                                 atol=1e-6)
+      np.testing.assert_allclose(b.astype(np.float32), a.astype(np.float32),
+                                 rtol=1e-5 if impl == "interpret" else 1e-3, atol=1e-6)
 
 
 def test_flat_state_layout():
