@@ -34,7 +34,8 @@ def _make(name):
 # Presets of one implementation (its code, other hyperparameters): the costly
 # sharding and eager checks run for the implementation by default and for
 # every preset with `pytest -m exhaustive`.
-PRESET_OF = {"holo_adam_max": "holo_adam", "holo_adam_conservative": "holo_adam"}
+PRESET_OF = {"holo_adam_max": "holo_adam", "holo_adam_conservative": "holo_adam",
+             "turbo_adam_v[flat]": "turbo_adam[flat]"}
 COSTLY = (contract.check_explicit_sharding, contract.check_explicit_sharding_eager,
           contract.check_nnx_optimizer)
 
