@@ -56,6 +56,19 @@ def require_positive(config, *names: str):
       raise ValueError(f"{name}={getattr(config, name)} must be >= 1")
 
 
+def pipe_table(head: list[str], rows: list[list[str]]) -> list[str]:
+  """Markdown pipe-table lines: the header, its rule, one line per row (a short row
+  is a note that spans the rest)."""
+  return [" | ".join(head), "-|-".join("-" * len(h) for h in head), *(" | ".join(r) for r in rows)]
+
+
+def fmt_bytes(b, unit: str = "GiB") -> str:
+  """``b`` bytes in ``unit`` (``MiB`` or ``GiB``); ``n/a`` for None."""
+  if b is None:
+    return "n/a"
+  return f"{b / 2**20:,.0f}" if unit == "MiB" else f"{b / 2**30:.1f}"
+
+
 # ----------------------------------------------------------------------------
 # Timing and memory
 

@@ -31,8 +31,8 @@ import sys
 import jax
 
 from holojax.optim import registry
-from holojax.train.bench.common import (Progress, Result, child_main, in_child,
-                                        require_positive)
+from holojax.train.bench.common import (Progress, Result, child_main, fmt_bytes, in_child,
+                                        pipe_table, require_positive)
 from holojax.train.bench.lm.throughput import time_training
 from holojax.train.config import TrainConfig
 
@@ -137,22 +137,21 @@ def run(cfg: ScalingConfig, progress: Progress = Progress()) -> Result:
 
 
 def table(cfg: ScalingConfig, r: dict) -> str:
-  mib = lambda b: "n/a" if b is None else f"{b / 2**20:,.0f}"
-  lines = [f"weak scaling: {cfg.batch_per_device} x {cfg.seq_len} tokens per device per step, "
-           f"{cfg.steps} timed steps; {r['devices_present']} {r['platform']} devices present",
-           "model | optimizer | mode | devices | tokens/s | efficiency | peak MiB/dev | "
-           "params MiB/dev | state MiB/dev",
-           "------|-----------|------|---------|----------|------------|--------------|"
-           "----------------|--------------"]
+  rows = []
   for x in r["rows"]:
-    head = f"{x['model']} | {x['optimizer']} | {x['mode']} | {x['devices']}"
+    head = [x["model"], x["optimizer"], x["mode"], str(x["devices"])]
     if x.get("status") != "ok":
-      lines.append(f"{head} | {x.get('status')}: {x.get('error')}")
+      rows.append(head + [f"{x.get('status')}: {x.get('error')}"])
       continue
     eff = "n/a" if x.get("efficiency") is None else f"{x['efficiency']:.2f}"
-    lines.append(f"{head} | {x['tokens_per_s']:,.0f} | {eff} | {mib(x['peak_bytes_per_device'])}"
-                 f" | {mib(x['param_bytes_per_device'])} | {mib(x['state_bytes_per_device'])}")
-  return "\n".join(lines)
+    rows.append(head + [f"{x['tokens_per_s']:,.0f}", eff] + [
+        fmt_bytes(x[k], "MiB") for k in ("peak_bytes_per_device", "param_bytes_per_device",
+                                         "state_bytes_per_device")])
+  return "\n".join([
+      f"weak scaling: {cfg.batch_per_device} x {cfg.seq_len} tokens per device per step, "
+      f"{cfg.steps} timed steps; {r['devices_present']} {r['platform']} devices present",
+      *pipe_table(["model", "optimizer", "mode", "devices", "tokens/s", "efficiency",
+                   "peak MiB/dev", "params MiB/dev", "state MiB/dev"], rows)])
 
 
 if __name__ == "__main__":

@@ -41,7 +41,7 @@ from holojax.models.llama import LLAMA_PRESETS, Llama
 from holojax.optim import registry
 from holojax.optim.accounting import tree_bytes
 from holojax.train.bench.common import (Progress, Result, child_main, device_memory,
-                                        in_child, require_positive)
+                                        fmt_bytes, in_child, pipe_table, require_positive)
 from holojax.train.bench.optim.optimizer_step import make_optimizer, parse_spec
 from holojax.train.step import init_state, make_train_step
 
@@ -154,18 +154,17 @@ def run(cfg: BigStepConfig, progress: Progress = Progress()) -> Result:
 
 
 def table(cfg: BigStepConfig, r: dict) -> str:
-  gib = lambda b: "n/a" if b is None else f"{b / 2**30:.1f}"
-  lines = [f"{cfg.model}: one train step, batch {cfg.batch} x {cfg.seq} tokens, float32 "
-           f"parameters, {cfg.dtype} compute, remat {cfg.remat}; device memory "
-           f"{gib(r['device_bytes'])} GiB",
-           "optimizer | params | state GiB | needs GiB | status | peak GiB | step ms",
-           "----------|--------|-----------|-----------|--------|----------|--------"]
+  rows = []
   for x in r["rows"]:
     status = x["status"] + (f" ({x['phase']})" if x["status"] != "ok" and x.get("phase") else "")
     ms = "n/a" if x.get("step_ms") is None else f"{x['step_ms']:.0f}"
-    lines.append(f"{x['optimizer']} | {x['params'] / 1e9:.2f}B | {gib(x['state_bytes'])} | "
-                 f"{gib(x['need_bytes'])} | {status} | {gib(x.get('peak_bytes'))} | {ms}")
-  return "\n".join(lines)
+    rows.append([x["optimizer"], f"{x['params'] / 1e9:.2f}B", fmt_bytes(x["state_bytes"]),
+                 fmt_bytes(x["need_bytes"]), status, fmt_bytes(x.get("peak_bytes")), ms])
+  return "\n".join([
+      f"{cfg.model}: one train step, batch {cfg.batch} x {cfg.seq} tokens, float32 parameters, "
+      f"{cfg.dtype} compute, remat {cfg.remat}; device memory {fmt_bytes(r['device_bytes'])} GiB",
+      *pipe_table(["optimizer", "params", "state GiB", "needs GiB", "status", "peak GiB",
+                   "step ms"], rows)])
 
 
 if __name__ == "__main__":
