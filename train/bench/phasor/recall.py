@@ -109,7 +109,8 @@ class RecallConfig:
     head_width: heads = max(1, width // head_width).
     lrs: peak learning rates; a list sweeps them and the best per model is reported.
     weight_decay: AdamW weight decay (matrices only).
-    warmup_frac: warm-up share of the steps.
+    warmup_fracs: warm-up shares of the steps, swept with ``lrs`` (every pair; the
+      best per model is reported).
     dtype: compute dtype, float32 or bfloat16 (none: bfloat16 on GPU, float32
       elsewhere).
     seed: data and init seed.
@@ -140,7 +141,8 @@ class RecallConfig:
   head_width: int = 64
   lrs: tuple[float, ...] = dataclasses.field(default=(2e-3,), metadata={"aliases": ("--lr",)})
   weight_decay: float = 0.1
-  warmup_frac: float = 0.05
+  warmup_fracs: tuple[float, ...] = dataclasses.field(default=(0.05,),
+                                                      metadata={"aliases": ("--warmup-frac",)})
   dtype: str | None = None
   seed: int = 0
   max_minutes: float = 8.0
@@ -189,6 +191,8 @@ class RecallConfig:
       raise ValueError(f"dtype={self.dtype!r} must be float32 or bfloat16")
     if not self.lrs or min(self.lrs) <= 0 or self.max_minutes <= 0:
       raise ValueError("lrs and max_minutes must be positive")
+    if not self.warmup_fracs or any(not 0 <= w < 1 for w in self.warmup_fracs):
+      raise ValueError(f"warmup_fracs={self.warmup_fracs!r}: each must lie in [0, 1)")
 
 
 TINY = RecallConfig(
@@ -409,7 +413,8 @@ def mqar_part(cfg: RecallConfig, say) -> Part:
       say(f"{tag}: eval {key:>7} accuracy {acc[key]:.4f}")
     return {"accuracy": acc, "mean_accuracy": float(np.mean(list(acc.values())))}
 
-  return Part("mqar", stream, [(w, lr) for w in cfg.widths for lr in cfg.lrs],
+  return Part("mqar", stream, [(w, lr, wf) for w in cfg.widths for lr in cfg.lrs
+                               for wf in cfg.warmup_fracs],
               cfg.vocab_size, max(t for t, _ in cfg.grid), cfg.steps, len(cfg.grid),
               labels_loss, score)
 
@@ -439,24 +444,25 @@ def passkey_part(cfg: RecallConfig, say) -> Part:
           f"d{r['depth']:g}={r['exact_match']:.2f}" for r in rows[-len(cfg.passkey_depths):]))
     return {"eval": rows}
 
-  return Part("passkey", stream, [(cfg.passkey_width, lr) for lr in cfg.lrs], 256,
+  return Part("passkey", stream, [(cfg.passkey_width, lr, wf) for lr in cfg.lrs
+                                  for wf in cfg.warmup_fracs], 256,
               max(cfg.passkey_train_len, *cfg.passkey_lens), cfg.passkey_steps, 1,
               all_loss if cfg.passkey_loss == "all" else labels_loss, score)
 
 
 def run_part(cfg: RecallConfig, part: Part, say, budget_s: float, record: Callable) -> list:
-  """Every (width, lr) group of ``part`` gets an equal slice of what is left of
+  """Every (width, lr, warm-up) group of ``part`` gets an equal slice of what is left of
   ``budget_s``; in a group the first arch plans the steps, the others follow
   it. The jitted steps of each (arch, width) are kept across an lr sweep."""
   end = time.perf_counter() + budget_s
   runs, compiled = [], {}
   with part.stream:
-    for gi, (width, lr) in enumerate(part.groups):
+    for gi, (width, lr, wf) in enumerate(part.groups):
       group_start = time.perf_counter()
       slice_s, planned = (end - group_start) / (len(part.groups) - gi), None
       for k, arch in enumerate(cfg.archs):
-        tag = f"{part.name} {arch} w={width} lr={lr:g}"
-        run = {"arch": arch, "width": width, "lr": lr}
+        tag = f"{part.name} {arch} w={width} lr={lr:g} warmup={wf:g}"
+        run = {"arch": arch, "width": width, "lr": lr, "warmup_frac": wf}
         runs.append(run)
         if time.perf_counter() >= end:
           say(f"{tag}: skipped, the time budget is spent")
@@ -483,7 +489,7 @@ def run_part(cfg: RecallConfig, part: Part, say, budget_s: float, record: Callab
         try:
           state, info = train_model(
               train_step, state, part.stream, steps=planned or part.steps, peak_lr=lr,
-              warmup_frac=cfg.warmup_frac, num_shapes=part.num_shapes, say=say,
+              warmup_frac=wf, num_shapes=part.num_shapes, say=say,
               plan_s=plan_s, stop_at=end, log_every=cfg.log_every, tag=tag)
           run.update(info)
           planned = planned or info["steps_done"]
@@ -498,7 +504,7 @@ def run_part(cfg: RecallConfig, part: Part, say, budget_s: float, record: Callab
 
 
 def best_runs(runs: list[dict]) -> dict[tuple[str, int], dict]:
-  """(arch, width) -> the run of the best lr (mean accuracy)."""
+  """(arch, width) -> the run of the best (lr, warm-up) (mean accuracy)."""
   best = {}
   for r in runs:
     if "accuracy" not in r:
@@ -542,7 +548,8 @@ def format_table(cfg: RecallConfig, results: dict) -> str:
     steps = sorted({r["steps_done"] for r in runs})
     lines += [f"MQAR accuracy at query positions (vocab {cfg.vocab_size}, "
               f"{cfg.num_layers} layers, {cfg.batch_tokens} tokens/step, steps "
-              f"{'/'.join(map(str, steps))}, lr {'/'.join(f'{x:g}' for x in cfg.lrs)})",
+              f"{'/'.join(map(str, steps))}, lr {'/'.join(f'{x:g}' for x in cfg.lrs)}, "
+              f"warm-up {'/'.join(f'{x:g}' for x in cfg.warmup_fracs)})",
               "cells: " + " / ".join(cfg.archs)]
     lines.append(f"{'T x pairs':<11}" + "".join(f"{'width ' + str(w):>17}" for w in cfg.widths))
 
@@ -555,8 +562,8 @@ def format_table(cfg: RecallConfig, results: dict) -> str:
 
     for t, n in cfg.grid:
       row(_grid_key(t, n), lambda r, key=_grid_key(t, n): f"{r['accuracy'][key]:.3f}")
-    if len(cfg.lrs) > 1:
-      row("best lr", lambda r: f"{r['lr']:g}")
+    if len(cfg.lrs) > 1 or len(cfg.warmup_fracs) > 1:
+      row("best lr/wu", lambda r: f"{r['lr']:g}/{r['warmup_frac']:g}")
     row("params", lambda r: f"{r['num_params'] / 1e6:.2f}M")
     s = results["mqar"]["summary"]
     verdict = ("yes" if s["phasor_reaches_where_attention_does"] else
@@ -583,7 +590,8 @@ def format_table(cfg: RecallConfig, results: dict) -> str:
 
 
 def _run_name(cfg: RecallConfig, r: dict) -> str:
-  return r["arch"] + (f" lr={r['lr']:g}" if len(cfg.lrs) > 1 else "")
+  return (r["arch"] + (f" lr={r['lr']:g}" if len(cfg.lrs) > 1 else "")
+          + (f" wu={r['warmup_frac']:g}" if len(cfg.warmup_fracs) > 1 else ""))
 
 
 def run(cfg: RecallConfig, progress: Progress = Progress()) -> Result:

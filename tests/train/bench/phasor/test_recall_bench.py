@@ -65,6 +65,21 @@ def test_config_validation():
     rb.RecallConfig(parts=("nope",))
   with pytest.raises(ValueError, match="grid point"):
     rb.RecallConfig(grid=((16, 8),))
+  with pytest.raises(ValueError, match="warmup_fracs"):
+    rb.RecallConfig(warmup_fracs=(1.0,))
+
+
+def test_sweep_covers_every_rate_and_warm_up():
+  """Issue 17: the attention baseline's rate and warm-up are swept (every pair),
+  and the best pair per (arch, width) is the one reported."""
+  cfg = dataclasses.replace(rb.TINY, lrs=(1e-3, 3e-3), warmup_fracs=(0.0, 0.2))
+  part = rb.mqar_part(cfg, lambda line: None)
+  assert sorted(part.groups) == [(32, lr, wf) for lr in (1e-3, 3e-3) for wf in (0.0, 0.2)]
+  runs = [{"arch": "attention", "width": 32, "lr": lr, "warmup_frac": wf,
+           "accuracy": {}, "mean_accuracy": acc}
+          for (lr, wf), acc in zip([(1e-3, 0.0), (1e-3, 0.2), (3e-3, 0.0)], [0.5, 0.9, 0.7])]
+  best = rb.best_runs(runs)[("attention", 32)]
+  assert (best["lr"], best["warmup_frac"]) == (1e-3, 0.2)
 
 
 @pytest.mark.slow
