@@ -445,18 +445,11 @@ def _check_flat_state(state, plan: FlatPlan, paths, leaves, layout: HoloLayout) 
       f"state built at init (state mu shapes {got_mu}, these gradients need {mus})")
 
 
-def _refuse_explicit_sharding(leaves) -> None:
-  if any(lay.explicit_spec(x) is not None for x in leaves):
-    raise ValueError(
-        "holo_adam: tree_layout='flat' stacks tensors and does not keep explicitly sharded "
-        "parameters' shards local; use tree_layout='leaf' for explicitly sharded parameters")
-
-
 def _init_flat(leaves, labels, layout: HoloLayout):
   """``(mu, nu)`` tuples: float32 ``[D]`` twice (dense m and sqrt(v) of all dense
   leaves' ``D`` elements), then per group complex64 ``[k rows, heads, h]`` and
   float32 ``[k rows, ceil(L / v_block_size)]`` (the ``k`` tensors' rows stacked)."""
-  _refuse_explicit_sharding(leaves)
+  lay.refuse_explicit_sharding(leaves, "holo_adam", "parameter")
   mus, nus = _flat_state_shapes(flat_plan(leaves, labels), leaves, layout)
   mu = tuple(jnp.zeros(s, jnp.complex64 if i else jnp.float32) for i, s in enumerate(mus))
   return mu, tuple(jnp.zeros(s, jnp.float32) for s in nus)
@@ -486,12 +479,10 @@ def _flat_update(leaves, mu, nu, seed, count, *, plan: FlatPlan, layout, b1, b2,
   out = [None] * len(leaves)
   new_mu, new_nu = [mu[0]], [nu[0]]
   if plan.dense:
-    g = jnp.concatenate([leaves[i].astype(jnp.float32).ravel() for i in plan.dense])
-    u, new_mu[0], new_nu[0] = moments.dense_adam(g, mu[0], nu[0], b1=b1, b2=b2, eps=eps,
-                                                 count=count)
-    offsets = np.cumsum([0] + [leaves[i].size for i in plan.dense])
-    for j, i in enumerate(plan.dense):
-      out[i] = jax.lax.slice_in_dim(u, offsets[j], offsets[j + 1]).reshape(leaves[i].shape)
+    us, new_mu[0], new_nu[0] = moments.dense_adam_concat(
+        [leaves[i] for i in plan.dense], mu[0], nu[0], b1=b1, b2=b2, eps=eps, count=count)
+    for i, u in zip(plan.dense, us):
+      out[i] = u
   for ((rows, length), idx), m, v in zip(plan.groups, mu[1:], nu[1:]):
     g_krl = jnp.stack([leaves[i].astype(jnp.float32).reshape(rows, length) for i in idx])
     u_krl, hm, rms = _group_update(g_krl, m, v, seed, count, layout=layout, b1=b1, b2=b2,
@@ -595,7 +586,7 @@ def scale_by_holo_adam(b1: float = 0.9, b2: float = 0.999, eps: float = 1e-8,
 
     if layout.tree_layout == "flat":
       gs = [g for _, g in paths_leaves]
-      _refuse_explicit_sharding(gs)
+      lay.refuse_explicit_sharding(gs, "holo_adam", "gradient")
       plan = flat_plan(gs, treedef.flatten_up_to(
           compress_labels(updates, compress, min_compress_size)))
       _check_flat_state(state, plan, [path for path, _ in paths_leaves], gs, layout)

@@ -46,6 +46,19 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 TREE_LAYOUTS = ("leaf", "flat")
 
 
+def refuse_explicit_sharding(tree, optimizer: str, what: str) -> None:
+  """``tree_layout="flat"`` stacks tensors into shared buffers, which cannot keep
+  explicitly sharded tensors' shards local: raises a ``ValueError`` naming the
+  first such leaf of ``tree`` (a ``what``: parameter or gradient)."""
+  for path, x in jax.tree_util.tree_flatten_with_path(tree)[0]:
+    spec = explicit_spec(x)
+    if spec is not None:
+      raise ValueError(
+          f"{optimizer}: tree_layout='flat' supports unsharded or replicated parameters only; "
+          f"the {what} {jax.tree_util.keystr(path)} is explicitly sharded as {P(*spec)}: "
+          "use tree_layout='leaf'")
+
+
 def num_blocks(n: int, block: int) -> int:
   """Blocks of ``block`` elements that hold ``n`` elements."""
   return -(-n // block)

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
 
@@ -65,6 +66,17 @@ def dense_adam(g: jax.Array, m: jax.Array, s: jax.Array, *, b1, b2, eps, count
   m_hat = optax.tree.bias_correction(m, b1, count)
   inv_bc2 = optax.tree.bias_correction(jnp.ones((), jnp.float32), b2, count)  # 1 / (1 - b2^t)
   return m_hat / (s * jnp.sqrt(inv_bc2) + eps), m, s
+
+
+def dense_adam_concat(gs: list, m: jax.Array, s: jax.Array, *, b1, b2, eps, count
+                      ) -> tuple[list, jax.Array, jax.Array]:
+  """:func:`dense_adam` on the tensors ``gs`` raveled and concatenated (the flat tree
+  layout's dense tensors): ``m``/``s`` are ``float32[sum of sizes]``. Returns the
+  updates (float32, each in its tensor's shape) and the new ``m``, ``s``."""
+  g = jnp.concatenate([x.astype(jnp.float32).reshape(-1) for x in gs])
+  u, m, s = dense_adam(g, m, s, b1=b1, b2=b2, eps=eps, count=count)
+  ends = np.cumsum([x.size for x in gs])
+  return [u[e - x.size:e].reshape(x.shape) for e, x in zip(ends, gs)], m, s
 
 
 def skip_non_finite(tx: optax.GradientTransformation) -> optax.GradientTransformationExtraArgs:

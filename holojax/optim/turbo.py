@@ -687,17 +687,6 @@ def _state_shapes_ok(g, mu, nu, v, layout) -> bool:
 # The flat layout: one buffer per group, whatever the number of tensors.
 
 
-def _check_unsharded(tree, what: str) -> None:
-  """Flat buffers mix tensors: explicitly sharded ones are refused (ValueError)."""
-  for path, x in jax.tree_util.tree_flatten_with_path(tree)[0]:
-    spec = lay.explicit_spec(x)
-    if spec is not None:
-      raise ValueError(
-          f"tree_layout='flat' supports unsharded or replicated parameters only; the {what} "
-          f"{jax.tree_util.keystr(path)} is explicitly sharded as "
-          f"{jax.sharding.PartitionSpec(*spec)}: use tree_layout='leaf'")
-
-
 def _init_group(nb: int, n: int, mc: bool, vc: bool, layout: TurboAdamLayout
                 ) -> TurboFlatGroup:
   """Zero state of a group of ``n`` tensors holding ``nb`` row blocks in all."""
@@ -718,7 +707,7 @@ def _init_group(nb: int, n: int, mc: bool, vc: bool, layout: TurboAdamLayout
 
 def _init_flat(params, layout: TurboAdamLayout):
   """``(mu, nu, groups)`` of :class:`ScaleByTurboAdamFlatState`."""
-  _check_unsharded(params, "parameter")
+  lay.refuse_explicit_sharding(params, "turbo_adam", "parameter")
   leaves = jax.tree.leaves(params)
   dense, groups = layout.flat_plan([tuple(p.shape) for p in leaves])
   n_dense = sum(leaves[i].size for i in dense)
@@ -763,11 +752,10 @@ def _flat_update(gs: list, state: ScaleByTurboAdamFlatState, sub, count, **kw):
     sizes = [gs[i].size for i in dense]
     if getattr(mu, "shape", None) != (sum(sizes),):
       raise mismatch
-    g_d = jnp.concatenate([gs[i].reshape(-1).astype(jnp.float32) for i in dense])
-    u_d, mu, nu = moments.dense_adam(g_d, mu, nu, b1=kw["b1"], b2=kw["b2"], eps=kw["eps"],
-                                     count=count)
-    for i, u in zip(dense, _split(u_d, sizes)):
-      out[i] = u.reshape(shapes[i])
+    us, mu, nu = moments.dense_adam_concat([gs[i] for i in dense], mu, nu, b1=kw["b1"],
+                                           b2=kw["b2"], eps=kw["eps"], count=count)
+    for i, u in zip(dense, us):
+      out[i] = u
 
   new_groups = {}
   for j, (name, idx) in enumerate(groups.items()):
@@ -881,7 +869,7 @@ def scale_by_turbo_adam(b1: float = 0.9, b2: float = 0.999, eps: float = 1e-8,
     key, sub = jax.random.split(jax.random.wrap_key_data(state.key))
     key_data = jax.random.key_data(key).astype(jnp.uint32)
     if layout.tree_layout == "flat":
-      _check_unsharded(updates, "gradient")
+      lay.refuse_explicit_sharding(updates, "turbo_adam", "gradient")
       gs, treedef = jax.tree.flatten(updates)
       us, mu, nu, groups = _flat_update(gs, state, sub, count, **hyper)
       return (treedef.unflatten([u.astype(g.dtype) for u, g in zip(us, gs)]),
