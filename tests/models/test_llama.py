@@ -80,6 +80,17 @@ def test_large_presets_count_their_parameters(name, billions):
   assert num_params(model) == cfg.num_params() and round(cfg.num_params() / 1e9, 3) == billions
 
 
+def test_flops_per_token_matches_the_gpt_formula_where_they_agree():
+  """A tied Llama without GQA is GPT's 6 N_matmul + 12 L T D; an untied table is a lookup."""
+  cfg = LlamaConfig(vocab_size=1000, hidden_size=64, num_hidden_layers=3, num_heads=4,
+                    num_kv_heads=4, head_dim=16, intermediate_size=96)
+  n_matmul = 3 * (4 * 64 * 64 + 3 * 64 * 96) + 1000 * 64
+  assert cfg.flops_per_token(128) == 6 * n_matmul + 12 * 3 * 128 * 64
+  untied = dataclasses.replace(cfg, tie_embeddings=False)
+  assert untied.num_params() == cfg.num_params() + 1000 * 64
+  assert untied.flops_per_token(128) == cfg.flops_per_token(128)  # the head, not the lookup
+
+
 def test_remat_gives_the_same_gradients(tiny):
   ids = jax.random.randint(jax.random.key(0), (2, 16), 0, TINY.vocab_size)
   grad = nnx.jit(lambda m, x: nnx.grad(lambda m: m(x, labels=x).loss)(m))

@@ -8,8 +8,9 @@ from holojax.train.bench.lm import scaling as sc
 
 
 def test_tiny_run_on_cpu_devices():
-  cfg = sc.ScalingConfig(**{**sc.TINY.__dict__, "optimizers": ("turbo_adam",),
-                            "devices": (1, 2, 16)})
+  # A Llama-family model (the GPU run's llama-1b is one) through the real train step.
+  cfg = sc.ScalingConfig(**{**sc.TINY.__dict__, "models": ("llama-tiny",),
+                            "optimizers": ("turbo_adam",), "devices": (1, 2, 16)})
   out = sc.run(cfg)
   json.dumps(out.results)
   rows = {(r["mode"], r["devices"]): r for r in out.results["rows"]}
