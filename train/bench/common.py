@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import os
 import statistics
 import subprocess
 import sys
@@ -103,19 +104,22 @@ def copy_bandwidth(num_bytes: int, repeats: int = 20) -> float:
   return 2 * x[0].nbytes / median_time(run, repeats=repeats, warmup=2)
 
 
-def in_child(module: str, config, args: list, timeout_s: float) -> dict:
+def in_child(module: str, config, args: list, timeout_s: float, env: dict | None = None
+             ) -> dict:
   """``fn(config, *args)`` of ``module`` run in a fresh process (its own device
   memory and peak statistics): ``python -m module JSON``, where the module's
   ``__main__`` is :func:`child_main` and its result the last stdout line.
 
   A child that fails, prints no result or outlives ``timeout_s`` gives
   ``{"status": "oom" | "error", "error": ...}`` ("oom" when its stderr names
-  XLA's out-of-memory error).
+  XLA's out-of-memory error). ``env``: variables set for the child only, over
+  this process's environment.
   """
   arg = {"config": dataclasses.asdict(config), "args": list(args)}
   cmd = [sys.executable, "-m", module, json.dumps(arg)]
   try:
-    out = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout_s)
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout_s,
+                         env={**os.environ, **(env or {})})
   except subprocess.TimeoutExpired:
     return {"status": "error", "error": f"timed out after {timeout_s} s"}
   lines = [ln for ln in out.stdout.splitlines() if ln.startswith("{")]
@@ -148,10 +152,10 @@ def compiled_bytes(jitted, *args) -> int | None:
 
 
 def device_memory() -> dict:
-  """``bytes_in_use`` and ``peak_bytes_in_use`` of the first device (None where
-  the backend does not report them)."""
+  """``bytes_in_use``, ``peak_bytes_in_use`` and ``bytes_limit`` of the first
+  device (None where the backend does not report them)."""
   stats = jax.devices()[0].memory_stats() or {}
-  return {k: stats.get(k) for k in ("bytes_in_use", "peak_bytes_in_use")}
+  return {k: stats.get(k) for k in ("bytes_in_use", "peak_bytes_in_use", "bytes_limit")}
 
 
 # ----------------------------------------------------------------------------

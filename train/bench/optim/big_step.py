@@ -29,6 +29,7 @@ TurboAdam's is under 1 byte per parameter (about 117 GB in all).
 from __future__ import annotations
 
 import dataclasses
+import os
 import statistics
 import sys
 import time
@@ -88,6 +89,12 @@ TINY = BigStepConfig(model="llama-tiny", optimizers=("adamw", "turbo_adam"), dty
                      seq=32, steps=2, timeout_s=300)
 
 
+# The attempt may use nearly all device memory (XLA's default is 75%), unless the
+# caller chose a fraction; this process itself never allocates on the device.
+CHILD_ENV = {"XLA_PYTHON_CLIENT_MEM_FRACTION":
+             os.environ.get("XLA_PYTHON_CLIENT_MEM_FRACTION", "0.97")}
+
+
 def model_config(cfg: BigStepConfig):
   return dataclasses.replace(LLAMA_PRESETS[cfg.model], dtype=cfg.dtype, param_dtype="float32",
                              remat=cfg.remat)
@@ -132,19 +139,22 @@ def attempt(cfg: BigStepConfig, spec: str) -> dict:
   except Exception as err:  # noqa: BLE001 - reported in the row, never swallowed silently
     row["status"] = "oom" if is_oom(err) else "error"
     row["error"] = str(err).strip().splitlines()[0][:300]
-  row["peak_bytes"] = device_memory()["peak_bytes_in_use"]
+  mem = device_memory()
+  row["peak_bytes"], row["device_bytes"] = mem["peak_bytes_in_use"], mem.get("bytes_limit")
   return row
 
 
 def run(cfg: BigStepConfig, progress: Progress = Progress()) -> Result:
   """Every optimizer's attempt (module docstring), each in its own process."""
-  stats = jax.devices()[0].memory_stats() or {}
-  results = {"model": cfg.model, "device_bytes": stats.get("bytes_limit"), "rows": []}
+  os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")  # before any device use here
+  results = {"model": cfg.model, "device_bytes": None, "rows": []}
   for spec in cfg.optimizers:
     n, state_bytes, need_bytes = need(cfg, spec)
     progress.say(f"{spec}: {n / 1e9:.2f}B parameters, state {state_bytes / 2**30:.1f} GiB, "
                  f"needs at least {need_bytes / 2**30:.1f} GiB")
-    child = in_child("holojax.train.bench.optim.big_step", cfg, [spec], cfg.timeout_s)
+    child = in_child("holojax.train.bench.optim.big_step", cfg, [spec], cfg.timeout_s,
+                     env=CHILD_ENV)
+    results["device_bytes"] = results["device_bytes"] or child.get("device_bytes")
     row = {"optimizer": spec, **child, "params": n, "state_bytes": state_bytes,
            "need_bytes": need_bytes}
     progress.say(f"{spec}: {row['status']}" + (f" ({row['error']})" if row.get("error") else ""))
