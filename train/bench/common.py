@@ -112,7 +112,8 @@ def in_child(module: str, config, args: list, timeout_s: float, env: dict | None
 
   A child that fails, prints no result or outlives ``timeout_s`` gives
   ``{"status": "oom" | "error", "error": ...}`` ("oom" when its stderr names
-  XLA's out-of-memory error). ``env``: variables set for the child only, over
+  XLA's out-of-memory error; a timeout quotes the child's last stderr line,
+  so a child that reports its phases there says where it stopped). ``env``: variables set for the child only, over
   this process's environment.
   """
   arg = {"config": dataclasses.asdict(config), "args": list(args)}
@@ -120,8 +121,10 @@ def in_child(module: str, config, args: list, timeout_s: float, env: dict | None
   try:
     out = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout_s,
                          env={**os.environ, **(env or {})})
-  except subprocess.TimeoutExpired:
-    return {"status": "error", "error": f"timed out after {timeout_s} s"}
+  except subprocess.TimeoutExpired as e:
+    err = e.stderr.decode(errors="replace") if isinstance(e.stderr, bytes) else e.stderr or ""
+    last = (err.strip().splitlines() or ["no output"])[-1][:200]
+    return {"status": "error", "error": f"timed out after {timeout_s} s (last said: {last})"}
   lines = [ln for ln in out.stdout.splitlines() if ln.startswith("{")]
   if out.returncode or not lines:
     tail = (out.stderr.strip().splitlines() or ["no output"])[-1][:300]

@@ -1,6 +1,6 @@
 """Memory you can touch: one full train step of a 13B Llama on one GPU, per optimizer.
 
-For each optimizer of ``optimizers`` (registry names, ``name[:tree_layout][@implementation]``
+For each optimizer of ``optimizers`` (registry names, ``name[@implementation][:tree_layout]``
 as in ``holojax bench optimizer_step``), a fresh process builds ``model`` (float32
 parameters, ``dtype`` compute, rematerialised blocks) and its optimizer state on
 the device, then runs ``steps`` full train steps (forward, backward, update,
@@ -12,17 +12,25 @@ out-of-memory attempt cannot poison the next. Rows (``results["rows"]``)::
    "state_bytes", "need_bytes", "error"}
 
 ``status`` is ``"ok"``, ``"oom"`` (the device ran out of memory, during
-``phase`` ``"init"`` or ``"step"``) or ``"error"``; ``peak_bytes`` the device's
+``phase`` ``"init"``, ``"compile"`` or ``"step"``) or ``"error"`` (a timeout
+names the phase it stopped in); ``peak_bytes`` the device's
 ``peak_bytes_in_use`` (None where the backend keeps no statistics, e.g. CPU);
-``step_ms`` the median of the steps after the first (which compiles);
+``init_s`` and ``compile_s`` the seconds to build model and state and to
+compile the step; ``step_ms`` the median of the ``steps`` steps after the
+first (which warms up);
 ``state_bytes`` the optimizer state by ``jax.eval_shape`` (nothing allocated);
 ``need_bytes`` the floor every step must hold at once: parameters, gradients
 and state (``8 N + state`` for N float32 parameters). AdamW's state is 8 N, so
 it needs 16 bytes per parameter (208 GB at 13B, more than an H200's 141 GB);
-TurboAdam's is under 1 byte per parameter (about 117 GB in all).
+TurboAdam's is under 1 byte per parameter (about 117 GB in all). Use
+TurboAdam's default per-tensor layout here: the whole-tree layout
+(``:flat``) gathers the gradients into one buffer, 4 more bytes per
+parameter (52 GB at 13B). The model has one tensor per layer and
+projection (360 at 13B), and the per-tensor layout compiles per tensor
+(minutes on a GPU): give ``timeout_s`` room.
 
   holojax bench big_step                                  # the H200 run (13B)
-  holojax bench big_step --optimizers turbo_adam:flat adamw
+  holojax bench big_step --optimizers turbo_adam_v adamw --timeout-s 900
   holojax bench big_step --tiny --no-save                 # CPU smoke run
 """
 
@@ -53,12 +61,13 @@ class BigStepConfig:
 
   Attributes:
     model: a Llama preset (``holojax.models.LLAMA_PRESETS``), random weights.
-    optimizers: ``name[:tree_layout][@implementation]`` each, tried in order.
+    optimizers: ``name[@implementation][:tree_layout]`` each, tried in order.
     dtype: compute dtype (parameters stay float32).
     remat: recompute each block's activations in the backward pass.
     batch: sequences per step.
     seq: tokens per sequence.
-    steps: train steps per attempt (the first compiles; the rest are timed).
+    steps: train steps per attempt, after compiling the step on its own (the
+      first warms up; the median of the rest is reported).
     timeout_s: seconds an attempt may take before it is stopped (status "error").
   """
 
@@ -120,22 +129,35 @@ def attempt(cfg: BigStepConfig, spec: str) -> dict:
   row = {"optimizer": spec, "status": "ok", "phase": "init", "peak_bytes": None,
          "step_ms": None, "error": None}
   loss = lambda model, ids: model(ids, labels=ids).loss
+  t0 = time.perf_counter()
+
+  def phase(name: str):  # stderr, so that a timed-out attempt says where it was
+    row["phase"] = name
+    print(f"{time.perf_counter() - t0:.1f} s: {name}", file=sys.stderr, flush=True)
+
   try:
     tx = make_optimizer(spec)
+    phase("init")
     graphdef, state = init_state(lambda: Llama(model_config(cfg), rngs=nnx.Rngs(0)), tx)
-    step = make_train_step(graphdef, tx, loss)
-    row["phase"] = "step"
+    row["init_s"] = time.perf_counter() - t0
     rng = np.random.default_rng(0)
     vocab = LLAMA_PRESETS[cfg.model].vocab_size
+    batches = [jax.numpy.asarray(rng.integers(0, vocab, (cfg.batch, cfg.seq)), jax.numpy.int32)
+               for _ in range(cfg.steps)]
+    phase("compile")
+    t1 = time.perf_counter()
+    step = make_train_step(graphdef, tx, loss).lower(state, batches[0]).compile()
+    row["compile_s"] = time.perf_counter() - t1
+    phase("step")
     times = []
-    for _ in range(cfg.steps):
-      ids = jax.numpy.asarray(rng.integers(0, vocab, (cfg.batch, cfg.seq)), jax.numpy.int32)
-      t0 = time.perf_counter()
+    for ids in batches:
+      t1 = time.perf_counter()
       state, metrics = step(state, ids)
       row["loss"] = float(jax.block_until_ready(metrics["train/loss"]))
-      times.append(time.perf_counter() - t0)
-    row["step_ms"] = 1e3 * statistics.median(times[1:] or times)
-    row["first_step_s"] = times[0]
+      times.append(time.perf_counter() - t1)
+      print(f"{time.perf_counter() - t0:.1f} s: step {len(times)} done", file=sys.stderr,
+            flush=True)
+    row["step_ms"] = 1e3 * statistics.median(times[1:] or times)  # the first one warms up
   except Exception as err:  # noqa: BLE001 - reported in the row, never swallowed silently
     row["status"] = "oom" if is_oom(err) else "error"
     row["error"] = str(err).strip().splitlines()[0][:300]

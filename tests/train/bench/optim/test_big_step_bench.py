@@ -47,3 +47,8 @@ def test_13b_needs_more_than_an_h200_with_adamw_and_less_with_turbo_adam():
 def test_bad_config_names_the_field(kw, match):
   with pytest.raises(ValueError, match=match):
     bs.BigStepConfig(**kw)
+
+
+def test_a_timed_out_attempt_is_an_error_that_quotes_the_child():
+  child = bs.in_child("holojax.train.bench.optim.big_step", bs.TINY, ["adamw"], 0.5)
+  assert child["status"] == "error" and "timed out after 0.5 s (last said:" in child["error"]
