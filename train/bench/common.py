@@ -10,13 +10,17 @@ and writes the record.
 
 from __future__ import annotations
 
+import collections
 import dataclasses
+import glob
 import json
 import math
 import os
 import statistics
+import shutil
 import subprocess
 import sys
+import tempfile
 import time
 from typing import Any, Callable, NamedTuple
 
@@ -84,6 +88,48 @@ def median_time(f, *args, repeats: int = 20, warmup: int = 1) -> float:
     jax.block_until_ready(f(*args))
     times.append(time.perf_counter() - t0)
   return statistics.median(times)
+
+
+def kernel_profile(f, steps: int = 5, top: int = 12) -> dict | None:
+  """Device time per kernel over ``steps`` calls of ``f`` (a ``jax.profiler``
+  trace), per call: ``{"kernel_ms", "kernels", "top": [{"name", "ms", "calls"}]}``
+  (:func:`kernel_table`); None where the trace holds no device kernels (CPU).
+
+  ``kernel_ms`` is the time the device spends in kernels, without the host's
+  launch gaps that a blocking timer such as :func:`median_time` includes.
+  """
+  tmp = tempfile.mkdtemp(prefix="holojax-trace-")
+  try:
+    with jax.profiler.trace(tmp):
+      for _ in range(steps):
+        out = f()
+      jax.block_until_ready(out)
+    files = glob.glob(f"{tmp}/**/*.xplane.pb", recursive=True)
+    if not files:
+      return None
+    return kernel_table(jax.profiler.ProfileData.from_file(files[0]).planes, steps, top)
+  finally:
+    shutil.rmtree(tmp, ignore_errors=True)
+
+
+def kernel_table(planes, steps: int, top: int = 12) -> dict | None:
+  """Kernel events of a trace's GPU planes (their ``Stream`` lines) summed by
+  name, per step; None if there are none."""
+  total, calls = collections.Counter(), collections.Counter()
+  for plane in planes:
+    if not plane.name.startswith("/device:GPU"):
+      continue
+    for line in plane.lines:
+      if line.name.startswith("Stream"):
+        for ev in line.events:
+          total[ev.name] += ev.duration_ns
+          calls[ev.name] += 1
+  if not total:
+    return None
+  per = lambda ns: ns / steps / 1e6
+  return {"kernel_ms": per(sum(total.values())), "kernels": sum(calls.values()) / steps,
+          "top": [{"name": name[:120], "ms": per(ns), "calls": calls[name] / steps}
+                  for name, ns in total.most_common(top)]}
 
 
 def copy_bandwidth(num_bytes: int, repeats: int = 20) -> float:

@@ -81,3 +81,23 @@ def test_random_params_and_grads_and_state_bits():
   assert params["w"].shape == (3, 4) and grads["b"].shape == (4,)
   bits = common.state_bits({"adam": optax.adam(1e-3), "sgd": optax.sgd(1e-3)}, shapes)
   assert bits["adam"] == 64.0 + 32 / 16 and bits["sgd"] == 0.0  # m, v; an int32 count
+
+
+def test_kernel_table_sums_gpu_stream_events_per_step():
+  ev = lambda name, ns: type("E", (), {"name": name, "duration_ns": ns})
+  line = lambda name, evs: type("L", (), {"name": name, "events": evs})
+  plane = lambda name, lines: type("P", (), {"name": name, "lines": lines})
+  planes = [plane("/host:CPU", [line("python", [ev("host", 9e9)])]),
+            plane("/device:GPU:0", [line("Stream #13(Compute)", [ev("a", 3e6), ev("b", 1e6),
+                                                                  ev("a", 3e6), ev("b", 1e6)]),
+                                    line("XLA Ops", [ev("a", 3e6)])])]
+  t = common.kernel_table(planes, steps=2)
+  assert t["kernel_ms"] == pytest.approx(4.0) and t["kernels"] == 2
+  assert [(k["name"], k["ms"], k["calls"]) for k in t["top"]] == [("a", 3.0, 1), ("b", 1.0, 1)]
+  assert common.kernel_table(planes[:1], steps=2) is None
+
+
+def test_kernel_profile_runs_and_is_none_without_device_kernels():
+  f = jax.jit(lambda: jnp.ones((8,)) * 2)
+  out = common.kernel_profile(f, steps=2)
+  assert out is None if jax.default_backend() == "cpu" else out["kernels"] >= 1

@@ -25,6 +25,7 @@ not at all; TurboAdam's ``:flat`` rows). Rows go to ``results["rows"]`` as
   holojax bench optimizer_step                                 # the GPU run
   holojax bench optimizer_step --trees leaves-10,leaves-200    # compile scaling
   holojax bench optimizer_step --optimizers adamw,turbo_adam,turbo_adam:flat
+  holojax bench optimizer_step --trees gpt2-124m --profile      # where the time goes (GPU)
   holojax bench optimizer_step --tiny --no-save                # CPU smoke run
 """
 
@@ -41,7 +42,8 @@ from holojax.optim import registry
 from holojax.optim.layout import TREE_LAYOUTS
 from holojax.optim.accounting import state_bits_per_param, tree_bytes
 from holojax.train.bench.common import (Progress, Result, copy_bandwidth, gpt2_shapes,
-                                        median_time, random_params_and_grads, require_positive)
+                                        kernel_profile, median_time, random_params_and_grads,
+                                        require_positive)
 
 OPTIMIZERS = ("adamw", "turbo_adam", "turbo_adam:flat", "turbo_adam@triton",
               "turbo_adam@triton:flat", "turbo_adam_v", "turbo_adam_v:flat", "holo_adam",
@@ -92,6 +94,9 @@ class OptimizerStepConfig:
     leaves_total: parameters of each ``leaves-N`` tree.
     repeats: timed steps (their median is reported).
     bandwidth_bytes: buffer size of the copy-bandwidth measurement.
+    profile: also trace a few steps and record each row's device time in
+      kernels and its costliest kernels (``row["profile"]``; GPU only, None
+      on CPU): where a step's time goes.
   """
 
   trees: tuple[str, ...] = ("leaves-10", "leaves-200", "gpt2-124m", "llama-1b")
@@ -99,6 +104,7 @@ class OptimizerStepConfig:
   leaves_total: int = 1 << 24
   repeats: int = 20
   bandwidth_bytes: int = 1 << 30
+  profile: bool = False
 
   def __post_init__(self):
     bad = [t for t in self.trees if not _TREE.match(t)]
@@ -149,8 +155,9 @@ def compiled_step(opt, params, grads):
   return time.perf_counter() - t0, fn, state
 
 
-def measure(spec: str, shapes, tree: str, bandwidth: float, repeats: int) -> dict:
-  """One row of the module docstring."""
+def measure(spec: str, shapes, tree: str, bandwidth: float, repeats: int,
+            profile: bool = False) -> dict:
+  """One row of the module docstring (with ``profile``, its ``profile`` too)."""
   opt = make_optimizer(spec)
   params, grads = random_params_and_grads(shapes)
   n = sum(x.size for x in jax.tree.leaves(params))
@@ -163,10 +170,13 @@ def measure(spec: str, shapes, tree: str, bandwidth: float, repeats: int) -> dic
 
   step_s = median_time(run, repeats=repeats, warmup=2)
   s_bytes = tree_bytes(carry[1])
-  return {**labels(spec), "tree": tree, "params": n,
-          "compile_s": compile_s, "step_ms": 1e3 * step_s,
-          "floor_ms": 1e3 * (12 * n + 2 * s_bytes) / bandwidth,
-          "state_bits_per_param": state_bits_per_param(carry[1], carry[0])}
+  row = {**labels(spec), "tree": tree, "params": n,
+         "compile_s": compile_s, "step_ms": 1e3 * step_s,
+         "floor_ms": 1e3 * (12 * n + 2 * s_bytes) / bandwidth,
+         "state_bits_per_param": state_bits_per_param(carry[1], carry[0])}
+  if profile:
+    row["profile"] = kernel_profile(run)
+  return row
 
 
 def run(cfg: OptimizerStepConfig, progress: Progress = Progress()) -> Result:
@@ -177,7 +187,7 @@ def run(cfg: OptimizerStepConfig, progress: Progress = Progress()) -> Result:
     shapes = tree_shapes(tree, cfg.leaves_total)
     for spec in cfg.optimizers:
       try:
-        row = measure(spec, shapes, tree, bandwidth, cfg.repeats)
+        row = measure(spec, shapes, tree, bandwidth, cfg.repeats, cfg.profile)
       except Exception as e:  # record it, keep going (e.g. a kernel that cannot lower here)
         row = {**labels(spec), "tree": tree, "error": f"{type(e).__name__}: {e}"[:300]}
       results["rows"].append(row)
@@ -210,8 +220,14 @@ def table(r: dict) -> str:
                  f"{x['state_bits_per_param']:.2f}"])
   widths = [max(len(h), *(len(row[i]) for row in rows)) for i, h in enumerate(head)]
   fmt = lambda row: " | ".join(v.rjust(w) for v, w in zip(row, widths))
+  profiles = [f"{x['tree']} {x['optimizer']}@{x['implementation']}:{layout(x)}: "
+              f"{x['profile']['kernel_ms']:.3f} ms in {x['profile']['kernels']:.0f} kernels; "
+              + ", ".join(f"{k['name'][:40]} {k['ms']:.3f}" for k in x["profile"]["top"][:6])
+              for x in r["rows"] if x.get("profile")]
   return "\n".join([f"copy bandwidth {r['copy_bandwidth_bytes_per_s'] / 1e9:.0f} GB/s "
                     f"(read + write); floor = (12 N + 2 state bytes) / bandwidth",
-                    fmt(head), "-|-".join("-" * w for w in widths), *map(fmt, rows)])
+                    fmt(head), "-|-".join("-" * w for w in widths), *map(fmt, rows),
+                    *(["device time per step (costliest kernels, ms):"] + profiles
+                      if profiles else [])])
 
 
