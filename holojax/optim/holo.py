@@ -286,7 +286,10 @@ def sketch(x: jax.Array, seed: jax.Array, layout: HoloLayout) -> jax.Array:
 
 
 def retrieve(hm: jax.Array, length: int, seed: jax.Array, layout: HoloLayout) -> jax.Array:
-  """``x^_c = mean_e Re IFFT(hm_e conj K_{e,c})``: float32 ``[*lead, length]``."""
+  """``x^_c = mean_e Re IFFT(hm_e conj K_{e,c}) = Re IFFT(mean_e hm_e conj K_{e,c})``:
+  float32 ``[*lead, length]``. The inverse transform is linear, so the heads
+  are unbound in the frequency domain and summed before one inverse FFT
+  (one transform instead of ``heads``)."""
   heads, h = hm.shape[-2:]
   _, n = layout.chunking(length)
   groups = layout.row_groups(hm.shape[:-2] + (length,))
@@ -295,10 +298,8 @@ def retrieve(hm: jax.Array, length: int, seed: jax.Array, layout: HoloLayout) ->
           for e in range(heads)]
 
   def one(hg):
-    acc = 0.0
-    for e in range(heads):
-      acc = acc + jnp.real(jnp.fft.ifft(hg[..., e:e + 1, :] * keys[e], axis=-1))
-    return lay.from_row_blocks(acc / heads, length)
+    spec = sum(hg[..., e:e + 1, :] * keys[e] for e in range(heads))   # [*lead, n, h]
+    return lay.from_row_blocks(jnp.real(jnp.fft.ifft(spec / heads, axis=-1)), length)
 
   return _by_row_groups(one, hm, groups)
 

@@ -190,6 +190,21 @@ def test_retrieval_fidelity_matches_theory(n, heads):
   assert abs(gain - 1) < 0.05
 
 
+def test_retrieve_is_the_mean_over_heads_of_each_heads_unbinding():
+  """One inverse FFT of the summed unbound spectra equals the definition,
+  mean_e Re IFFT(hm_e conj K_{e,c}), head by head (linearity)."""
+  rows, n, h, heads = 5, 6, 11, 3
+  layout, seed = ha.HoloLayout(heads=heads, holo_ratio=n), jnp.uint32(7)
+  assert layout.chunking(n * h) == (h, n)
+  k1, k2 = jax.random.split(jax.random.key(0))
+  hm = jax.lax.complex(jax.random.normal(k1, (rows, heads, h)),
+                       jax.random.normal(k2, (rows, heads, h)))
+  want = np.mean([np.real(np.fft.ifft(np.asarray(hm[:, e:e + 1, :]) * np.conj(np.asarray(
+      ha.phase_keys(e, h, n, seed, layout)))[None], axis=-1)) for e in range(heads)], axis=0)
+  got = ha.retrieve(hm, n * h, seed, layout)
+  np.testing.assert_allclose(np.asarray(got), want.reshape(rows, n * h), rtol=1e-5, atol=1e-6)
+
+
 def test_one_chunk_is_exact():
   m, r = _retrieve_exact_chunks(1, 3)
   np.testing.assert_allclose(r, m, atol=1e-5)
