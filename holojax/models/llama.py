@@ -49,7 +49,11 @@ class LlamaConfig:
   """Sizes of a :class:`Llama` (HF's names).
 
   ``dtype`` is the compute dtype, ``param_dtype`` the stored one; ``remat``
-  recomputes each block's activations in the backward pass. The
+  recomputes each block's activations in the backward pass; ``scan_layers``
+  stores the blocks stacked (``model.blocks``, every parameter with a
+  leading axis of ``num_hidden_layers``) and runs them under ``nnx.scan``:
+  one block to compile whatever the depth, for training (decoding, LoRA and
+  conversion need the per-layer ``model.layers`` of ``scan_layers=False``). The
   ``smollm2-135m-instruct`` preset is the GGUF's model (fill its weights with
   ``holojax.models.load_pretrained``); ``llama-tiny`` is for tests (a byte
   vocabulary, so ``holojax train --model llama-tiny`` runs on the corpus).
@@ -69,10 +73,12 @@ class LlamaConfig:
   dtype: str = "float32"
   param_dtype: str = "float32"
   remat: bool = False
+  scan_layers: bool = False
 
   def __post_init__(self):
-    if not isinstance(self.remat, bool):
-      raise TypeError(f"remat={self.remat!r} must be a bool")
+    for name in ("remat", "scan_layers"):
+      if not isinstance(getattr(self, name), bool):
+        raise TypeError(f"{name}={getattr(self, name)!r} must be a bool")
     for name in ("vocab_size", "hidden_size", "num_hidden_layers", "num_heads", "num_kv_heads",
                  "head_dim", "intermediate_size", "max_seq_len"):
       if getattr(self, name) < 1:
@@ -227,7 +233,16 @@ class Llama(nnx.Module):
     dt, pdt = DTYPES[cfg.dtype], DTYPES[cfg.param_dtype]
     self.embed = Embed(cfg.vocab_size, cfg.hidden_size, dtype=dt, param_dtype=pdt,
                        embedding_init=nnx.initializers.normal(0.02), rngs=rngs)
-    self.layers = nnx.List([LlamaBlock(cfg, rngs=rngs) for _ in range(cfg.num_hidden_layers)])
+    if cfg.scan_layers:
+      @nnx.split_rngs(splits=cfg.num_hidden_layers)
+      @nnx.vmap(in_axes=(0,), out_axes=0)
+      def stack(rngs):
+        return LlamaBlock(cfg, rngs=rngs)
+
+      self.blocks = stack(rngs)
+    else:
+      self.layers = nnx.List([LlamaBlock(cfg, rngs=rngs)
+                              for _ in range(cfg.num_hidden_layers)])
     self.norm = RMSNorm(cfg.hidden_size, eps=cfg.norm_eps, dtype=dt, param_dtype=pdt, rngs=rngs)
     if not cfg.tie_embeddings:
       self.lm_head = _linear(cfg.hidden_size, cfg.vocab_size, cfg, rngs)
@@ -244,14 +259,22 @@ class Llama(nnx.Module):
     input_ids = check_input_ids(input_ids, cfg.max_seq_len, cfg.vocab_size)
     positions_t = jnp.arange(input_ids.shape[1], dtype=jnp.int32)
     x_btd = self.embed(input_ids)
-    for layer in self.layers:
-      x_btd = (_remat_block(layer, x_btd, positions_t) if cfg.remat
-               else layer(x_btd, positions_t))
+    if cfg.scan_layers:
+      block = _remat_block if cfg.remat else (lambda layer, x, pos: layer(x, pos))
+      x_btd = nnx.scan(lambda x, layer: (block(layer, x, positions_t), None),
+                       in_axes=(nnx.Carry, 0), out_axes=(nnx.Carry, 0))(x_btd, self.blocks)[0]
+    else:
+      for layer in self.layers:
+        x_btd = (_remat_block(layer, x_btd, positions_t) if cfg.remat
+                 else layer(x_btd, positions_t))
     return lm_output(self._head(x_btd), labels)
 
   def init_cache(self, batch: int, max_len: int, kind="full") -> LlamaCache:
     """An empty cache for ``max_len`` tokens; ``kind`` a name or a ``kv_cache.CacheSpec``."""
     cfg = self.config
+    if cfg.scan_layers:
+      raise ValueError("init_cache: a scan_layers=True model trains only; decode with the "
+                       "same weights in a scan_layers=False model (unstack model.blocks)")
     if max_len > cfg.max_seq_len:
       raise ValueError(f"cache of {max_len} tokens exceeds the model's context of "
                        f"{cfg.max_seq_len} tokens")

@@ -240,8 +240,7 @@ def compress_labels(params, compress, min_compress_size: int):
   prefix of bools, or a callable ``params -> such a pytree``."""
   if compress is None:
     return jax.tree.map(lambda p: default_compress(p, min_compress_size), params)
-  labels = compress(params) if callable(compress) else compress
-  return jax.tree.map(lambda c, sub: jax.tree.map(lambda _: bool(c), sub), labels, params)
+  return lay.leaf_labels(params, compress)
 
 
 # ----------------------------------------------------------------------------

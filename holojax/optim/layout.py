@@ -34,6 +34,7 @@ Example:
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -57,6 +58,26 @@ def refuse_explicit_sharding(tree, optimizer: str, what: str) -> None:
           f"{optimizer}: tree_layout='flat' supports unsharded or replicated parameters only; "
           f"the {what} {jax.tree_util.keystr(path)} is explicitly sharded as {P(*spec)}: "
           "use tree_layout='leaf'")
+
+
+def leaf_labels(params, spec) -> Any:
+  """Per-leaf bools of ``params`` from ``spec``: None (all False), a bool (all),
+  a pytree prefix of bools, or a callable ``params -> such a pytree``."""
+  if spec is None:
+    return jax.tree.map(lambda _: False, params)
+  labels = spec(params) if callable(spec) else spec
+  return jax.tree.map(lambda c, sub: jax.tree.map(lambda _: bool(c), sub), labels, params)
+
+
+def refuse_sharded_stack(x, optimizer: str, path) -> None:
+  """A stacked tensor (``scanned``) is updated layer by layer on each device, so
+  its axis 0 (the layers) must not be explicitly sharded: raises a
+  ``ValueError`` naming the leaf ``path`` if it is."""
+  spec = explicit_spec(x)
+  if spec is not None and _axes(spec[0]):
+    raise ValueError(f"{optimizer}: scanned parameter {jax.tree_util.keystr(path)} is sharded "
+                     f"as {P(*spec)} across its layers (axis 0); shard the axes inside each "
+                     "layer instead")
 
 
 def num_blocks(n: int, block: int) -> int:

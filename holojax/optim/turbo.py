@@ -125,7 +125,7 @@ from holojax.optim import moments, validate
 # ``optax.inject_hyperparams(turbo_adam, static_args=STATIC_ARGS)``.
 STATIC_ARGS = ("block_size", "v_bits", "compress_m", "compress_v", "error_feedback",
                "min_m_compress_elements", "faithful", "m_ref_bits", "implementation",
-               "tree_layout")
+               "tree_layout", "scanned")
 
 Q_MAX = 2.0**14   # the largest |m| / sqrt(v^) coded (fp16 levels) when b1^2 >= b2
 SHIFT_BITS = 60   # blocks with |g| or sqrt(v) above 2^60 are computed in units of 2^k
@@ -683,6 +683,16 @@ def _state_shapes_ok(g, mu, nu, v, layout) -> bool:
   return True
 
 
+def _stack_shapes_ok(g, mu, nu, v, ms, layout) -> bool:
+  """Whether the state was built for a stack (``scanned``) of ``g``'s layers."""
+  layers = g.shape[0] if g.ndim else None
+  state = jax.tree.leaves((mu, nu, v, ms))
+  if layers is None or any(x.ndim == 0 or x.shape[0] != layers for x in state):
+    return False
+  one = lambda x: jax.ShapeDtypeStruct(x.shape[1:], x.dtype)
+  return _state_shapes_ok(one(g), *jax.tree.map(one, (mu, nu, v)), layout)
+
+
 # ----------------------------------------------------------------------------
 # The flat layout: one buffer per group, whatever the number of tensors.
 
@@ -783,8 +793,8 @@ def scale_by_turbo_adam(b1: float = 0.9, b2: float = 0.999, eps: float = 1e-8,
                         amp_pct: float = 0.90, error_feedback: bool = False,
                         min_m_compress_elements: int = 4096, faithful: bool = False,
                         seed: int = 0, m_ref_bits: int = 2,
-                        implementation: str | None = None, tree_layout: str = "leaf"
-                        ) -> optax.GradientTransformationExtraArgs:
+                        implementation: str | None = None, tree_layout: str = "leaf",
+                        scanned: Any = None) -> optax.GradientTransformationExtraArgs:
   """Rescales updates by TurboAdam's compressed moments (see module docstring).
 
   Args:
@@ -808,6 +818,14 @@ def scale_by_turbo_adam(b1: float = 0.9, b2: float = 0.999, eps: float = 1e-8,
       it) or ``"flat"`` (blocked tensors' states concatenated into a few
       buffers, one update whatever the number of tensors; unsharded or
       replicated parameters only). See the module docstring.
+    scanned: which parameters stack the layers of a scanned model along axis 0
+      (``nnx.scan`` / ``nnx.vmap``, e.g. ``Llama(scan_layers=True)``'s
+      ``blocks``): None (none), a bool (all), a pytree prefix of bools or a
+      callable ``params -> such a pytree``. Each layer of such a tensor is
+      its own tensor, as in the unscanned model (its own statistics and
+      seed), updated one layer after another (``jax.lax.map``), so the
+      update's temporaries are one layer's, not the stack's. Leaf layout only;
+      axis 0 must not be sharded.
 
   Returns:
     An ``optax.GradientTransformationExtraArgs``. Shape-setting arguments
@@ -826,6 +844,8 @@ def scale_by_turbo_adam(b1: float = 0.9, b2: float = 0.999, eps: float = 1e-8,
   """
   layout = TurboAdamLayout(block_size, v_bits, compress_m, compress_v, error_feedback,
                            min_m_compress_elements, faithful, m_ref_bits, tree_layout)
+  if scanned is not None and tree_layout != "leaf":
+    raise ValueError(f"scanned={scanned!r} needs tree_layout='leaf' (got {tree_layout!r})")
   validate.check_real("b1", b1, 0.0, 1.0, hi_open=True)
   validate.check_real("b2", b2, 0.0, 1.0, hi_open=True)
   validate.check_real("eps", eps, 0.0)
@@ -851,7 +871,12 @@ def scale_by_turbo_adam(b1: float = 0.9, b2: float = 0.999, eps: float = 1e-8,
       return ScaleByTurboAdamFlatState(
           jnp.zeros((), jnp.int32), jax.random.key_data(jax.random.key(seed)).astype(jnp.uint32),
           *_init_flat(params, layout))
-    leaves = [_init_leaf(p, layout) for p in jax.tree.leaves(params)]
+    stacks = jax.tree.leaves(lay.leaf_labels(params, scanned))
+    for (path, p), stack in zip(jax.tree_util.tree_flatten_with_path(params)[0], stacks):
+      if stack:
+        lay.refuse_sharded_stack(p, "turbo_adam", path)
+    leaves = [jax.lax.map(lambda x: _init_leaf(x, layout), p) if stack else _init_leaf(p, layout)
+              for p, stack in zip(jax.tree.leaves(params), stacks)]
     treedef = jax.tree.structure(params)
     field = lambda f: treedef.unflatten([f(x) for x in leaves])
     return ScaleByTurboAdamState(
@@ -881,12 +906,23 @@ def scale_by_turbo_adam(b1: float = 0.9, b2: float = 0.999, eps: float = 1e-8,
     vs = list(zip(flat(state.v.codes), flat(state.v.bounds)))
     ms = [_MLeaf(*x) for x in zip(*[flat(f) for f in state.m])]
 
+    stacks = treedef.flatten_up_to(lay.leaf_labels(updates, scanned))
     out = []
     for i, (path, g) in enumerate(paths_leaves):
-      if not _state_shapes_ok(g, mus[i], nus[i], vs[i], layout):
-        validate.raise_state_mismatch("turbo_adam", path, g.shape)
-      seed_i = quant.seed_from_key(jax.random.fold_in(sub, i))
-      u, mu, nu, v, m = _leaf_update(g, mus[i], nus[i], vs[i], ms[i], seed_i, count, **hyper)
+      state_i = (mus[i], nus[i], vs[i], ms[i])
+      if stacks[i]:
+        lay.refuse_sharded_stack(g, "turbo_adam", path)
+        if not _stack_shapes_ok(g, *state_i, layout):
+          validate.raise_state_mismatch("turbo_adam", path, g.shape)
+        seeds = jax.vmap(lambda j, k=jax.random.fold_in(sub, i): quant.seed_from_key(
+            jax.random.fold_in(k, j)))(jnp.arange(g.shape[0]))
+        u, mu, nu, v, m = jax.lax.map(
+            lambda a: _leaf_update(a[0], *a[1], a[2], count, **hyper), (g, state_i, seeds))
+      else:
+        if not _state_shapes_ok(g, *state_i[:3], layout):
+          validate.raise_state_mismatch("turbo_adam", path, g.shape)
+        seed_i = quant.seed_from_key(jax.random.fold_in(sub, i))
+        u, mu, nu, v, m = _leaf_update(g, *state_i, seed_i, count, **hyper)
       out.append((u.astype(g.dtype), mu, nu, v, m))
 
     field = lambda f: treedef.unflatten([f(x) for x in out])
@@ -907,7 +943,8 @@ def turbo_adam(learning_rate: optax.ScalarOrSchedule = 1e-3, b1: float = 0.9,
                error_feedback: bool = False, min_m_compress_elements: int = 4096,
                faithful: bool = False, seed: int = 0, m_ref_bits: int = 2,
                implementation: str | None = None, mask: Any = None,
-               tree_layout: str = "leaf") -> optax.GradientTransformationExtraArgs:
+               tree_layout: str = "leaf", scanned: Any = None
+               ) -> optax.GradientTransformationExtraArgs:
   """TurboAdam(W): ``apply_if_finite(chain(scale_by_turbo_adam, add_decayed_weights, -lr))``.
 
   With ``compress_m=False, compress_v=False`` this is ``optax.adamw`` (with
@@ -933,6 +970,7 @@ def turbo_adam(learning_rate: optax.ScalarOrSchedule = 1e-3, b1: float = 0.9,
                           amp_pct=amp_pct, error_feedback=error_feedback,
                           min_m_compress_elements=min_m_compress_elements,
                           faithful=faithful, seed=seed, m_ref_bits=m_ref_bits,
-                          implementation=implementation, tree_layout=tree_layout),
+                          implementation=implementation, tree_layout=tree_layout,
+                          scanned=scanned),
       optax.add_decayed_weights(weight_decay, mask),
       optax.scale_by_learning_rate(learning_rate)))

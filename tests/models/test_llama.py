@@ -100,6 +100,44 @@ def test_remat_gives_the_same_gradients(tiny):
     np.testing.assert_allclose(x, y, rtol=1e-6, atol=1e-7)
 
 
+def _scanned_copy(model, **kw):
+  """A ``scan_layers=True`` model holding ``model``'s weights (its layers stacked)."""
+  scanned = Llama(dataclasses.replace(model.config, scan_layers=True, **kw), rngs=nnx.Rngs(1))
+  p = nnx.state(model, nnx.Param).to_pure_dict()
+  per_layer = p.pop("layers")
+  layers = [per_layer[i] for i in range(model.config.num_hidden_layers)]
+  state = nnx.state(scanned, nnx.Param)
+  state.replace_by_pure_dict({**p, "blocks": jax.tree.map(lambda *xs: jnp.stack(xs), *layers)})
+  nnx.update(scanned, state)
+  return scanned
+
+
+@pytest.mark.parametrize("remat", [False, True])
+def test_scanned_layers_equal_the_loop(tiny, remat):
+  """scan_layers stacks the blocks (one leaf per weight, axis 0 = layers) and
+  gives the per-layer model's loss and gradients."""
+  scanned = _scanned_copy(tiny, remat=remat)
+  shapes = jax.tree.map(jnp.shape, nnx.state(scanned, nnx.Param).to_pure_dict())
+  assert shapes["blocks"]["q_proj"]["kernel"][0] == TINY.num_hidden_layers
+  ids = _ids((2, 16))
+  loss_grad = nnx.jit(lambda m, x: nnx.value_and_grad(lambda m: m(x, labels=x).loss)(m))
+  (la, ga), (lb, gb) = loss_grad(tiny, ids), loss_grad(scanned, ids)
+  np.testing.assert_allclose(la, lb, rtol=1e-5)
+  ga = ga.to_pure_dict()
+  want = jax.tree.map(lambda *xs: jnp.stack(xs),
+                      *[ga["layers"][i] for i in range(TINY.num_hidden_layers)])
+  for x, y in zip(jax.tree.leaves(want), jax.tree.leaves(gb.to_pure_dict()["blocks"])):
+    np.testing.assert_allclose(x, y, rtol=1e-4, atol=1e-6)
+
+
+def test_scanned_model_trains_but_does_not_decode():
+  model = Llama(dataclasses.replace(TINY, scan_layers=True), rngs=nnx.Rngs(0))
+  with pytest.raises(ValueError, match="scan_layers"):
+    model.init_cache(1, 16)
+  with pytest.raises(TypeError, match="scan_layers"):
+    LlamaConfig(scan_layers=1)
+
+
 def test_registry_presets():
   spec = registry.get("llama-tiny")
   assert spec.build is Llama and spec.config == TINY

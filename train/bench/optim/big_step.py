@@ -2,7 +2,8 @@
 
 For each optimizer of ``optimizers`` (registry names, ``name[@implementation][:tree_layout]``
 as in ``holojax bench optimizer_step``), a fresh process builds ``model`` (float32
-parameters, ``dtype`` compute, rematerialised blocks) and its optimizer state on
+parameters, ``dtype`` compute, rematerialised blocks scanned over the layers) and
+its optimizer state on
 the device, then runs ``steps`` full train steps (forward, backward, update,
 apply; parameters and state donated: ``holojax.train.step``) on ``batch`` x
 ``seq`` random tokens. One process per attempt, so each peak is its own and an
@@ -25,9 +26,10 @@ it needs 16 bytes per parameter (208 GB at 13B, more than an H200's 141 GB);
 TurboAdam's is under 1 byte per parameter (about 117 GB in all). Use
 TurboAdam's default per-tensor layout here: the whole-tree layout
 (``:flat``) gathers the gradients into one buffer, 4 more bytes per
-parameter (52 GB at 13B). The model has one tensor per layer and
-projection (360 at 13B), and the per-tensor layout compiles per tensor
-(minutes on a GPU): give ``timeout_s`` room.
+parameter (52 GB at 13B), and its temporaries span the whole tree. With
+``scan_layers`` the model has a dozen (stacked) tensors, so the per-tensor
+layout compiles in seconds; without, 360 tensors at 13B, compiled one by
+one (minutes on a GPU: give ``timeout_s`` room).
 
   holojax bench big_step                                  # the H200 run (13B)
   holojax bench big_step --optimizers turbo_adam_v adamw --timeout-s 900
@@ -64,6 +66,9 @@ class BigStepConfig:
     optimizers: ``name[@implementation][:tree_layout]`` each, tried in order.
     dtype: compute dtype (parameters stay float32).
     remat: recompute each block's activations in the backward pass.
+    scan_layers: stack the blocks and run them under ``nnx.scan`` (one block to
+      compile); TurboAdam then updates the stacked tensors layer by layer
+      (``scanned``), so its temporaries are one layer's.
     batch: sequences per step.
     seq: tokens per sequence.
     steps: train steps per attempt, after compiling the step on its own (the
@@ -75,6 +80,7 @@ class BigStepConfig:
   optimizers: tuple[str, ...] = ("turbo_adam", "adamw")
   dtype: str = "bfloat16"
   remat: bool = True
+  scan_layers: bool = True
   batch: int = 1
   seq: int = 256
   steps: int = 3
@@ -106,7 +112,16 @@ CHILD_ENV = {"XLA_PYTHON_CLIENT_MEM_FRACTION":
 
 def model_config(cfg: BigStepConfig):
   return dataclasses.replace(LLAMA_PRESETS[cfg.model], dtype=cfg.dtype, param_dtype="float32",
-                             remat=cfg.remat)
+                             remat=cfg.remat, scan_layers=cfg.scan_layers)
+
+
+def optimizer(cfg: BigStepConfig, spec: str):
+  """``spec``'s transformation; with ``scan_layers``, an optimizer that takes
+  ``scanned`` (TurboAdam, leaf layout) updates the stacked blocks layer by layer."""
+  name, _, tree_layout = parse_spec(spec)
+  if cfg.scan_layers and tree_layout != "flat" and "scanned" in (registry.accepts(name) or ()):
+    return make_optimizer(spec, scanned=lambda params: {k: k == "blocks" for k in params})
+  return make_optimizer(spec)
 
 
 def need(cfg: BigStepConfig, spec: str) -> tuple[int, int, int]:
@@ -114,7 +129,7 @@ def need(cfg: BigStepConfig, spec: str) -> tuple[int, int, int]:
   model = nnx.eval_shape(lambda: Llama(model_config(cfg), rngs=nnx.Rngs(0)))
   params = nnx.state(model, nnx.Param).to_pure_dict()
   n = sum(x.size for x in jax.tree.leaves(params))
-  state = jax.eval_shape(make_optimizer(spec).init, params)
+  state = jax.eval_shape(optimizer(cfg, spec).init, params)
   return n, tree_bytes(state), 8 * n + tree_bytes(state)
 
 
@@ -136,7 +151,7 @@ def attempt(cfg: BigStepConfig, spec: str) -> dict:
     print(f"{time.perf_counter() - t0:.1f} s: {name}", file=sys.stderr, flush=True)
 
   try:
-    tx = make_optimizer(spec)
+    tx = optimizer(cfg, spec)
     phase("init")
     graphdef, state = init_state(lambda: Llama(model_config(cfg), rngs=nnx.Rngs(0)), tx)
     row["init_s"] = time.perf_counter() - t0
@@ -194,7 +209,8 @@ def table(cfg: BigStepConfig, r: dict) -> str:
                  fmt_bytes(x["need_bytes"]), status, fmt_bytes(x.get("peak_bytes")), ms])
   return "\n".join([
       f"{cfg.model}: one train step, batch {cfg.batch} x {cfg.seq} tokens, float32 parameters, "
-      f"{cfg.dtype} compute, remat {cfg.remat}; device memory {fmt_bytes(r['device_bytes'])} GiB",
+      f"{cfg.dtype} compute, remat {cfg.remat}, scan {cfg.scan_layers}; "
+      f"device memory {fmt_bytes(r['device_bytes'])} GiB",
       *pipe_table(["optimizer", "params", "state GiB", "needs GiB", "status", "peak GiB",
                    "step ms"], rows)])
 

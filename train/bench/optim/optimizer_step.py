@@ -133,10 +133,12 @@ def labels(spec: str) -> dict:
           "tree_layout": tree_layout or "default"}
 
 
-def make_optimizer(spec: str) -> optax.GradientTransformation:
-  """The transformation of ``name[@implementation][:tree_layout]``."""
+def make_optimizer(spec: str, **kw) -> optax.GradientTransformation:
+  """The transformation of ``name[@implementation][:tree_layout]`` (``kw``: more of
+  its keyword arguments)."""
   name, impl, tree_layout = parse_spec(spec)
-  kw = {"implementation": impl} if impl else {}
+  if impl:
+    kw["implementation"] = impl
   if tree_layout:
     kw["tree_layout"] = tree_layout
   return registry.get(name, 1e-3, 0.0, **kw)
