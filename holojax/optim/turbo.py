@@ -683,6 +683,27 @@ def _state_shapes_ok(g, mu, nu, v, layout) -> bool:
   return True
 
 
+def _stack_update(g, state, key, count, hyper):
+  """``_leaf_update`` of each layer ``j`` of a stacked ``g [layers, ...]`` (seed
+  ``fold_in(key, j)``), one layer after another. The loop writes layer j's
+  update over ``g[j]`` and its new state over ``state[j]`` (in-place dynamic
+  updates of the loop's buffers), so the update needs one layer's scratch
+  memory and no second stack-sized buffer."""
+  at = lambda t, j: jax.tree.map(lambda x: jax.lax.dynamic_index_in_dim(x, j, 0, False), t)
+  put = lambda t, new, j: jax.tree.map(
+      lambda x, y: jax.lax.dynamic_update_index_in_dim(x, y.astype(x.dtype), j, 0), t, new)
+
+  def body(j, carry):
+    buf, st = carry
+    seed = quant.seed_from_key(jax.random.fold_in(key, j))
+    u, *new = _leaf_update(at(buf, j), *at(st, j), seed, count, **hyper)
+    return put(buf, u, j), put(st, tuple(new), j)
+
+  mu, nu, v, ms = state
+  buf, (mu, nu, v, ms) = jax.lax.fori_loop(0, g.shape[0], body, (g, (mu, nu, v, ms)))
+  return buf, mu, nu, v, ms
+
+
 def _stack_shapes_ok(g, mu, nu, v, ms, layout) -> bool:
   """Whether the state was built for a stack (``scanned``) of ``g``'s layers."""
   layers = g.shape[0] if g.ndim else None
@@ -823,8 +844,9 @@ def scale_by_turbo_adam(b1: float = 0.9, b2: float = 0.999, eps: float = 1e-8,
       ``blocks``): None (none), a bool (all), a pytree prefix of bools or a
       callable ``params -> such a pytree``. Each layer of such a tensor is
       its own tensor, as in the unscanned model (its own statistics and
-      seed), updated one layer after another (``jax.lax.map``), so the
-      update's temporaries are one layer's, not the stack's. Leaf layout only;
+      seed), updated one layer after another in a loop that writes each
+      layer's update over its gradient, so the update's temporaries are one
+      layer's, not the stack's. Leaf layout only;
       axis 0 must not be sharded.
 
   Returns:
@@ -914,10 +936,7 @@ def scale_by_turbo_adam(b1: float = 0.9, b2: float = 0.999, eps: float = 1e-8,
         lay.refuse_sharded_stack(g, "turbo_adam", path)
         if not _stack_shapes_ok(g, *state_i, layout):
           validate.raise_state_mismatch("turbo_adam", path, g.shape)
-        seeds = jax.vmap(lambda j, k=jax.random.fold_in(sub, i): quant.seed_from_key(
-            jax.random.fold_in(k, j)))(jnp.arange(g.shape[0]))
-        u, mu, nu, v, m = jax.lax.map(
-            lambda a: _leaf_update(a[0], *a[1], a[2], count, **hyper), (g, state_i, seeds))
+        u, mu, nu, v, m = _stack_update(g, state_i, jax.random.fold_in(sub, i), count, hyper)
       else:
         if not _state_shapes_ok(g, *state_i[:3], layout):
           validate.raise_state_mismatch("turbo_adam", path, g.shape)

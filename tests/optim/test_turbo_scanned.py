@@ -48,17 +48,18 @@ def test_each_layer_is_updated_as_its_own_tensor(kw):
 
 
 def test_temporaries_are_one_layers():
-  """The compiled update's scratch memory is about one layer's, not the stack's."""
+  """The compiled update's scratch memory (gradients and state donated, as in
+  a train step) is about one layer's, not the stack's."""
   g = {"w": jnp.ones((8, 128, 1024))}
 
   def temp(scanned):
     opt = turbo_adam(1e-3, scanned=scanned)
-    step = jax.jit(lambda g, s: opt.update(g, s, g), donate_argnums=1)
-    return step.lower(g, opt.init(g)).compile().memory_analysis().temp_size_in_bytes
+    step = jax.jit(lambda g, s, p: opt.update(g, s, p), donate_argnums=(0, 1))
+    return step.lower(g, opt.init(g), g).compile().memory_analysis().temp_size_in_bytes
 
   whole, layered = temp(None), temp(True)
   print(f"temp bytes: stack as one tensor {whole}, layer by layer {layered}")
-  assert layered < 0.3 * whole
+  assert layered < 0.5 * whole
 
 
 def test_prefix_callable_inject_hyperparams_and_chain():
