@@ -1,5 +1,6 @@
 """`holojax bench big_step`: each attempt in its own process, OOM reported as a status."""
 
+import dataclasses
 import json
 
 import pytest
@@ -52,3 +53,11 @@ def test_bad_config_names_the_field(kw, match):
 def test_a_timed_out_attempt_is_an_error_that_quotes_the_child():
   child = bs.in_child("holojax.train.bench.optim.big_step", bs.TINY, ["adamw"], 0.5)
   assert child["status"] == "error" and "timed out after 0.5 s (last said:" in child["error"]
+
+
+def test_scanned_model_state_has_the_per_layer_models_size():
+  """With scan_layers, TurboAdam is told the stacked blocks are layers
+  (``scanned``), so its state holds exactly the per-layer model's bytes."""
+  flat_cfg, scan_cfg = bs.TINY, dataclasses.replace(bs.TINY, scan_layers=True)
+  for spec in ("turbo_adam", "adamw"):
+    assert bs.need(scan_cfg, spec) == bs.need(flat_cfg, spec)
