@@ -2,7 +2,8 @@
 
 For each optimizer of ``optimizers`` (registry names, ``name[@implementation][:tree_layout]``
 as in ``holojax bench optimizer_step``), a fresh process builds ``model`` (float32
-parameters, ``dtype`` compute, rematerialised blocks) and its optimizer state on
+parameters, ``dtype`` compute, rematerialised blocks scanned over the layers) and
+its optimizer state on
 the device, then runs ``steps`` full train steps (forward, backward, update,
 apply; parameters and state donated: ``holojax.train.step``) on ``batch`` x
 ``seq`` random tokens. One process per attempt, so each peak is its own and an
@@ -25,13 +26,16 @@ it needs 16 bytes per parameter (208 GB at 13B, more than an H200's 141 GB);
 TurboAdam's is under 1 byte per parameter (about 117 GB in all). Use
 TurboAdam's default per-tensor layout here: the whole-tree layout
 (``:flat``) gathers the gradients into one buffer, 4 more bytes per
-parameter (52 GB at 13B), and its temporaries span the whole tree. The
-model keeps one tensor per layer and projection (360 at 13B), compiled one
-by one by the per-tensor layout (minutes on a GPU: give ``timeout_s``
-room). ``scan_layers`` compiles one block instead, but XLA's buffer
-assignment of the scanned backward pass keeps a second gradient-sized
-buffer (CPU memory analysis of the 13B step with SGD: 96 GiB of
-temporaries scanned, 53 GiB unscanned), so it is not the default.
+parameter (52 GB at 13B), and its temporaries span the whole tree. With
+``scan_layers`` (the default) the step compiles one block and TurboAdam
+updates the stacked tensors one layer after another (``scanned``), which
+bounds its temporaries; the per-layer model (``--no-scan-layers``) has
+360 tensors at 13B, compiled one by one (minutes on a GPU). XLA's CPU
+memory analysis of the 13B step (no device needed): temporaries of 114 GiB
+scanned and 214 GiB per-layer for TurboAdam, 96 / 53 GiB for plain SGD
+(the scanned backward pass holds a second gradient-sized buffer), on top of
+60 GiB of parameters and state: neither fits an H200 by that analysis,
+which the GPU's own buffer assignment may or may not improve on.
 
   holojax bench big_step                                  # the H200 run (13B)
   holojax bench big_step --optimizers turbo_adam_v adamw --timeout-s 900
@@ -70,7 +74,7 @@ class BigStepConfig:
     remat: recompute each block's activations in the backward pass.
     scan_layers: stack the blocks and run them under ``nnx.scan`` (one block to
       compile; TurboAdam then updates the stacked tensors layer by layer,
-      ``scanned``); more memory, see above.
+      ``scanned``); see above.
     batch: sequences per step.
     seq: tokens per sequence.
     steps: train steps per attempt, after compiling the step on its own (the
@@ -82,7 +86,7 @@ class BigStepConfig:
   optimizers: tuple[str, ...] = ("turbo_adam", "adamw")
   dtype: str = "bfloat16"
   remat: bool = True
-  scan_layers: bool = False
+  scan_layers: bool = True
   batch: int = 1
   seq: int = 256
   steps: int = 3
