@@ -846,8 +846,7 @@ def scale_by_turbo_adam(b1: float = 0.9, b2: float = 0.999, eps: float = 1e-8,
       its own tensor, as in the unscanned model (its own statistics and
       seed), updated one layer after another in a loop that writes each
       layer's update over its gradient, so the update's temporaries are one
-      layer's, not the stack's. Leaf layout only;
-      axis 0 must not be sharded.
+      layer's, not the stack's. Leaf layout only; axis 0 must not be sharded.
 
   Returns:
     An ``optax.GradientTransformationExtraArgs``. Shape-setting arguments
@@ -894,11 +893,13 @@ def scale_by_turbo_adam(b1: float = 0.9, b2: float = 0.999, eps: float = 1e-8,
           jnp.zeros((), jnp.int32), jax.random.key_data(jax.random.key(seed)).astype(jnp.uint32),
           *_init_flat(params, layout))
     stacks = jax.tree.leaves(lay.leaf_labels(params, scanned))
+    leaves = []
     for (path, p), stack in zip(jax.tree_util.tree_flatten_with_path(params)[0], stacks):
       if stack:
         lay.refuse_sharded_stack(p, "turbo_adam", path)
-    leaves = [jax.lax.map(lambda x: _init_leaf(x, layout), p) if stack else _init_leaf(p, layout)
-              for p, stack in zip(jax.tree.leaves(params), stacks)]
+        leaves.append(jax.lax.map(lambda x: _init_leaf(x, layout), p))
+      else:
+        leaves.append(_init_leaf(p, layout))
     treedef = jax.tree.structure(params)
     field = lambda f: treedef.unflatten([f(x) for x in leaves])
     return ScaleByTurboAdamState(

@@ -12,7 +12,7 @@ from holojax.optim import TURBO_ADAM_STATIC_ARGS, turbo_adam
 from tests.optim import contract
 
 L, R, C = 3, 64, 256
-SCALES = jnp.array([1.0, 1e-3, 10.0])[:, None, None]  # layers of very different sizes
+SCALES = jnp.array([1.0, 1e-3, 10.0])[:, None, None]  # pooled statistics would differ
 
 
 def stack(key=0):
@@ -34,7 +34,7 @@ def test_each_layer_is_updated_as_its_own_tensor(kw):
   assert stacked.shape[0] == L
   u, new = jax.jit(opt.update)(g, state)
   _, sub = jax.random.split(jax.random.wrap_key_data(state.key))
-  hyper = dict(layout=ta.TurboAdamLayout(**{k: v for k, v in kw.items()}), impl="xla",
+  hyper = dict(layout=ta.TurboAdamLayout(**kw), impl="xla",
                b1=0.9, b2=0.999, eps=1e-8, null_pct=0.1, amp_pct=0.9)
   for j in range(L):
     seed = quant.seed_from_key(jax.random.fold_in(jax.random.fold_in(sub, 0), j))

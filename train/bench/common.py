@@ -159,8 +159,8 @@ def in_child(module: str, config, args: list, timeout_s: float, env: dict | None
   A child that fails, prints no result or outlives ``timeout_s`` gives
   ``{"status": "oom" | "error", "error": ...}`` ("oom" when its stderr names
   XLA's out-of-memory error; a timeout quotes the child's last stderr line,
-  so a child that reports its phases there says where it stopped). ``env``: variables set for the child only, over
-  this process's environment.
+  so a child that reports its phases there says where it stopped). ``env``:
+  variables set for the child only, over this process's environment.
   """
   arg = {"config": dataclasses.asdict(config), "args": list(args)}
   cmd = [sys.executable, "-m", module, json.dumps(arg)]
@@ -188,16 +188,28 @@ def child_main(config_cls, fn, argv: list[str]) -> int:
   return 0
 
 
-def compiled_bytes(jitted, *args) -> int | None:
-  """Device bytes one call of ``jitted(*args)`` holds at its peak, by XLA's memory
-  analysis of the compiled program (arguments + outputs + temporaries - donated
+def memory_analysis(jitted, *args) -> dict | None:
+  """XLA's memory analysis of ``jitted`` compiled for ``args`` (arrays or
+  ``jax.ShapeDtypeStruct``s: nothing is allocated): ``{"argument_bytes",
+  "output_bytes", "temp_bytes", "alias_bytes", "bytes"}``, ``bytes`` being
+  what one call holds at its peak (arguments + outputs + temporaries - donated
   aliases); the executable comes from jit's cache once the function has run.
   None where the backend gives no analysis."""
   m = jitted.lower(*args).compile().memory_analysis()
   if m is None:
     return None
-  return (m.argument_size_in_bytes + m.output_size_in_bytes + m.temp_size_in_bytes
-          - m.alias_size_in_bytes)
+  out = {"argument_bytes": m.argument_size_in_bytes, "output_bytes": m.output_size_in_bytes,
+         "temp_bytes": m.temp_size_in_bytes, "alias_bytes": m.alias_size_in_bytes}
+  out["bytes"] = (out["argument_bytes"] + out["output_bytes"] + out["temp_bytes"]
+                  - out["alias_bytes"])
+  return out
+
+
+def compiled_bytes(jitted, *args) -> int | None:
+  """``memory_analysis(jitted, *args)["bytes"]``: the peak of one call (None where
+  the backend gives no analysis)."""
+  m = memory_analysis(jitted, *args)
+  return None if m is None else m["bytes"]
 
 
 def device_memory() -> dict:

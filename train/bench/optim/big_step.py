@@ -30,12 +30,9 @@ parameter (52 GB at 13B), and its temporaries span the whole tree. With
 ``scan_layers`` (the default) the step compiles one block and TurboAdam
 updates the stacked tensors one layer after another (``scanned``), which
 bounds its temporaries; the per-layer model (``--no-scan-layers``) has
-360 tensors at 13B, compiled one by one (minutes on a GPU). XLA's CPU
-memory analysis of the 13B step (no device needed): temporaries of 114 GiB
-scanned and 214 GiB per-layer for TurboAdam, 96 / 53 GiB for plain SGD
-(the scanned backward pass holds a second gradient-sized buffer), on top of
-60 GiB of parameters and state: neither fits an H200 by that analysis,
-which the GPU's own buffer assignment may or may not improve on.
+360 tensors at 13B, compiled one by one (minutes on a GPU). ``--analyze``
+predicts a step's memory from XLA's analysis of the compiled program,
+without running it (on CPU that is the CPU's buffer assignment, not a GPU's).
 
   holojax bench big_step                                  # the H200 run (13B)
   holojax bench big_step --optimizers turbo_adam_v adamw --timeout-s 900
@@ -58,7 +55,8 @@ from holojax.models.llama import LLAMA_PRESETS, Llama
 from holojax.optim import registry
 from holojax.optim.accounting import tree_bytes
 from holojax.train.bench.common import (Progress, Result, child_main, device_memory,
-                                        fmt_bytes, in_child, pipe_table, require_positive)
+                                        fmt_bytes, in_child, memory_analysis, pipe_table,
+                                        require_positive)
 from holojax.train.bench.optim.optimizer_step import make_optimizer, parse_spec
 from holojax.train.step import init_state, make_train_step
 
@@ -80,6 +78,11 @@ class BigStepConfig:
     steps: train steps per attempt, after compiling the step on its own (the
       first warms up; the median of the rest is reported).
     timeout_s: seconds an attempt may take before it is stopped (status "error").
+    analyze: run nothing; compile each optimizer's step from shapes alone
+      (nothing allocated, any backend) and record XLA's memory analysis of it
+      under ``results["analysis"]``: ``{"optimizer", "backend", "compile_s",
+      "argument_bytes", "output_bytes", "temp_bytes", "alias_bytes", "bytes"}``.
+      A prediction of that backend's buffer assignment, not a measured peak.
   """
 
   model: str = "llama-13b"
@@ -91,6 +94,7 @@ class BigStepConfig:
   seq: int = 256
   steps: int = 3
   timeout_s: int = 1200
+  analyze: bool = False
 
   def __post_init__(self):
     if self.model not in LLAMA_PRESETS:
@@ -114,6 +118,10 @@ TINY = BigStepConfig(model="llama-tiny", optimizers=("adamw", "turbo_adam"), dty
 # caller chose a fraction; this process itself never allocates on the device.
 CHILD_ENV = {"XLA_PYTHON_CLIENT_MEM_FRACTION":
              os.environ.get("XLA_PYTHON_CLIENT_MEM_FRACTION", "0.97")}
+
+
+def _loss(model, ids):
+  return model(ids, labels=ids).loss
 
 
 def model_config(cfg: BigStepConfig):
@@ -149,7 +157,6 @@ def attempt(cfg: BigStepConfig, spec: str) -> dict:
   """One optimizer's build + ``steps`` train steps in this process (see module docstring)."""
   row = {"optimizer": spec, "status": "ok", "phase": "init", "peak_bytes": None,
          "step_ms": None, "error": None}
-  loss = lambda model, ids: model(ids, labels=ids).loss
   t0 = time.perf_counter()
 
   def phase(name: str):  # stderr, so that a timed-out attempt says where it was
@@ -167,7 +174,7 @@ def attempt(cfg: BigStepConfig, spec: str) -> dict:
                for _ in range(cfg.steps)]
     phase("compile")
     t1 = time.perf_counter()
-    step = make_train_step(graphdef, tx, loss).lower(state, batches[0]).compile()
+    step = make_train_step(graphdef, tx, _loss).lower(state, batches[0]).compile()
     row["compile_s"] = time.perf_counter() - t1
     phase("step")
     times = []
@@ -187,10 +194,29 @@ def attempt(cfg: BigStepConfig, spec: str) -> dict:
   return row
 
 
+def analysis(cfg: BigStepConfig, spec: str) -> dict:
+  """XLA's memory analysis of ``spec``'s train step, compiled from shapes alone."""
+  tx = optimizer(cfg, spec)
+  graphdef, state = nnx.eval_shape(
+      lambda: init_state(lambda: Llama(model_config(cfg), rngs=nnx.Rngs(0)), tx))
+  ids = jax.ShapeDtypeStruct((cfg.batch, cfg.seq), jax.numpy.int32)
+  t0 = time.perf_counter()
+  mem = memory_analysis(make_train_step(graphdef, tx, _loss), state, ids)
+  return {"optimizer": spec, "backend": jax.default_backend(),
+          "compile_s": time.perf_counter() - t0, **(mem or {})}
+
+
 def run(cfg: BigStepConfig, progress: Progress = Progress()) -> Result:
-  """Every optimizer's attempt (module docstring), each in its own process."""
+  """Every optimizer's attempt (module docstring), each in its own process; with
+  ``analyze``, each one's compiled memory analysis instead."""
   os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")  # before any device use here
   results = {"model": cfg.model, "device_bytes": None, "rows": []}
+  if cfg.analyze:
+    results["analysis"] = []
+    for spec in cfg.optimizers:
+      results["analysis"].append(analysis(cfg, spec))
+      progress.say(f"{spec}: {results['analysis'][-1]}")
+    return Result(results, table(cfg, results))
   for spec in cfg.optimizers:
     n, state_bytes, need_bytes = need(cfg, spec)
     progress.say(f"{spec}: {n / 1e9:.2f}B parameters, state {state_bytes / 2**30:.1f} GiB, "
@@ -213,10 +239,16 @@ def table(cfg: BigStepConfig, r: dict) -> str:
     ms = "n/a" if x.get("step_ms") is None else f"{x['step_ms']:.0f}"
     rows.append([x["optimizer"], f"{x['params'] / 1e9:.2f}B", fmt_bytes(x["state_bytes"]),
                  fmt_bytes(x["need_bytes"]), status, fmt_bytes(x.get("peak_bytes")), ms])
+  head = (f"{cfg.model}: one train step, batch {cfg.batch} x {cfg.seq} tokens, float32 "
+          f"parameters, {cfg.dtype} compute, remat {cfg.remat}, scan {cfg.scan_layers}")
+  if "analysis" in r:
+    return "\n".join([f"{head}; XLA's memory analysis of the compiled step", *pipe_table(
+        ["optimizer", "backend", "compile s", "arguments GiB", "temporaries GiB", "peak GiB"],
+        [[x["optimizer"], x["backend"], f"{x['compile_s']:.1f}",
+          *(fmt_bytes(x.get(k)) for k in ("argument_bytes", "temp_bytes", "bytes"))]
+         for x in r["analysis"]])])
   return "\n".join([
-      f"{cfg.model}: one train step, batch {cfg.batch} x {cfg.seq} tokens, float32 parameters, "
-      f"{cfg.dtype} compute, remat {cfg.remat}, scan {cfg.scan_layers}; "
-      f"device memory {fmt_bytes(r['device_bytes'])} GiB",
+      f"{head}; device memory {fmt_bytes(r['device_bytes'])} GiB",
       *pipe_table(["optimizer", "params", "state GiB", "needs GiB", "status", "peak GiB",
                    "step ms"], rows)])
 

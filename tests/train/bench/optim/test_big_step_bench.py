@@ -61,3 +61,13 @@ def test_scanned_model_state_has_the_per_layer_models_size():
   flat_cfg, scan_cfg = bs.TINY, dataclasses.replace(bs.TINY, scan_layers=True)
   for spec in ("turbo_adam", "adamw"):
     assert bs.need(scan_cfg, spec) == bs.need(flat_cfg, spec)
+
+
+def test_analyze_compiles_from_shapes_and_runs_nothing():
+  out = bs.run(dataclasses.replace(bs.TINY, analyze=True))
+  adamw, turbo = out.results["analysis"]
+  assert out.results["rows"] == [] and "temporaries" in out.table
+  for x in (adamw, turbo):
+    assert x["bytes"] == (x["argument_bytes"] + x["output_bytes"] + x["temp_bytes"]
+                          - x["alias_bytes"])
+  assert turbo["argument_bytes"] < adamw["argument_bytes"]  # compressed state, same params
