@@ -1,6 +1,8 @@
 """Long context (issue #5): phasor LM vs a RoPE transformer, and 1M-token decoding.
 
-Part ``lm``: a phasor ``HoloForCausalLM`` and the baseline ``GPT`` (RoPE,
+Part ``lm``: phasor ``HoloForCausalLM``s (one per ``variants`` spec: the
+seed's decay-free memory and the switches toward the anchors, alone and
+combined; :func:`variant_fields`) and the baseline ``GPT`` (RoPE,
 cuDNN flash attention on GPU) of the same width and depth train on the same
 batches of the default byte corpus (the stdlib source) at sequence length
 ``train_len`` (4096), bf16 compute, for the same number of steps N; then both
@@ -17,7 +19,7 @@ angles were never seen, and it may degrade; that is what is reported.
 
 N comes from the budget: the first ``calib_steps`` steps of each model
 (inside the learning-rate warm-up, which does not depend on N) are timed,
-then N = min(steps, calib_steps + floor(budget left / (t_phasor + t_gpt))).
+then N = min(steps, calib_steps + floor(budget left / sum of their step times)).
 The learning rate is fed per step from the host (linear warm-up, cosine to
 10% at N), so choosing N late costs no recompilation.
 
@@ -41,7 +43,8 @@ its position counter equals the context; ``bytes_in_use`` should stay flat
 (``peak_bytes_in_use`` counts from process start, so after part ``lm`` it is
 the training peak).
 
-  holojax bench long_context                  # GPU: both parts, ~6 min on an H100
+  holojax bench long_context                  # GPU: both parts, every variant
+  holojax bench long_context --variants seed win64   # the seed and one switch
   holojax bench long_context --parts decode --decode-tokens 65536
   holojax bench long_context --tiny --no-save # CPU smoke run, < 1 min
 """
@@ -51,6 +54,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import gc
+import re
 import time
 
 import jax
@@ -70,6 +74,46 @@ from holojax.train.step import (host_lr, init_state, make_eval_step, make_train_
                                 schedule_values)
 
 PARTS = ("lm", "decode")
+
+
+SWITCHES = ("seed", "gate", "convK", "winW", "hdR")
+
+
+def variant_fields(spec: str, hd_dim: int) -> dict:
+  """``HoloConfig`` fields of a phasor variant spec: ``+``-joined switches
+  ``seed`` (nothing), ``gate`` (write_gate), ``convK`` (conv=K), ``winW``
+  (window=W) and ``hdR`` (hd_dim = R x the base ``hd_dim``).
+
+  Raises:
+    ValueError: an unknown or repeated switch (the message lists the switches).
+
+  Example:
+    >>> variant_fields("conv4+win64", 256)
+    {'write_gate': False, 'conv': 4, 'window': 64, 'hd_dim': 256}
+  """
+  out = {"write_gate": False, "conv": 0, "window": 0, "hd_dim": hd_dim}
+  seen = set()
+  for tok in spec.split("+"):
+    m = re.fullmatch(r"(seed|gate)|(conv|win)(\d+)|hd(\d+(?:\.\d+)?)", tok)
+    key = m and (m.group(1) or m.group(2) or "hd")
+    if not m or key in seen or (key == "seed" and spec != "seed"):
+      raise ValueError(f"variants: bad spec {spec!r}: join distinct switches of {SWITCHES} "
+                       "with '+' (seed alone), e.g. 'conv4+gate+win64'")
+    seen.add(key)
+    if key == "gate":
+      out["write_gate"] = True
+    elif key == "conv":
+      out["conv"] = int(m.group(3))
+    elif key == "win":
+      out["window"] = int(m.group(3))
+    elif key == "hd":
+      out["hd_dim"] = int(round(float(m.group(4)) * hd_dim))
+  return out
+
+
+def arm_name(spec: str) -> str:
+  """The record's ``arch`` of a phasor variant: ``phasor`` or ``phasor:SPEC``."""
+  return "phasor" if spec == "seed" else f"phasor:{spec}"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -105,11 +149,12 @@ class LongContextConfig:
     decode_max_minutes: decode budget (none: no limit).
     decode_mode: prefill (a parallel prefill per context) or stream (one
       continuous decode).
-    write_gate: the phasor model's learned input gate on writes (``HoloConfig``).
-    window: the phasor model's exact attention over the last ``window`` tokens in
-      every layer (0: none; ``HoloConfig``).
-    conv: width of the phasor model's short causal convolution on the memory's
-      input (0: none; ``HoloConfig``).
+    variants: the phasor models trained side by side with the transformer, each
+      a spec of '+'-joined switches (:func:`variant_fields`): 'seed' (none: the
+      seed's decay-free memory), 'gate' (learned write gate), 'convK' (causal
+      convolution of width K), 'winW' (exact attention over the last W tokens in
+      every layer), 'hdR' (memory width R x hd_ratio x width). The decode part
+      runs the variant with the lowest val at the first eval length.
   """
 
   parts: tuple[str, ...] = ("lm", "decode")
@@ -122,7 +167,7 @@ class LongContextConfig:
   eval_lens: tuple[int, ...] = (4096, 16384)
   batch_size: int = 8
   steps: int = 3000
-  max_minutes: float | None = 2.0
+  max_minutes: float | None = 10.0
   warmup: int = 50
   calib_steps: int = 10
   learning_rate: float = 2e-3
@@ -136,9 +181,7 @@ class LongContextConfig:
   decode_batch: int = 1
   decode_max_minutes: float | None = 3.0
   decode_mode: str = "prefill"
-  write_gate: bool = False
-  window: int = 0
-  conv: int = 0
+  variants: tuple[str, ...] = ("seed", "gate", "conv4", "win64", "hd2", "conv4+gate+win64")
 
   def __post_init__(self):
     if not self.parts or set(self.parts) - set(PARTS):
@@ -148,8 +191,13 @@ class LongContextConfig:
                      "decode_chunk", "decode_batch")
     if self.width % self.head_dim:
       raise ValueError(f"width={self.width} must be a multiple of head_dim={self.head_dim}")
-    if self.hd_dim % self.heads:
-      raise ValueError(f"hd_dim={self.hd_dim} must be a multiple of heads={self.heads}")
+    if not self.variants or len(set(self.variants)) != len(self.variants):
+      raise ValueError(f"variants={self.variants!r} must be distinct and at least one")
+    for spec in self.variants:
+      hd = variant_fields(spec, self.hd_dim)["hd_dim"]
+      if hd % self.heads:
+        raise ValueError(f"variants: {spec!r} gives hd_dim={hd}, which must be a multiple "
+                         f"of heads={self.heads}")
     if not 3 <= self.calib_steps <= min(self.warmup, self.steps):
       raise ValueError(f"calib_steps={self.calib_steps} must be >= 3 (2 compile steps, then "
                        f"timed ones), <= warmup={self.warmup} and <= steps={self.steps} "
@@ -180,26 +228,28 @@ TINY = LongContextConfig(
     width=32, layers=2, head_dim=16, dtype="float32", train_len=64, eval_lens=(64, 256),
     batch_size=8, steps=24, max_minutes=None, warmup=8, calib_steps=4, learning_rate=3e-3,
     eval_tokens=8192, eval_batch_tokens=2048, corpus_max_bytes=1_000_000,
-    decode_tokens=2**12, decode_chunk=256, decode_max_minutes=None)
+    decode_tokens=2**12, decode_chunk=256, decode_max_minutes=None,
+    variants=("seed", "conv4+gate+win16"))
 
 
-def model_configs(cfg: LongContextConfig) -> tuple[HoloConfig, GPTConfig]:
-  """The phasor and transformer configs: equal width, depth, heads and MLP.
+def model_configs(cfg: LongContextConfig) -> tuple[list[HoloConfig], GPTConfig]:
+  """The phasor configs (one per variant) and the transformer's: equal width,
+  depth, heads and MLP.
 
-  Both accept ``max(eval_lens)`` tokens, so they can be evaluated past the
+  All accept ``max(eval_lens)`` tokens, so they can be evaluated past the
   training length.
 
   Example:
-    >>> h, g = model_configs(TINY)
+    >>> (h,), g = model_configs(TINY)
     >>> (h.hidden_size, h.num_hidden_layers) == (g.hidden_size, g.num_hidden_layers)
     True
   """
   max_len = max(cfg.train_len, *cfg.eval_lens)
   kw = dict(vocab_size=hdata.VOCAB_SIZE, width=cfg.width, layers=cfg.layers, heads=cfg.heads,
             dtype=cfg.dtype)
-  return (lm_config("phasor", hd_dim=cfg.hd_dim, max_seq_len=max(max_len, cfg.decode_tokens),
-                    write_gate=cfg.write_gate, window=cfg.window, conv=cfg.conv, **kw),
-          lm_config("attention", max_seq_len=max_len, **kw))
+  phasors = [lm_config("phasor", max_seq_len=max(max_len, cfg.decode_tokens),
+                       **variant_fields(spec, cfg.hd_dim), **kw) for spec in cfg.variants]
+  return phasors, lm_config("attention", max_seq_len=max_len, **kw)
 
 
 def kv_cache_bytes(layers: int, width: int, context: int, *, batch: int = 1,
@@ -282,12 +332,13 @@ def _train(arm: dict, data, start: int, stop: int, total: int, cfg, say=None) ->
 
 def run_lm(cfg: LongContextConfig, corpus, say) -> tuple[dict, nnx.Module]:
   """Part ``lm``: returns (results, the trained phasor model)."""
-  holo_cfg, gpt_cfg = model_configs(cfg)
+  holo_cfgs, gpt_cfg = model_configs(cfg)
   data = hdata.PackedBatches(corpus.train, seq_len=cfg.train_len, batch_size=cfg.batch_size,
                              seed=cfg.seed)
   tx = host_lr(adamw, weight_decay=cfg.weight_decay, b2=0.95)
   t_start = time.perf_counter()
-  arms = [_build("phasor", holo_cfg, tx, cfg.seed), _build("gpt_rope", gpt_cfg, tx, cfg.seed)]
+  arms = [_build(arm_name(spec), c, tx, cfg.seed) for spec, c in zip(cfg.variants, holo_cfgs)]
+  arms.append(_build("gpt_rope", gpt_cfg, tx, cfg.seed))
   for arm in arms:
     say(f"{arm['arch']}: {arm['num_params']:,} params; compiling and calibrating")
     c = cfg.calib_steps
@@ -327,10 +378,11 @@ def run_lm(cfg: LongContextConfig, corpus, say) -> tuple[dict, nnx.Module]:
                  "val": val, "train_curve": [[i + 1, losses[i]] for i in keep],
                  "model_config": arm["config"]})
   n_eval = sum(b[:, 1:].size for b in sets[cfg.eval_lens[0]])
-  phasor = arms[0]
-  model = model_of(phasor["graphdef"], phasor["state"])
+  first = str(cfg.eval_lens[0])
+  best = min(range(len(cfg.variants)), key=lambda i: rows[i]["val"][first])
+  model = model_of(arms[best]["graphdef"], arms[best]["state"])
   results = {"steps": steps, "tokens_per_model": steps * cfg.batch_size * cfg.train_len,
-             "eval_tokens": n_eval, "wall_s": time.perf_counter() - t_start, "rows": rows}
+             "eval_tokens": n_eval, "best_variant": cfg.variants[best], "wall_s": time.perf_counter() - t_start, "rows": rows}
   return results, model
 
 
@@ -500,7 +552,7 @@ def format_table(cfg: LongContextConfig, results: dict) -> str:
     d = results["decode"]
     how = ("prompt read by the parallel prefill, then" if d["mode"] == "prefill"
            else "one continuous decode,")
-    lines += [f"Decode: phasor, batch {d['batch']}, {how} greedy recurrent steps timed "
+    lines += [f"Decode: {arm_name(d['variant'])}, batch {d['batch']}, {how} greedy recurrent steps timed "
               f"over a scan of {d['chunk']}"
               + (f"; STOPPED: {d['stopped']}" if d["stopped"] else ""),
               "| context | prefill ms | us/token | state bytes | device bytes in use | "
@@ -527,7 +579,10 @@ def run(cfg: LongContextConfig, progress: Progress = Progress()) -> Result:
     progress.partial(results)
   if "decode" in cfg.parts:
     weights = "trained in part lm" if model is not None else "random init"
+    variant = results["lm"]["best_variant"] if model is not None else cfg.variants[0]
     if model is None:
-      model = build_lm(model_configs(cfg)[0], cfg.seed)
-    results["decode"] = {"weights": weights, **run_decode(cfg, model, say, source)}
+      model = build_lm(model_configs(cfg)[0][0], cfg.seed)
+    say(f"decoding variant {variant!r} ({weights})")
+    results["decode"] = {"weights": weights, "variant": variant,
+                         **run_decode(cfg, model, say, source)}
   return Result(results, format_table(cfg, results))

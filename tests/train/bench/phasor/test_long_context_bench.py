@@ -31,7 +31,7 @@ def test_record_structure(tiny):
   assert set(partial["results"]) == {"lm"}  # written after part lm
   assert rec["config"]["parts"] == ["lm", "decode"]
   table = rec["table"]
-  assert "| phasor |" in table and "| gpt_rope |" in table
+  assert "| phasor |" in table and "| gpt_rope |" in table and "| phasor:conv4+gate+win16 |" in table
   assert "val@64" in table and "val@256" in table and "computed, not measured" in table
 
 
@@ -40,7 +40,11 @@ def test_lm_same_steps_tokens_and_finite_losses(tiny):
   lm = tiny[0]["results"]["lm"]
   cfg = lc.TINY
   rows = {r["arch"]: r for r in lm["rows"]}
-  assert set(rows) == {"phasor", "gpt_rope"}
+  assert set(rows) == {"phasor", "phasor:conv4+gate+win16", "gpt_rope"}
+  assert lm["best_variant"] in cfg.variants
+  switched = rows["phasor:conv4+gate+win16"]["model_config"]
+  assert (switched["conv"], switched["write_gate"], switched["window"]) == (4, True, 16)
+  assert rows["phasor:conv4+gate+win16"]["num_params"] > rows["phasor"]["num_params"]
   for r in rows.values():
     assert r["steps"] == lm["steps"] == cfg.steps
     assert r["tokens"] == cfg.steps * cfg.batch_size * cfg.train_len
@@ -62,6 +66,7 @@ def test_decode_state_is_flat(tiny):
   d = tiny[0]["results"]["decode"]
   cfg = lc.TINY
   assert d["weights"] == "trained in part lm" and d["stopped"] is None
+  assert d["variant"] == tiny[0]["results"]["lm"]["best_variant"]
   rows = d["rows"]
   ctx = [r["context"] for r in rows]
   assert ctx == lc.decode_milestones(cfg.decode_tokens, cfg.decode_chunk) == [256, 1024, 4096]
@@ -73,7 +78,11 @@ def test_decode_state_is_flat(tiny):
   assert rows[-1]["kv_bytes_computed"] > rows[-1]["state_bytes"]
   # per layer: S (2 float32 [B, H, D]) + x_prev [B, width] + pos
   hd, w = cfg.hd_dim, cfg.width
-  assert rows[0]["state_bytes"] == cfg.layers * (2 * 4 * hd + 4 * w + 4)
+  seed_bytes = cfg.layers * (2 * 4 * hd + 4 * w + 4)
+  if d["variant"] == "seed":
+    assert rows[0]["state_bytes"] == seed_bytes
+  else:  # plus the window's last 16 keys and values (float32) and 3 raw inputs per layer
+    assert rows[0]["state_bytes"] >= seed_bytes + cfg.layers * 4 * (2 * 16 * w + 3 * w)
   assert d["mode"] == "prefill" and d["sample_end"]
 
 
@@ -102,13 +111,30 @@ def test_helpers():
   assert lc.decode_milestones(2**20, 1024) == [1024, 4096, 16384, 65536, 262144, 2**20]
   assert lc.decode_milestones(3072, 1024) == [1024, 3072]
   assert lc.kv_cache_bytes(4, 256, 2**20) == 4 * 2**30
-  h, g = lc.model_configs(lc.LongContextConfig())
+  (h, *others), g = lc.model_configs(lc.LongContextConfig())
+  assert len(others) == len(lc.LongContextConfig().variants) - 1
   assert (h.hidden_size, h.num_hidden_layers, h.num_heads) == (256, 4, 4)
   assert (g.hidden_size, g.num_hidden_layers, g.num_heads) == (256, 4, 4)
   assert h.max_seq_len >= 16384 and g.max_seq_len >= 16384 and h.vocab_size == hdata.VOCAB_SIZE
 
 
+def test_variant_fields():
+  base = {"write_gate": False, "conv": 0, "window": 0, "hd_dim": 64}
+  assert lc.variant_fields("seed", 64) == base
+  assert lc.variant_fields("gate+conv3+win8+hd2", 64) == {
+      "write_gate": True, "conv": 3, "window": 8, "hd_dim": 128}
+  assert lc.variant_fields("hd0.5", 64)["hd_dim"] == 32
+  for bad in ("", "seed+gate", "gate+gate", "conv", "win4+win8", "decay"):
+    with pytest.raises(ValueError, match="variants"):
+      lc.variant_fields(bad, 64)
+  assert lc.arm_name("seed") == "phasor" and lc.arm_name("win8") == "phasor:win8"
+
+
 def test_bad_arguments():
+  with pytest.raises(ValueError, match="variants"):
+    harness.parse("long_context", ["--tiny", "--variants", "seed", "seed"])
+  with pytest.raises(ValueError, match="variants"):
+    harness.parse("long_context", ["--tiny", "--variants", "wind4"])
   with pytest.raises(ValueError, match="parts"):
     harness.parse("long_context", ["--parts", "lm,nope"])
   with pytest.raises(ValueError, match="calib_steps"):
