@@ -41,7 +41,7 @@ from typing import Any
 Implementation = str | Sequence[str] | None
 
 # Aliases, each a list of backend names tried in order (only those the op has).
-ALIASES = {"pallas": ("triton",)}
+ALIASES = {"pallas": ("mosaic", "triton")}
 
 
 class Unsupported(NotImplementedError):
@@ -147,3 +147,24 @@ def require_triton(*args, **kw) -> None:
   if jax.default_backend() != "gpu":
     raise Unsupported(f"needs a GPU (Pallas Triton); the default backend is "
                       f"{jax.default_backend()!r}")
+
+
+def require_hopper(*args, **kw) -> None:
+  """A backend ``check``: passes where JAX's default device is an NVIDIA GPU
+  of compute capability >= 9.0 (Hopper or newer), else raises
+  :class:`Unsupported`."""
+  del args, kw
+  import jax  # noqa: PLC0415 (the chooser itself needs no JAX)
+  if jax.default_backend() != "gpu":
+    raise Unsupported(f"needs a Hopper GPU (Pallas Mosaic GPU); the default backend is "
+                      f"{jax.default_backend()!r}")
+  dev = jax.devices()[0]
+  cc = getattr(dev, "compute_capability", None)
+  try:
+    major = int(str(cc).split(".")[0])
+  except ValueError:
+    major = 0
+  if major < 9:
+    raise Unsupported(
+        f"needs a Hopper GPU (compute capability >= 9.0) for Pallas Mosaic "
+        f"GPU; {dev.device_kind!r} has compute capability {cc}")

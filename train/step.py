@@ -89,10 +89,12 @@ def train_step(graphdef: nnx.GraphDef, tx: optax.GradientTransformation, loss_fn
 
     (loss, rest), grads = jax.value_and_grad(loss_of, has_aux=True)(params)
     p, g = params.to_pure_dict(), grads.to_pure_dict()
+    # The norm reads g before tx.update may overwrite it in place (barrier: no copy).
+    g, grad_norm = jax.lax.optimization_barrier((g, optax.tree.norm(g)))
     updates, opt_state = tx.update(g, state["opt"], p)
     params.replace_by_pure_dict(optax.apply_updates(p, updates))
     model = nnx.merge(gdef, params, rest)
-    metrics = {"train/loss": loss, "train/grad_norm": optax.tree.norm(g)}
+    metrics = {"train/loss": loss, "train/grad_norm": grad_norm}
     return {"model": nnx.state(model), "opt": opt_state}, metrics
 
   return step

@@ -111,6 +111,10 @@ def skip_non_finite(tx: optax.GradientTransformation) -> optax.GradientTransform
     finite = jnp.array(True)
     for g in jax.tree.leaves(updates):
       finite = finite & jnp.all(jnp.isfinite(g))
+    # The check reads every gradient before ``tx`` may overwrite it in place
+    # (TurboAdam's layer loop over a stacked tensor): the barrier orders it
+    # first, so XLA need not copy the gradients to keep them for it.
+    updates, finite = jax.lax.optimization_barrier((updates, finite))
     new_updates, inner = tx.update(updates, state.inner_state, params, **extra_args)
     new_updates = optax.tree.where(finite, new_updates, optax.tree.zeros_like(new_updates))
     inner = optax.tree.where(finite, inner, state.inner_state)

@@ -688,19 +688,29 @@ def _stack_update(g, state, key, count, hyper):
   ``fold_in(key, j)``), one layer after another. The loop writes layer j's
   update over ``g[j]`` and its new state over ``state[j]`` (in-place dynamic
   updates of the loop's buffers), so the update needs one layer's scratch
-  memory and no second stack-sized buffer."""
+  memory and no second stack-sized buffer.
+
+  Layer j's inputs arrive as loop carries, sliced at the end of the previous
+  iteration from the buffers already written, so nothing in an iteration
+  reads the stack that its in-place write replaces. (Slicing layer j inside
+  iteration j made XLA copy the whole stack every iteration: in its memory
+  analysis, two stack-sized temporaries per stacked tensor.)"""
   at = lambda t, j: jax.tree.map(lambda x: jax.lax.dynamic_index_in_dim(x, j, 0, False), t)
   put = lambda t, new, j: jax.tree.map(
       lambda x, y: jax.lax.dynamic_update_index_in_dim(x, y.astype(x.dtype), j, 0), t, new)
+  layers = g.shape[0]
 
   def body(j, carry):
-    buf, st = carry
+    buf, st, g_j, st_j = carry
     seed = quant.seed_from_key(jax.random.fold_in(key, j))
-    u, *new = _leaf_update(at(buf, j), *at(st, j), seed, count, **hyper)
-    return put(buf, u, j), put(st, tuple(new), j)
+    u, *new = _leaf_update(g_j, *st_j, seed, count, **hyper)
+    buf, st = put(buf, u, j), put(st, tuple(new), j)
+    nxt = jnp.minimum(j + 1, layers - 1)
+    return buf, st, at(buf, nxt), at(st, nxt)
 
-  mu, nu, v, ms = state
-  buf, (mu, nu, v, ms) = jax.lax.fori_loop(0, g.shape[0], body, (g, (mu, nu, v, ms)))
+  state = tuple(state)
+  buf, (mu, nu, v, ms), *_ = jax.lax.fori_loop(
+      0, layers, body, (g, state, at(g, 0), at(state, 0)))
   return buf, mu, nu, v, ms
 
 

@@ -1,11 +1,16 @@
 """The public causal phasor memory: checks its arguments and picks a backend.
 
 Backends (see :mod:`holojax.kernels.backend`): "xla" (the associative_scan
-reference, :mod:`.reference`), "triton" (the chunked Pallas kernel,
-:mod:`.pallas_triton`, on GPU) and "interpret" (that kernel in the Pallas
-interpreter, any backend). Default order: ("triton", "xla"), so the kernel
-on a GPU and the reference elsewhere (``train/bench/records/phasor--*``
-has the measured speeds of both).
+reference, :mod:`.reference`), "mosaic" (the chunked Pallas Mosaic GPU
+kernel, :mod:`.mosaic_gpu`, on Hopper and newer), "triton" (the chunked
+Pallas-Triton kernel, :mod:`.pallas_triton`, on any CUDA GPU: JAX 0.11
+deprecates Pallas's Triton backend, so it serves pre-Hopper GPUs such as
+the seed's L40S) and "interpret" (the Triton kernel in the Pallas
+interpreter, any backend; ``phasor_memory_mosaic(interpret=True)`` is the
+Mosaic kernel's twin). Default order: ("mosaic", "triton", "xla"), so the
+Hopper kernel where it runs, the Triton kernel on older GPUs and the
+reference elsewhere (``train/bench/records/phasor--*`` has the measured
+speeds).
 """
 
 from __future__ import annotations
@@ -16,11 +21,12 @@ import jax
 
 from holojax.kernels import backend
 from holojax.kernels.phasor.config import PhasorBlocks
+from holojax.kernels.phasor.mosaic_gpu import phasor_memory_mosaic
 from holojax.kernels.phasor.pallas_triton import phasor_memory_pallas
 from holojax.kernels.phasor.reference import phasor_memory_reference, read_scale
 
 OP = "phasor_memory"
-DEFAULT_ORDER = ("triton", "xla")
+DEFAULT_ORDER = ("mosaic", "triton", "xla")
 
 
 def _xla(v, k, q, *, freq_hd, scale, blocks):
@@ -30,6 +36,8 @@ def _xla(v, k, q, *, freq_hd, scale, blocks):
 
 BACKENDS = (
     backend.Backend("xla", backend.runs_anywhere, _xla),
+    backend.Backend("mosaic", backend.require_hopper,
+                    functools.partial(phasor_memory_mosaic, interpret=False)),
     backend.Backend("triton", backend.require_triton,
                     functools.partial(phasor_memory_pallas, interpret=False)),
     backend.Backend("interpret", backend.runs_anywhere,
@@ -116,9 +124,9 @@ def phasor_memory(v_bthd: jax.Array, k_theta: jax.Array, q_theta: jax.Array,
     q_theta: query phases [B, T, H, D] (radians).
     freq_hd: optional positional frequencies [H, D] (rad/token).
     scale: "sqrt_t" (the seed) or "none".
-    implementation: None (the default order: "triton" on a GPU, else
-      "xla"), a name ("xla", "triton", "interpret", or "pallas" for the
-      compiled Pallas GPU backends), or a sequence of names tried in order
+    implementation: None (the default order: "mosaic" on Hopper, "triton"
+      on older GPUs, else "xla"), a name ("xla", "mosaic", "triton",
+      "interpret", or "pallas" for the compiled Pallas GPU backends), or a sequence of names tried in order
       (see :mod:`holojax.kernels.backend`). :func:`select_implementation`
       says which one runs; it runs in ``jax.named_scope("phasor_memory/NAME")``.
     blocks: tile sizes of the Pallas backends (``PhasorBlocks()`` if None;

@@ -17,6 +17,7 @@ from tests.kernels import PALLAS
 SHAPE = (2, 50, 3, 8)
 BLOCKS = PhasorBlocks(block_t=16, chunks=2, block_d=4)
 ON_GPU = jax.default_backend() == "gpu"
+ON_HOPPER = ON_GPU and int(str(getattr(jax.devices()[0], "compute_capability", "0")).split(".")[0]) >= 9
 
 
 def _inputs(dtype=jnp.float32, seed=0, shape=SHAPE):
@@ -105,20 +106,22 @@ def test_default_tiles_long_sequence_match_reference(impl):
 
 
 def test_backend_choice():
-  """Default order ("triton", "xla"); forced names, the alias and sequences."""
+  """Default order ("mosaic", "triton", "xla"); forced names, the alias and sequences."""
   v, k, q, _ = _inputs()
-  assert select_implementation(v, k, q) == ("triton" if ON_GPU else "xla")
+  gpu = "mosaic" if ON_HOPPER else "triton"
+  assert select_implementation(v, k, q) == (gpu if ON_GPU else "xla")
+  assert select_implementation(v, k, q, implementation="pallas") == gpu if ON_GPU else True
   assert select_implementation(v, k, q, implementation=["triton", "interpret"]) == (
       "triton" if ON_GPU else "interpret")
   assert select_implementation(v, k, q, implementation="interpret") == "interpret"
   y = phasor_memory(v, k, q, implementation="interpret", blocks=BLOCKS)
   np.testing.assert_allclose(y, phasor_memory_reference(v, k, q), atol=1e-5)
   if not ON_GPU:
-    for name in ("triton", "pallas"):
+    for name in ("mosaic", "triton", "pallas"):
       with pytest.raises(ValueError, match=f"implementation='{name}' cannot run here.*GPU"):
         phasor_memory(v, k, q, implementation=name)
-  with pytest.raises(ValueError, match="'mosaic' is not one of"):
-    select_implementation(v, k, q, implementation="mosaic")
+  with pytest.raises(ValueError, match="'cudnn' is not one of"):
+    select_implementation(v, k, q, implementation="cudnn")
 
 
 def test_runs_in_a_named_scope():

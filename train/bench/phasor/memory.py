@@ -112,6 +112,8 @@ class PhasorConfig:
     repeats: timed calls per case (their median is reported).
     copy_bytes: size of the copy whose bandwidth is the reference.
     interpret: run the Pallas kernel in interpret mode (CPU smoke runs).
+    kernels: the compiled phasor backends timed side by side with "xla"
+      (``interpret`` times the "interpret" backend instead).
     attention: ``jax.nn.dot_product_attention`` implementation to compare with
       (none: no attention cases, unless ``interpret``, then JAX's default).
     phase_dtype: dtype of the content phases.
@@ -130,6 +132,7 @@ class PhasorConfig:
   repeats: int = 10
   copy_bytes: int = 1 << 30
   interpret: bool = False  # Pallas interpreter (CPU smoke runs)
+  kernels: tuple[str, ...] = ("mosaic", "triton")
   attention: str | None = "cudnn"
   phase_dtype: str = "bfloat16"
   tune: bool = False
@@ -162,8 +165,13 @@ def _fwd_and_grad(fwd, n: int):
   return jax.jit(fwd), jax.jit(jax.grad(loss, argnums=tuple(range(n))))
 
 
+def _kernels(cfg) -> tuple[str, ...]:
+  """The kernel backends the run times (``interpret``: the interpreter only)."""
+  return ("interpret",) if cfg.interpret else tuple(cfg.kernels)
+
+
 def _phasor_fns(impl: str, interpret: bool, blocks: PhasorBlocks | None):
-  if impl == "pallas" and interpret:
+  if impl in ("pallas", "triton") and interpret:
     impl = "interpret"
 
   def fwd(v, k, q, f):
@@ -205,11 +213,11 @@ def _inputs(cfg: PhasorConfig, t: int):
   return v, k.astype(pdt), q.astype(pdt), f, g
 
 
-def check_against_xla(cfg: PhasorConfig, t: int, blocks) -> dict:
-  """Max |pallas - xla| of y and of each gradient, relative to max |xla|."""
+def check_against_xla(cfg: PhasorConfig, t: int, blocks, kernel: str = "pallas") -> dict:
+  """Max |kernel - xla| of y and of each gradient, relative to max |xla|."""
   v, k, q, f, g = _inputs(cfg, t)
-  out = {"seq_len": t}
-  fp, gp = _phasor_fns("pallas", cfg.interpret, blocks)
+  out = {"seq_len": t, "kernel": kernel}
+  fp, gp = _phasor_fns(kernel, cfg.interpret, blocks)
   fx, gx = _phasor_fns("xla", False, None)
   pairs = [("y", fp(v, k, q, f), fx(v, k, q, f))]
   pairs += list(zip(("dv", "dk", "dq", "df"), gp(v, k, q, f, g),
@@ -227,7 +235,7 @@ def tune_blocks(cfg: PhasorConfig, t: int, say) -> tuple[PhasorBlocks, list]:
   rows = []
   for blocks in TUNE_BLOCKS:
     try:
-      _, fb = _phasor_fns("pallas", cfg.interpret, blocks)
+      _, fb = _phasor_fns("triton", cfg.interpret, blocks)
       ms = 1e3 * median_time(fb, v, k, q, f, g, repeats=cfg.repeats)
     except Exception as e:  # noqa: BLE001 (a tile that fails to compile)
       ms = None
@@ -248,14 +256,20 @@ def run_speed(cfg: PhasorConfig, say) -> dict:
   if cfg.tune:
     blocks, tuning = tune_blocks(cfg, t_tune, say)
     say(f"best tiles {blocks}")
-  check = check_against_xla(cfg, t_tune, blocks)
-  say(f"check {check}")
+  tiles = lambda kern: blocks if kern != "mosaic" else None  # tuning is Triton's tiles
+  check = []
+  for kern in _kernels(cfg):
+    try:
+      check.append(check_against_xla(cfg, t_tune, tiles(kern), kern))
+    except Exception as e:  # noqa: BLE001 (reported, and its timings will say so too)
+      check.append({"seq_len": t_tune, "kernel": kern, "error": repr(e)[:300]})
+    say(f"check {check[-1]}")
   pbytes = jnp.dtype(cfg.phase_dtype).itemsize
   rows = []
   for t in cfg.seq_lens:
     v, k, q, f, g = _inputs(cfg, t)
     n = v.size
-    cases = [(f"phasor_{i}", i, kind) for i in ("pallas", "xla")
+    cases = [(f"phasor_{i}", i, kind) for i in (*_kernels(cfg), "xla")
              for kind in ("fwd", "fwd+bwd")]
     if cfg.attention is not None or cfg.interpret:
       cases += [("attention", cfg.attention, kind)
@@ -270,7 +284,7 @@ def run_speed(cfg: PhasorConfig, say) -> dict:
           qa, ka = q.astype(jnp.bfloat16), k.astype(jnp.bfloat16)
           args = (qa, ka, v) if kind == "fwd" else (qa, ka, v, g)
         else:
-          fwd, fb = _phasor_fns(impl, cfg.interpret, blocks)
+          fwd, fb = _phasor_fns(impl, cfg.interpret, tiles(impl))
           args = (v, k, q, f) if kind == "fwd" else (v, k, q, f, g)
         fn = fwd if kind == "fwd" else fb
         row["ms"] = 1e3 * median_time(fn, *args, repeats=cfg.repeats)
@@ -329,8 +343,8 @@ def run(cfg: PhasorConfig, progress: Progress = Progress()) -> Result:
             for r in ortho]
   if not cfg.skip_speed:
     res["speed"] = sp = run_speed(cfg, progress.say)
-    lines += ["", f"copy bandwidth {sp['copy_bandwidth_Bps'] / 1e9:.1f} GB/s; tiles "
-              f"{PhasorBlocks(**sp['blocks'])}", f"check {sp['check']}",
+    lines += ["", f"copy bandwidth {sp['copy_bandwidth_Bps'] / 1e9:.1f} GB/s; Triton tiles "
+              f"{PhasorBlocks(**sp['blocks'])}", *(f"check {c}" for c in sp["check"]),
               f"{'case':>14} {'kind':>8} {'T':>9} {'time':>13}",
               *map(_fmt_row, sp["rows"])]
     lines += [f"{r['case']:>14} {r['kind']:>8} T={r['seq_len']:>7} "
