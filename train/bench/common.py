@@ -16,6 +16,7 @@ import glob
 import json
 import math
 import os
+import re
 import statistics
 import shutil
 import subprocess
@@ -366,6 +367,51 @@ def lm_config(arch: str, *, vocab_size: int, width: int, layers: int, heads: int
                      num_heads=heads, intermediate_size=4 * width, max_seq_len=max_seq_len,
                      dtype=dtype)
   raise ValueError(f"arch {arch!r} must be one of {LM_ARCHS}")
+
+
+SWITCHES = ("seed", "gate", "convK", "winW", "hdR")
+
+
+def variant_fields(spec: str, hd_dim: int) -> dict:
+  """``HoloConfig`` fields of a phasor variant spec: ``+``-joined switches
+  ``seed`` (nothing), ``gate`` (write_gate), ``convK`` (conv=K), ``winW``
+  (window=W) and ``hdR`` (hd_dim = R x the base ``hd_dim``).
+
+  Raises:
+    ValueError: an unknown or repeated switch (the message lists the switches).
+
+  Example:
+    >>> variant_fields("conv4+win64", 256)
+    {'write_gate': False, 'conv': 4, 'window': 64, 'hd_dim': 256}
+  """
+  out = {"write_gate": False, "conv": 0, "window": 0, "hd_dim": hd_dim}
+  seen = set()
+  for tok in spec.split("+"):
+    m = re.fullmatch(r"(seed|gate)|(conv|win)(\d+)|hd(\d+(?:\.\d+)?)", tok)
+    key = m and (m.group(1) or m.group(2) or "hd")
+    if not m or key in seen or (key == "seed" and spec != "seed"):
+      raise ValueError(f"variants: bad spec {spec!r}: join distinct switches of {SWITCHES} "
+                       "with '+' (seed alone), e.g. 'conv4+gate+win64'")
+    seen.add(key)
+    if key == "gate":
+      out["write_gate"] = True
+    elif key == "conv":
+      out["conv"] = int(m.group(3))
+    elif key == "win":
+      out["window"] = int(m.group(3))
+    elif key == "hd":
+      out["hd_dim"] = int(round(float(m.group(4)) * hd_dim))
+  return out
+
+
+def arm_name(spec: str) -> str:
+  """The record's ``arch`` of a phasor variant: ``phasor`` or ``phasor:SPEC``.
+
+  Example:
+    >>> arm_name("seed"), arm_name("conv4+win64")
+    ('phasor', 'phasor:conv4+win64')
+  """
+  return "phasor" if spec == "seed" else f"phasor:{spec}"
 
 
 def build_lm(config, seed: int) -> nnx.Module:

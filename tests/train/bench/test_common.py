@@ -101,3 +101,15 @@ def test_kernel_profile_runs_and_is_none_without_device_kernels():
   f = jax.jit(lambda: jnp.ones((8,)) * 2)
   out = common.kernel_profile(f, steps=2)
   assert out is None if jax.default_backend() == "cpu" else out["kernels"] >= 1
+
+
+def test_variant_fields():
+  base = {"write_gate": False, "conv": 0, "window": 0, "hd_dim": 64}
+  assert common.variant_fields("seed", 64) == base
+  assert common.variant_fields("gate+conv3+win8+hd2", 64) == {
+      "write_gate": True, "conv": 3, "window": 8, "hd_dim": 128}
+  assert common.variant_fields("hd0.5", 64)["hd_dim"] == 32
+  for bad in ("", "seed+gate", "gate+gate", "conv", "win4+win8", "decay"):
+    with pytest.raises(ValueError, match="variants"):
+      common.variant_fields(bad, 64)
+  assert common.arm_name("seed") == "phasor" and common.arm_name("win8") == "phasor:win8"

@@ -54,7 +54,6 @@ from __future__ import annotations
 import dataclasses
 import functools
 import gc
-import re
 import time
 
 import jax
@@ -66,54 +65,14 @@ from holojax import data as hdata
 from holojax.models.gpt import GPTConfig
 from holojax.models.holo_transformer import HoloConfig, HoloForCausalLM, decode_steps
 from holojax.optim.accounting import num_params, tree_bytes
-from holojax.train.bench.common import (Progress, Result, adamw, build_lm, device_memory,
-                                        fit_steps, lm_config, require_positive, train_steps,
-                                        warmup_cosine)
+from holojax.train.bench.common import (Progress, Result, adamw, arm_name, build_lm,
+                                        device_memory, fit_steps, lm_config, require_positive,
+                                        train_steps, variant_fields, warmup_cosine)
 from holojax.train.loop import loss_fn
 from holojax.train.step import (host_lr, init_state, make_eval_step, make_train_step, model_of,
                                 schedule_values)
 
 PARTS = ("lm", "decode")
-
-
-SWITCHES = ("seed", "gate", "convK", "winW", "hdR")
-
-
-def variant_fields(spec: str, hd_dim: int) -> dict:
-  """``HoloConfig`` fields of a phasor variant spec: ``+``-joined switches
-  ``seed`` (nothing), ``gate`` (write_gate), ``convK`` (conv=K), ``winW``
-  (window=W) and ``hdR`` (hd_dim = R x the base ``hd_dim``).
-
-  Raises:
-    ValueError: an unknown or repeated switch (the message lists the switches).
-
-  Example:
-    >>> variant_fields("conv4+win64", 256)
-    {'write_gate': False, 'conv': 4, 'window': 64, 'hd_dim': 256}
-  """
-  out = {"write_gate": False, "conv": 0, "window": 0, "hd_dim": hd_dim}
-  seen = set()
-  for tok in spec.split("+"):
-    m = re.fullmatch(r"(seed|gate)|(conv|win)(\d+)|hd(\d+(?:\.\d+)?)", tok)
-    key = m and (m.group(1) or m.group(2) or "hd")
-    if not m or key in seen or (key == "seed" and spec != "seed"):
-      raise ValueError(f"variants: bad spec {spec!r}: join distinct switches of {SWITCHES} "
-                       "with '+' (seed alone), e.g. 'conv4+gate+win64'")
-    seen.add(key)
-    if key == "gate":
-      out["write_gate"] = True
-    elif key == "conv":
-      out["conv"] = int(m.group(3))
-    elif key == "win":
-      out["window"] = int(m.group(3))
-    elif key == "hd":
-      out["hd_dim"] = int(round(float(m.group(4)) * hd_dim))
-  return out
-
-
-def arm_name(spec: str) -> str:
-  """The record's ``arch`` of a phasor variant: ``phasor`` or ``phasor:SPEC``."""
-  return "phasor" if spec == "seed" else f"phasor:{spec}"
 
 
 @dataclasses.dataclass(frozen=True)

@@ -79,7 +79,8 @@ from holojax.data.synthetic import LMExamples, mqar, passkey, shifted_correct
 from holojax.models.lm import causal_lm_loss
 from holojax.optim.accounting import num_params
 from holojax.train.bench.common import (Progress, Result, adamw, build_lm, check_finite,
-                                        fit_steps, lm_config, train_steps, warmup_cosine)
+                                        fit_steps, lm_config, train_steps, variant_fields,
+                                        warmup_cosine)
 from holojax.train.step import (host_lr, init_state, make_eval_step, make_train_step, model_of,
                                 schedule_values)
 
@@ -104,7 +105,9 @@ class RecallConfig:
 
   Attributes:
     parts: which parts run: mqar, passkey.
-    archs: which models: phasor, attention.
+    archs: which models: phasor (the seed's memory), attention, and phasor
+      variants named phasor:SPEC with SPEC as in ``long_context --variants``
+      (e.g. phasor:conv4+gate+win64; memory width 2 x width unless hdR).
     num_layers: layers of every model.
     head_width: heads = max(1, width // head_width).
     lrs: peak learning rates; a list sweeps them and the best per model is reported.
@@ -175,8 +178,10 @@ class RecallConfig:
       if p not in ("mqar", "passkey"):
         raise ValueError(f"part {p!r} must be 'mqar' or 'passkey'")
     for a in self.archs:
-      if a not in ARCHS:
-        raise ValueError(f"arch {a!r} must be one of {ARCHS}")
+      if a.startswith("phasor:"):
+        variant_fields(a[len("phasor:"):], 2)  # raises on a bad spec
+      elif a not in ARCHS:
+        raise ValueError(f"arch {a!r} must be one of {ARCHS} or phasor:SPEC")
     for w in (*self.widths, self.passkey_width):
       if w < 1 or w % num_heads(w, self.head_width) or (w // num_heads(w, self.head_width)) % 2:
         raise ValueError(f"width={w} must split into an even head size with "
@@ -209,17 +214,22 @@ TINY = RecallConfig(
 
 def model_config(arch: str, width: int, *, vocab_size: int, num_layers: int, head_width: int,
                  max_seq_len: int, dtype: str):
-  """The phasor (memory width 2 width, tied embeddings) or attention LM config.
+  """The phasor (memory width 2 width, tied embeddings; ``phasor:SPEC`` with
+  the variant's switches) or attention LM config.
 
   Example:
-    >>> c = model_config("phasor", 64, vocab_size=128, num_layers=2, head_width=64,
+    >>> c = model_config("phasor:conv4", 64, vocab_size=128, num_layers=2, head_width=64,
     ...                  max_seq_len=64, dtype="float32")
-    >>> c.hd_dim, c.num_heads
-    (128, 1)
+    >>> c.hd_dim, c.num_heads, c.conv
+    (128, 1, 4)
   """
-  return lm_config(arch, vocab_size=vocab_size, width=width, layers=num_layers,
-                   heads=num_heads(width, head_width), max_seq_len=max_seq_len, dtype=dtype,
-                   hd_dim=2 * width, mode="content", tie_embeddings=True)
+  kw = dict(vocab_size=vocab_size, width=width, layers=num_layers,
+            heads=num_heads(width, head_width), max_seq_len=max_seq_len, dtype=dtype)
+  if arch == "attention":
+    return lm_config(arch, **kw)
+  spec = arch[len("phasor:"):] if arch.startswith("phasor:") else "seed"
+  return lm_config("phasor", mode="content", tie_embeddings=True,
+                   **variant_fields(spec, 2 * width), **kw)
 
 
 def labels_loss(model: nnx.Module, ex: LMExamples) -> jax.Array:
@@ -515,24 +525,32 @@ def best_runs(runs: list[dict]) -> dict[tuple[str, int], dict]:
   return best
 
 
-def mqar_summary(runs: list[dict], threshold: float = 0.99) -> dict:
-  """Does phasor reach ``threshold`` at every (width, grid point) where
-  attention does (best lr of each)?"""
+def mqar_summary(runs: list[dict], threshold: float = 0.99, phasor: str = "phasor") -> dict:
+  """Does the ``phasor`` arch reach ``threshold`` at every (width, grid point)
+  where attention does (best lr of each)? ``by_arch`` answers it for every
+  phasor arch of the runs."""
   best = best_runs(runs)
-  checked, failures = 0, []
-  for (arch, w), att in best.items():
-    ph = best.get(("phasor", w))
-    if arch != "attention" or ph is None:
-      continue
-    for key, a in att["accuracy"].items():
-      if a >= threshold:
-        checked += 1
-        if ph["accuracy"].get(key, 0.0) < threshold:
-          failures.append({"width": w, "grid": key, "attention": a,
-                           "phasor": ph["accuracy"].get(key)})
+
+  def misses(name):
+    checked, failures = 0, []
+    for (arch, w), att in best.items():
+      ph = best.get((name, w))
+      if arch != "attention" or ph is None:
+        continue
+      for key, a in att["accuracy"].items():
+        if a >= threshold:
+          checked += 1
+          if ph["accuracy"].get(key, 0.0) < threshold:
+            failures.append({"width": w, "grid": key, "attention": a,
+                             "phasor": ph["accuracy"].get(key)})
+    return checked, failures
+
+  checked, failures = misses(phasor)
+  names = sorted({a for a, _ in best if a.startswith("phasor")})
   return {"threshold": threshold, "points_where_attention_reaches": checked,
           "phasor_misses": failures,
-          "phasor_reaches_where_attention_does": checked > 0 and not failures}
+          "phasor_reaches_where_attention_does": checked > 0 and not failures,
+          "by_arch": {n: len(misses(n)[1]) for n in names}}
 
 
 # ----------------------------------------------------------------------------
@@ -571,6 +589,9 @@ def format_table(cfg: RecallConfig, results: dict) -> str:
     lines.append(f"phasor >= {s['threshold']:.0%} wherever attention is: "
                  f"{verdict} ({s['points_where_attention_reaches']} points, "
                  f"{len(s['phasor_misses'])} misses)")
+    if len(s.get("by_arch", {})) > 1:
+      lines.append("misses by phasor arch: " + ", ".join(
+          f"{a} {n}" for a, n in s["by_arch"].items()))
   if "passkey" in results:
     runs = [r for r in results["passkey"]["runs"] if "eval" in r]
     if lines:

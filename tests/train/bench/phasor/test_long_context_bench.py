@@ -118,18 +118,6 @@ def test_helpers():
   assert h.max_seq_len >= 16384 and g.max_seq_len >= 16384 and h.vocab_size == hdata.VOCAB_SIZE
 
 
-def test_variant_fields():
-  base = {"write_gate": False, "conv": 0, "window": 0, "hd_dim": 64}
-  assert lc.variant_fields("seed", 64) == base
-  assert lc.variant_fields("gate+conv3+win8+hd2", 64) == {
-      "write_gate": True, "conv": 3, "window": 8, "hd_dim": 128}
-  assert lc.variant_fields("hd0.5", 64)["hd_dim"] == 32
-  for bad in ("", "seed+gate", "gate+gate", "conv", "win4+win8", "decay"):
-    with pytest.raises(ValueError, match="variants"):
-      lc.variant_fields(bad, 64)
-  assert lc.arm_name("seed") == "phasor" and lc.arm_name("win8") == "phasor:win8"
-
-
 def test_bad_arguments():
   with pytest.raises(ValueError, match="variants"):
     harness.parse("long_context", ["--tiny", "--variants", "seed", "seed"])

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from holojax.optim.accounting import num_params
+from holojax.train.bench import harness
 from holojax.train.bench.common import Progress, build_lm
 from holojax.train.bench.phasor import recall as rb
 
@@ -58,6 +59,22 @@ def test_mqar_summary_flags_misses():
   assert s["phasor_misses"][0]["grid"] == "64x4"
   runs[1]["accuracy"]["64x4"] = 0.995
   assert rb.mqar_summary(runs)["phasor_reaches_where_attention_does"]
+  runs.append(run("phasor:win8", {"64x4": 0.5, "512x64": 0.9}))
+  s = rb.mqar_summary(runs)
+  assert s["by_arch"] == {"phasor": 0, "phasor:win8": 1}
+  assert not rb.mqar_summary(runs, phasor="phasor:win8")["phasor_reaches_where_attention_does"]
+
+
+def test_phasor_variant_archs():
+  cfg = rb.model_config("phasor:conv4+gate+win16", 64, vocab_size=128, num_layers=2,
+                        head_width=32, max_seq_len=64, dtype="float32")
+  assert (cfg.conv, cfg.write_gate, cfg.window, cfg.hd_dim) == (4, True, 16, 128)
+  assert rb.model_config("phasor", 64, vocab_size=128, num_layers=2, head_width=32,
+                         max_seq_len=64, dtype="float32").conv == 0
+  with pytest.raises(ValueError, match="variants"):
+    harness.parse("recall", ["--tiny", "--archs", "phasor:nope", "attention"])
+  assert harness.parse("recall", ["--tiny", "--archs", "phasor:win8", "attention"]).archs == (
+      "phasor:win8", "attention")
 
 
 def test_config_validation():
