@@ -116,7 +116,14 @@ def skip_non_finite(tx: optax.GradientTransformation) -> optax.GradientTransform
     # first, so XLA need not copy the gradients to keep them for it.
     updates, finite = jax.lax.optimization_barrier((updates, finite))
     new_updates, inner = tx.update(updates, state.inner_state, params, **extra_args)
-    new_updates = optax.tree.where(finite, new_updates, optax.tree.zeros_like(new_updates))
+    # The skipped step's zero comes through a barrier: a broadcast constant zero
+    # was merged by XLA (GPU) with the zeros that start a scanned backward pass's
+    # gradient stacks and materialised, one stack-sized buffer per shape (25 GiB
+    # in the 13B step of ``holojax bench big_step`` on the H200); a broadcast of
+    # an opaque scalar cannot be merged and stays fused into the select.
+    zero = jax.lax.optimization_barrier(jnp.zeros((), jnp.float32))
+    new_updates = jax.tree.map(lambda u: jnp.where(finite, u, zero.astype(u.dtype)),
+                               new_updates)
     inner = optax.tree.where(finite, inner, state.inner_state)
     return new_updates, optax.ApplyIfFiniteState(
         notfinite_count=jnp.where(finite, 0, optax.safe_increment(state.notfinite_count)),

@@ -1,4 +1,4 @@
-"""Tile sizes of the Pallas phasor kernels (``pallas_triton``)."""
+"""Tile sizes of the Pallas phasor kernels (``pallas_triton``, ``mosaic_gpu``)."""
 
 from __future__ import annotations
 
@@ -23,6 +23,11 @@ class PhasorBlocks:
   fast_trig: hardware cos/sin after an explicit range reduction on GPU
     (see ``_cos_sin``); False uses libdevice's. The interpreter always
     uses ``jnp.cos`` / ``jnp.sin``.
+
+  The Mosaic GPU kernel reads the same fields its own way: block_d rounded
+  to 128 or 256 columns (one or two per thread of a warpgroup), num_stages
+  the pipeline's slots (at least 2), num_warps unused; with ``blocks=None``
+  it uses ``mosaic_gpu.DEFAULT_BLOCKS``.
 
   The defaults were tuned on an H100 (``holojax bench phasor --tune``);
   ``phasor_memory(blocks=)``, ``PhasorAttention(blocks=)`` and
