@@ -1,9 +1,11 @@
 """The causal phasor memory: reference, Pallas kernel, and the public op.
 
 ``reference.py`` (the associative_scan contract and the phasor maths it
-uses), ``pallas_triton.py`` (the chunked kernel, compiled on GPU or run by
-the Pallas interpreter), ``config.py`` (its tile sizes) and ``api.py`` (the
-public :func:`phasor_memory`, which picks a backend).
+uses), ``pallas_triton.py`` (the chunked kernel on Pallas-Triton, compiled
+on GPU or run by the Pallas interpreter), ``mosaic_gpu.py`` (the same
+algorithm on Pallas Mosaic GPU, Hopper), ``chunked.py`` (the custom VJP both
+share), ``config.py`` (their tile sizes) and ``api.py`` (the public
+:func:`phasor_memory`, which picks a backend).
 """
 
 from holojax.kernels.phasor.api import (DEFAULT_ORDER, IMPLEMENTATIONS, check_implementation,

@@ -100,6 +100,7 @@ import jax.numpy as jnp
 from jax.experimental import pallas as pl
 
 from holojax.kernels import backend
+from holojax.kernels.phasor.chunked import chunked_memory
 from holojax.kernels.phasor.config import PhasorBlocks
 from holojax.kernels.phasor.pallas_triton import _TWO_PI_HI, _TWO_PI_LO
 from holojax.kernels.phasor.reference import read_scale
@@ -397,57 +398,32 @@ def _launch(body, ins, kinds, out_dtypes, out_kinds, *, name, shape,
   )(*ins)
 
 
-def _carries(w, a, f, *, scale, reverse, tiles, interpret):
-  """Exclusive segment carries (re, im) float32[B, T / segment, C]."""
-  b, t, c = w.shape
-  if t == tiles.segment:  # one segment: nothing carries in
-    zero = jnp.zeros((b, 1, c), _F32)
-    return zero, zero
-  tot = _launch(_totals_kernel, (w, a, f), ("rows", "rows", "freq"),
-                (_F32, _F32), ("seg", "seg"), name="phasor_totals_mosaic",
-                shape=w.shape, tiles=tiles, interpret=interpret, n_scratch=2,
-                auto_barriers=True, scale=scale)
-  if reverse:
-    return tuple(jnp.flip(jnp.cumsum(jnp.flip(x, 1), 1), 1) - x for x in tot)
-  return tuple(jnp.cumsum(x, 1) - x for x in tot)
+def _totals(w, a, f, *, scale, tiles, interpret):
+  return _launch(_totals_kernel, (w, a, f), ("rows", "rows", "freq"),
+                 (_F32, _F32), ("seg", "seg"), name="phasor_totals_mosaic",
+                 shape=w.shape, tiles=tiles, interpret=interpret, n_scratch=2,
+                 auto_barriers=True, scale=scale)
 
 
-def _forward(v, k, q, f, scale, tiles, interpret, *, save):
-  c_re, c_im = _carries(v, k, f, scale="none", reverse=False, tiles=tiles,
-                        interpret=interpret)
-  outs = _launch(_fwd_kernel, (v, k, q, f, c_re, c_im),
+def _forward(v, k, q, f, c_re, c_im, *, save, scale, tiles, interpret):
+  return _launch(_fwd_kernel, (v, k, q, f, c_re, c_im),
                  ("rows",) * 3 + ("freq", "seg", "seg"),
                  (v.dtype,) + (_F32, _F32) * save,
                  ("rows",) + ("chunk", "chunk") * save,
                  name="phasor_fwd_mosaic", shape=v.shape, tiles=tiles,
                  interpret=interpret, n_scratch=2, scale=scale)
-  return outs[0], outs[1:]
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(4, 5, 6))
-def _memory(v, k, q, f, scale, tiles, interpret):
-  return _forward(v, k, q, f, scale, tiles, interpret, save=False)[0]
-
-
-def _memory_fwd(v, k, q, f, scale, tiles, interpret):
-  y, (s_re, s_im) = _forward(v, k, q, f, scale, tiles, interpret, save=True)
-  return y, (v, k, q, f, s_re, s_im)
-
-
-def _memory_bwd(scale, tiles, interpret, res, g):
-  v, k, q, f, s_re, s_im = res
-  r_re, r_im = _carries(g, q, f, scale=scale, reverse=True, tiles=tiles,
-                        interpret=interpret)
-  dv, dk, dq, df = _launch(
+def _backward(v, k, q, g, f, s_re, s_im, r_re, r_im, *, scale, tiles, interpret):
+  return _launch(
       _bwd_kernel, (v, k, q, g, f, s_re, s_im, r_re, r_im),
       ("rows",) * 4 + ("freq", "chunk", "chunk", "seg", "seg"),
       (v.dtype, k.dtype, q.dtype, _F32), ("rows", "rows", "rows", "seg"),
       name="phasor_bwd_mosaic", shape=v.shape, tiles=tiles,
       interpret=interpret, n_scratch=3, reverse=True, scale=scale)
-  return dv, dk, dq, jnp.sum(df, axis=(0, 1)).astype(f.dtype)
 
 
-_memory.defvjp(_memory_fwd, _memory_bwd)
+_memory = chunked_memory(_totals, _forward, _backward)
 
 
 def phasor_memory_mosaic(v_bthd: jax.Array, k_theta: jax.Array,
