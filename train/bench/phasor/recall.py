@@ -547,8 +547,8 @@ def mqar_summary(runs: list[dict], threshold: float = 0.99, phasor: str = "phaso
 
   checked, failures = misses(phasor)
   names = sorted({a for a, _ in best if a.startswith("phasor")})
-  return {"threshold": threshold, "points_where_attention_reaches": checked,
-          "phasor_misses": failures,
+  return {"threshold": threshold, "phasor": phasor,
+          "points_where_attention_reaches": checked, "phasor_misses": failures,
           "phasor_reaches_where_attention_does": checked > 0 and not failures,
           "by_arch": {n: len(misses(n)[1]) for n in names}}
 
@@ -586,7 +586,7 @@ def format_table(cfg: RecallConfig, results: dict) -> str:
     s = results["mqar"]["summary"]
     verdict = ("yes" if s["phasor_reaches_where_attention_does"] else
                "no" if s["points_where_attention_reaches"] else "n/a")
-    lines.append(f"phasor >= {s['threshold']:.0%} wherever attention is: "
+    lines.append(f"{s.get('phasor', 'phasor')} >= {s['threshold']:.0%} wherever attention is: "
                  f"{verdict} ({s['points_where_attention_reaches']} points, "
                  f"{len(s['phasor_misses'])} misses)")
     if len(s.get("by_arch", {})) > 1:
@@ -635,5 +635,7 @@ def run(cfg: RecallConfig, progress: Progress = Progress()) -> Result:
 
     part = (mqar_part if name == "mqar" else passkey_part)(cfg, progress.say)
     runs = run_part(cfg, part, progress.say, budget, record)
-    results[name] = {"runs": runs, **({"summary": mqar_summary(runs)} if name == "mqar" else {})}
+    first_phasor = next((a for a in cfg.archs if a.startswith("phasor")), "phasor")
+    results[name] = {"runs": runs, **({"summary": mqar_summary(runs, phasor=first_phasor)}
+                                      if name == "mqar" else {})}
   return Result(results, format_table(cfg, results))
