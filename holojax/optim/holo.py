@@ -287,18 +287,23 @@ def sketch(x: jax.Array, seed: jax.Array, layout: HoloLayout) -> jax.Array:
 def retrieve(hm: jax.Array, length: int, seed: jax.Array, layout: HoloLayout) -> jax.Array:
   """``x^_c = mean_e Re IFFT(hm_e conj K_{e,c}) = Re IFFT(mean_e hm_e conj K_{e,c})``:
   float32 ``[*lead, length]``. The inverse transform is linear, so the heads
-  are unbound in the frequency domain and summed before one inverse FFT
-  (one transform instead of ``heads``)."""
+  are unbound in the frequency domain and summed before one transform (one
+  instead of ``heads``); and it runs as a forward one,
+
+    Re IFFT(s) = Re conj(FFT(conj s)) / h = Re FFT(sum_e conj(hm_e) K_{e,c}) / h,
+
+  so the 1/(h heads) scale fuses into taking the real part (an inverse FFT's
+  own 1/h scaling ran as a separate kernel per row group on the GPU)."""
   heads, h = hm.shape[-2:]
   _, n = layout.chunking(length)
   groups = layout.row_groups(hm.shape[:-2] + (length,))
   lead = (1,) * (hm.ndim - 2)
-  keys = [jnp.conj(phase_keys(e, h, n, seed, layout)).reshape(*lead, n, h)
-          for e in range(heads)]
+  keys = [phase_keys(e, h, n, seed, layout).reshape(*lead, n, h) for e in range(heads)]
 
   def one(hg):
-    spec = sum(hg[..., e:e + 1, :] * keys[e] for e in range(heads))   # [*lead, n, h]
-    return lay.from_row_blocks(jnp.real(jnp.fft.ifft(spec / heads, axis=-1)), length)
+    spec = sum(jnp.conj(hg[..., e:e + 1, :]) * keys[e] for e in range(heads))  # [*lead, n, h]
+    x = jnp.real(jnp.fft.fft(spec, axis=-1)) * (1.0 / (h * heads))
+    return lay.from_row_blocks(x, length)
 
   return _by_row_groups(one, hm, groups)
 
