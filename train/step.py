@@ -89,7 +89,9 @@ def train_step(graphdef: nnx.GraphDef, tx: optax.GradientTransformation, loss_fn
 
     (loss, rest), grads = jax.value_and_grad(loss_of, has_aux=True)(params)
     p, g = params.to_pure_dict(), grads.to_pure_dict()
-    # The norm reads g before tx.update may overwrite it in place (barrier: no copy).
+    # The norm reads g before tx.update may overwrite it in place (TurboAdam's
+    # layer loop); the barrier orders the read first. A precaution: the H200
+    # buffer assignment of the 13B step, compiled with it, holds no copy of g.
     g, grad_norm = jax.lax.optimization_barrier((g, optax.tree.norm(g)))
     updates, opt_state = tx.update(g, state["opt"], p)
     params.replace_by_pure_dict(optax.apply_updates(p, updates))

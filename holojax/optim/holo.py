@@ -292,9 +292,8 @@ def retrieve(hm: jax.Array, length: int, seed: jax.Array, layout: HoloLayout) ->
 
     Re IFFT(s) = Re conj(FFT(conj s)) / h = Re FFT(sum_e conj(hm_e) K_{e,c}) / h,
 
-  so the 1/(h heads) scale fuses into taking the real part (an inverse FFT is
-  scaled by a separate kernel per transform on the GPU: the H200 profile of a
-  GPT-2 step showed 196 cuBLAS scal calls)."""
+  so the 1/(h heads) scale fuses into taking the real part (an inverse FFT's
+  own 1/h scaling can run as a separate kernel per transform on the GPU)."""
   heads, h = hm.shape[-2:]
   _, n = layout.chunking(length)
   groups = layout.row_groups(hm.shape[:-2] + (length,))

@@ -112,15 +112,16 @@ def skip_non_finite(tx: optax.GradientTransformation) -> optax.GradientTransform
     for g in jax.tree.leaves(updates):
       finite = finite & jnp.all(jnp.isfinite(g))
     # The check reads every gradient before ``tx`` may overwrite it in place
-    # (TurboAdam's layer loop over a stacked tensor): the barrier orders it
-    # first, so XLA need not copy the gradients to keep them for it.
+    # (TurboAdam's layer loop over a stacked tensor); the barrier orders it
+    # first. A precaution: the H200 buffer assignment of the 13B step, compiled
+    # with it, holds no copy of the gradients (CPU's does, with or without it).
     updates, finite = jax.lax.optimization_barrier((updates, finite))
     new_updates, inner = tx.update(updates, state.inner_state, params, **extra_args)
     # The skipped step's zero comes through a barrier: a broadcast constant zero
     # was merged by XLA (GPU) with the zeros that start a scanned backward pass's
     # gradient stacks and materialised, one stack-sized buffer per shape (25 GiB
     # in the 13B step of ``holojax bench big_step`` on the H200); a broadcast of
-    # an opaque scalar cannot be merged and stays fused into the select.
+    # an opaque scalar cannot be merged with them (not yet run on the GPU).
     zero = jax.lax.optimization_barrier(jnp.zeros((), jnp.float32))
     new_updates = jax.tree.map(lambda u: jnp.where(finite, u, zero.astype(u.dtype)),
                                new_updates)

@@ -126,8 +126,8 @@ def phasor_memory(v_bthd: jax.Array, k_theta: jax.Array, q_theta: jax.Array,
     scale: "sqrt_t" (the seed) or "none".
     implementation: None (the default order: "mosaic" on Hopper, "triton"
       on older GPUs, else "xla"), a name ("xla", "mosaic", "triton",
-      "interpret", or "pallas" for the compiled Pallas GPU backends), or a sequence of names tried in order
-      (see :mod:`holojax.kernels.backend`). :func:`select_implementation`
+      "interpret", or "pallas" for the compiled Pallas GPU backends), or a
+      sequence of names tried in order (see :mod:`holojax.kernels.backend`). :func:`select_implementation`
       says which one runs; it runs in ``jax.named_scope("phasor_memory/NAME")``.
     blocks: tile sizes of the Pallas backends (``PhasorBlocks()`` if None;
       the reference ignores them).

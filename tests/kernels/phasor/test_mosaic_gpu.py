@@ -14,21 +14,9 @@ import pytest
 from holojax.kernels import backend
 from holojax.kernels.phasor import PhasorBlocks, phasor_memory_reference
 from holojax.kernels.phasor import mosaic_gpu
+from tests.kernels import ON_HOPPER
 
 
-def _is_hopper():
-  if jax.default_backend() != "gpu":
-    return False
-  dev = jax.devices()[0]
-  kind = dev.device_kind.upper()
-  try:
-    major = int(str(getattr(dev, "compute_capability", "0")).split(".")[0])
-  except ValueError:
-    major = 0
-  return "H100" in kind or "H200" in kind or major >= 9
-
-
-ON_HOPPER = _is_hopper()
 hopper_only = pytest.mark.skipif(not ON_HOPPER, reason="Mosaic GPU kernels need a Hopper GPU")
 
 # T = 50 is not a multiple of the 32-row segment (padding); H * D = 24

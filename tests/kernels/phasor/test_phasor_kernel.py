@@ -10,14 +10,13 @@ import pytest
 
 from holojax.kernels.phasor import (PhasorBlocks, phasor_memory, phasor_memory_reference,
                                     select_implementation)
-from tests.kernels import PALLAS
+from tests.kernels import ON_HOPPER, PALLAS
 
 # T = 50 is not a multiple of the 32-row segment (padding path): 2 segments
 # of 2 chunks; D = 8 in two dim blocks; B, H > 1 exercise the grid.
 SHAPE = (2, 50, 3, 8)
 BLOCKS = PhasorBlocks(block_t=16, chunks=2, block_d=4)
 ON_GPU = jax.default_backend() == "gpu"
-ON_HOPPER = ON_GPU and int(str(getattr(jax.devices()[0], "compute_capability", "0")).split(".")[0]) >= 9
 
 
 def _inputs(dtype=jnp.float32, seed=0, shape=SHAPE):
@@ -110,7 +109,8 @@ def test_backend_choice():
   v, k, q, _ = _inputs()
   gpu = "mosaic" if ON_HOPPER else "triton"
   assert select_implementation(v, k, q) == (gpu if ON_GPU else "xla")
-  assert select_implementation(v, k, q, implementation="pallas") == gpu if ON_GPU else True
+  if ON_GPU:
+    assert select_implementation(v, k, q, implementation="pallas") == gpu
   assert select_implementation(v, k, q, implementation=["triton", "interpret"]) == (
       "triton" if ON_GPU else "interpret")
   assert select_implementation(v, k, q, implementation="interpret") == "interpret"

@@ -115,10 +115,10 @@ TINY = BigStepConfig(model="llama-tiny", optimizers=("adamw", "turbo_adam"), dty
 
 
 # The attempt preallocates nearly all device memory as one region (XLA's default is
-# 75%), unless the caller chose a fraction: on the H200 the 13B TurboAdam step needs
-# 60.0 GiB of arguments plus one 77.4 GiB block of temporaries, which failed to
-# allocate at 0.97 (135.6 GiB) and, growing the pool without preallocation, at
-# 0.995. This process itself never allocates on the device.
+# 75%), unless the caller chose a fraction: on the H200 the 13B TurboAdam step held
+# 61.6 GiB and asked for one 77.4 GiB block of temporaries, which failed at 0.97
+# (135.6 GiB), at 0.995 growing the pool, and at 0.99 preallocated (138.4 GiB,
+# record big_step--nvidia-h200--20261203-064554). This process never allocates there.
 CHILD_ENV = {"XLA_PYTHON_CLIENT_MEM_FRACTION":
              os.environ.get("XLA_PYTHON_CLIENT_MEM_FRACTION", "0.99"),
              "XLA_PYTHON_CLIENT_PREALLOCATE": "true"}

@@ -95,6 +95,9 @@ def _is_oom(err: Exception) -> bool:
                                 "oom", "allocat"))
 
 
+KERNELS = ("mosaic", "triton")  # the compiled Pallas backends of phasor_memory
+
+
 @dataclasses.dataclass(frozen=True)
 class PhasorConfig:
   """Both parts; the speed part at the defaults takes minutes on an H100.
@@ -132,7 +135,7 @@ class PhasorConfig:
   repeats: int = 10
   copy_bytes: int = 1 << 30
   interpret: bool = False  # Pallas interpreter (CPU smoke runs)
-  kernels: tuple[str, ...] = ("mosaic", "triton")
+  kernels: tuple[str, ...] = KERNELS
   attention: str | None = "cudnn"
   phase_dtype: str = "bfloat16"
   tune: bool = False
@@ -143,6 +146,8 @@ class PhasorConfig:
       raise ValueError(f"phase_dtype={self.phase_dtype!r} must be bfloat16 or float32")
     if not self.seq_lens or min(self.seq_lens) < 1 or self.repeats < 1:
       raise ValueError("seq_lens and repeats must be positive")
+    if not self.kernels or set(self.kernels) - set(KERNELS):
+      raise ValueError(f"kernels={self.kernels!r}: choose from {KERNELS}")
 
 
 TINY = PhasorConfig(ortho_dims=(64,), ortho_positions=(256,), batch=1, heads=2, head_dim=16,

@@ -3,6 +3,7 @@
 import dataclasses
 
 import numpy as np
+import pytest
 
 from holojax.train.bench.phasor import memory as pb
 
@@ -22,3 +23,9 @@ def test_orthogonality_random_beats_rope():
 def test_lag_similarity_self_is_one():
   sim = pb.lag_similarity(np.array([0.3, 2.0, -1.0]), 5)
   assert sim.shape == (6,) and sim[0] == 1.0
+
+
+def test_kernels_are_checked_at_construction():
+  assert pb.PhasorConfig().kernels == pb.KERNELS
+  with pytest.raises(ValueError, match="kernels"):
+    pb.PhasorConfig(kernels=("triton", "cudnn"))
