@@ -39,10 +39,11 @@ embeddings like GPT does; its attention block has 10 d^2 weights against
 at equal width (both counts are reported).
 
 Time: MQAR gets 72% of ``--max-minutes`` (8 by default), passkey the
-rest; each width gets an equal slice of what is left. The first
-architecture of a width measures its step time after compiling (24 steps)
-and plans how many steps fit in 40% of the slice (at most ``--steps``); the
-other trains for the same number of steps. Training stops early (and still
+rest; each (width, lr, warm-up) group gets an equal slice of what is
+left. The first architecture of a group measures its step time after
+compiling (24 steps) and plans how many steps fit in its share of the
+slice (80% of the slice over the architectures, counted after its compile;
+at most ``--steps``); the others train for the same number of steps. Training stops early (and still
 evaluates and records) when the part's time is spent. The steps therefore
 depend on the machine: the record and the table give them. Progress goes to
 the harness as it happens, and so do the results after each model.
@@ -293,9 +294,12 @@ def train_model(train_step, state, stream: BatchStream, *, steps: int, peak_lr: 
   """Trains for ``steps`` steps (fewer if ``plan_s`` or ``stop_at`` say so).
 
   With ``plan_s``, after one compiling pass over the ``num_shapes`` shapes
-  and >= 24 timed steps, the total becomes the number of steps that fit in
-  ``plan_s`` seconds from the start (warm-up, ``warmup_frac`` of the total,
-  and the cosine follow it). Training stops at ``stop_at`` (perf_counter
+  and >= 24 more steps, the total becomes the number of steps that fit in
+  ``plan_s`` seconds *after the compile* (warm-up, ``warmup_frac`` of the
+  total, and the cosine follow it), at the step time of the second half of
+  those steps (the first half may wait for the data workers: on the H200
+  that wait made a 5 ms step look like 48 ms, and compiling three models
+  used up the first group's whole slice, so it planned 28 steps). Training stops at ``stop_at`` (perf_counter
   seconds), the end of the part's budget, whatever the plan.
   Returns (state, info) with steps_done, losses [(step, loss)], step_ms.
   """
@@ -321,14 +325,18 @@ def train_model(train_step, state, stream: BatchStream, *, steps: int, peak_lr: 
     jax.block_until_ready(state)
     t_compiled = time.perf_counter()
     say(f"{tag}: compiled {num_shapes} shape(s) in {t_compiled - start:.1f}s")
-    state, done = run(state, num_shapes, plan_at)
+    mid = (num_shapes + plan_at) // 2
+    state, done = run(state, num_shapes, mid)
+    jax.block_until_ready(state)
+    t_mid = time.perf_counter()
+    state, done = run(state, mid, plan_at)
     if done == plan_at:
       jax.block_until_ready(state)
       now = time.perf_counter()
-      step_s = (now - t_compiled) / (plan_at - num_shapes)
+      step_s = (now - t_mid) / (plan_at - mid)
       step_ms = 1e3 * step_s
       if plan_s is not None:
-        total = fit_steps(start + plan_s - now, step_s, done=plan_at, most=steps)
+        total = fit_steps(t_compiled + plan_s - now, step_s, done=plan_at, most=steps)
         say(f"{tag}: {step_ms:.2f} ms/step -> {total} steps")
       state, done = run(state, plan_at, total)
   stopped = done < total
