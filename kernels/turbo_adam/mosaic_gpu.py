@@ -66,8 +66,12 @@ do it) and what they forced:
   may lie wholly past it (``P T > tiles``); TMA fills out-of-bounds rows
   of a load with zeros and drops out-of-bounds rows of a store, and rows
   are independent, so no input is copied to pad it.
-* Copies must move a multiple of 128 bytes: the four scalars and the seed
-  (bit-cast to float32) travel as one ``float32[32]`` vector.
+* Small operands: a TMA copy moves a multiple of 128 bytes and its rows a
+  multiple of 16, and every shared-memory buffer takes a multiple of 1 KiB:
+  lo and hi travel as one ``float16[2, nb8]`` array (``nb`` rounded up to 8;
+  stacking them is a copy of 4 bytes per block row), and the four scalars
+  and the seed (bit-cast to float32) are read from global memory once per
+  program, as scalars, not staged.
 * No ``floor`` / ``ceil`` / ``sqrt`` lowering rule: :func:`_floor`,
   :func:`_ceil` (exact, from float -> int32 truncation) and :func:`_sqrt`
   (``x rsqrt(x)``); ``jnp.log2`` is ``log(x) / log(2)``, the reference's
@@ -78,12 +82,12 @@ do it) and what they forced:
   a code can differ only where a uniform falls within those ulps of its
   rounding threshold (or a block's extremum within them of a quarter-octave
   bound), which the compiled test bounds (see its docstring).
-* Shared memory: per pipeline slot ``R bs 4 (g, m, update) + 2 R S
-  (codes) + 640`` bytes (two slots: 206 KiB at 2 bits, 214 at 4, 230 at 8
-  for bs 128, of 227 KiB); operands with 128-byte rows come last, so
-  1024-byte-aligned swizzled tiles waste nothing. Layouts that need more
-  with one slot are refused (:func:`check_layout`); with two slots that do
-  not fit, one slot (no overlap) is used.
+* Shared memory (:func:`smem_bytes`): per pipeline slot ``R bs 12`` (g,
+  m, update) ``+ 2 R S`` (codes) bytes, plus 2 KiB of bounds; two slots take
+  202 / 210 / 226 KiB at 2 / 4 / 8 bits for bs 128, of the 227 a Hopper
+  block may use. Layouts that need more with one slot are refused
+  (:func:`check_layout`); where two slots do not fit (bs 256), one slot is
+  used (no overlap of copies and compute).
 * Barriers: ``unsafe_no_auto_barriers``: the body never reads a
   shared-memory word it writes, and ``emit_pipeline`` itself synchronises
   the warpgroup around its TMA copies (``commit_smem`` and
