@@ -163,6 +163,37 @@ def test_compiled_needs_hopper():
     mosaic_gpu.fused_v_update_mosaic(*_args(4, nb=8), bits=4)
 
 
+def _assert_close_compiled(out, ref, bits, bs):
+  """The compiled kernel against the XLA reference on the same GPU.
+
+  Compiled, sqrt is x rsqrt(x) and log / exp2 are Mosaic's, not XLA's, so
+  values may differ by an ulp or two (none of this in the interpreter twin,
+  which matches exactly). What that can change, and what is allowed:
+
+  * update: relative 1e-5 (a bug is off by O(1));
+  * bounds: a block's lo or hi can move by one quarter-octave step (0.25)
+    where its log2 extremum lies within those ulps of a lattice point (its
+    codes then differ and are not compared): in at most 0.1% of the blocks;
+  * codes, in blocks whose bounds agree: a code can move by one level where
+    the uniform lies within the ulps of its rounding threshold (the
+    probability is ~|dp|, 1e-7 / (level gap / value), ~2e-5 at 8 bits): at
+    most 1e-4 of the codes, each by exactly one level.
+
+  A wrong index, shift, segment, bound or rounding rule changes most codes
+  by any amount and fails every one of these.
+  """
+  np.testing.assert_allclose(np.asarray(out[0]), np.asarray(ref[0]), rtol=1e-5, atol=1e-30)
+  lo, hi, lo_ref, hi_ref = (np.asarray(a, np.float32) for a in (*out[2:], *ref[2:]))
+  same = (lo == lo_ref) & (hi == hi_ref)
+  moved = np.abs(np.concatenate([lo - lo_ref, hi - hi_ref]))
+  assert np.isin(moved, (0.0, 0.25)).all(), "bounds moved by more than one lattice step"
+  assert (~same).sum() <= max(1, 1e-3 * same.size), f"{(~same).sum()} blocks' bounds differ"
+  c, c_ref = (np.asarray(quant.unpack_bits(a, bits, bs), np.int32)[same] for a in (out[1], ref[1]))
+  diff = np.abs(c - c_ref)
+  assert diff.max(initial=0) <= 1, "a code moved by more than one level"
+  assert (diff > 0).sum() <= max(2, 1e-4 * diff.size), f"{(diff > 0).sum()} codes differ"
+
+
 # Compiled: one partial tile (nb 37, plain tiles), partial last tile with
 # swizzled tiles (200), many tiles per program and two slots (100000),
 # block_size 64 (16-byte code rows) and 256 (one slot).
@@ -174,7 +205,20 @@ def test_compiled_matches_reference(bits, nb, bs):
   args = _args(bits, nb, bs)
   out = _run(args, bits)
   ref = jax.jit(functools.partial(kernels.fused_v_update_reference, bits=bits))(*args)
-  _assert_exact(out, ref)
+  _assert_close_compiled(out, ref, bits, bs)
   via_api = jax.jit(functools.partial(kernels.fused_v_update, bits=bits,
                                       implementation="mosaic"))(*args)
   _assert_exact(via_api, out, rtol=0)
+
+
+def test_compiled_check_catches_bugs():
+  """_assert_close_compiled passes the exact twin and fails a kernel that
+  draws its uniforms for the wrong elements (a real bug: every code right in
+  distribution, wrong in detail)."""
+  bits, bs = 4, 128
+  args = _args(bits, 300, bs)
+  ref = kernels.fused_v_update_reference(*args, bits=bits)
+  _assert_close_compiled(_run(args, bits, interpret=True), ref, bits, bs)
+  shifted = kernels.fused_v_update_reference(*args[:-1], jnp.uint32(6), bits=bits)
+  with pytest.raises(AssertionError, match="codes differ"):
+    _assert_close_compiled(shifted, ref, bits, bs)
