@@ -158,7 +158,7 @@ def check_layout(*, bits: int, block_size: int) -> None:
     >>> check_layout(bits=8, block_size=512)
     Traceback (most recent call last):
     ...
-    holojax.kernels.backend.Unsupported: block_size=512, v_bits=8: one 64-row tile needs 450 KiB of shared memory (> 227 KiB)
+    holojax.kernels.backend.Unsupported: block_size=512, v_bits=8: one 64-row tile needs 450 KiB ...
   """
   pallas_triton.check_layout(bits=bits, block_size=block_size)
   seg = block_size * bits // 8
