@@ -4,11 +4,12 @@ Every op in ``holojax.kernels`` offers a few named backends and takes
 ``implementation=None | name | sequence of names``:
 
   "xla"        the op's pure-``jnp`` reference, compiled by XLA (runs anywhere)
+  "mosaic"     the Pallas kernel lowered to Mosaic GPU (Hopper and newer)
   "triton"     the Pallas kernel lowered to Triton (GPU)
-  "interpret"  the same Pallas kernel run by the Pallas interpreter (any
+  "interpret"  the Triton kernel run by the Pallas interpreter (any
                backend; slow: CPU tests)
   "pallas"     alias: the compiled Pallas GPU backends the op has, in order
-               (today "triton"; a Mosaic GPU backend would join it here)
+               ("mosaic", then "triton")
 
 ``None`` tries the op's documented default order; a sequence is tried in
 order, first that can run wins; a single name (or the alias) is *forced*: if

@@ -842,8 +842,9 @@ def scale_by_turbo_adam(b1: float = 0.9, b2: float = 0.999, eps: float = 1e-8,
       initialises ``key`` in the state).
     m_ref_bits: bits of the stored reference code of m (1 or 2; default mode).
     implementation: backend of the fused v step: None (the default,
-      ``"xla"``), ``"xla"``, ``"triton"``, ``"interpret"``, ``"pallas"``
-      (the compiled Pallas GPU backends) or a sequence tried in order; see
+      ``"xla"``), ``"xla"``, ``"mosaic"`` (Hopper), ``"triton"``,
+      ``"interpret"``, ``"pallas"`` (the compiled Pallas GPU backends:
+      ``"mosaic"`` on Hopper, else ``"triton"``) or a sequence tried in order; see
       :func:`holojax.kernels.turbo_adam.fused_v_update`. Chosen once, here.
     tree_layout: ``"leaf"`` (the default: a state per tensor, sharded like
       it) or ``"flat"`` (blocked tensors' states concatenated into a few

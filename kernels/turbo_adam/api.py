@@ -1,13 +1,19 @@
 """TurboAdam's fused v step, the public op: picks a backend and runs it.
 
 Backends (see :mod:`holojax.kernels.backend`): "xla" (the reference,
-:mod:`.reference`, fused by XLA), "triton" (the Pallas kernel,
-:mod:`.pallas_triton`, on GPU) and "interpret" (that kernel in the Pallas
-interpreter, any backend). Default order: ("xla",): the kernel is opt-in.
-It launches one ``pallas_call`` per parameter tensor, and on an H100
-compiling and timing it for the GPT-2 124M tree did not finish within two
-benchmark time limits (minutes), while the XLA path compiled and timed in
-about 100 s. Batching all tensors' blocks into one launch is the fix.
+:mod:`.reference`, fused by XLA), "mosaic" (the Pallas Mosaic GPU kernel,
+:mod:`.mosaic_gpu`, on Hopper and newer), "triton" (the Pallas-Triton
+kernel, :mod:`.pallas_triton`, on any CUDA GPU: JAX 0.11 deprecates
+Pallas's Triton backend, so it serves pre-Hopper GPUs) and "interpret" (the
+Triton kernel in the Pallas interpreter, any backend;
+``fused_v_update_mosaic(interpret=True)`` is the Mosaic kernel's twin, as
+for the phasor op). The alias "pallas" tries "mosaic", then "triton".
+Default order: ("xla",): the kernels are opt-in until the Mosaic one is
+timed on a GPU. The Triton kernel launches one ``pallas_call`` per
+parameter tensor, and on an H100 compiling and timing it for the GPT-2 124M
+tree did not finish within two benchmark time limits (minutes), while the
+XLA path compiled and timed in about 100 s; ``tree_layout="flat"`` (all
+tensors' blocks in a few buffers, one launch each) is the fix.
 """
 
 from __future__ import annotations
@@ -17,11 +23,19 @@ import functools
 import jax
 
 from holojax.kernels import backend
+from holojax.kernels.turbo_adam import mosaic_gpu
+from holojax.kernels.turbo_adam.mosaic_gpu import fused_v_update_mosaic
 from holojax.kernels.turbo_adam.pallas_triton import check_layout, fused_v_update_pallas
 from holojax.kernels.turbo_adam.reference import fused_v_update_reference
 
 OP = "fused_v_update"
 DEFAULT_ORDER = ("xla",)
+
+
+def _mosaic(*, bits: int, block_size: int):
+  """The Mosaic kernel needs a layout it packs in shared memory and a Hopper GPU."""
+  mosaic_gpu.check_layout(bits=bits, block_size=block_size)
+  backend.require_hopper()
 
 
 def _triton(*, bits: int, block_size: int):
@@ -32,6 +46,7 @@ def _triton(*, bits: int, block_size: int):
 
 BACKENDS = (
     backend.Backend("xla", backend.runs_anywhere, fused_v_update_reference),
+    backend.Backend("mosaic", _mosaic, functools.partial(fused_v_update_mosaic, interpret=False)),
     backend.Backend("triton", _triton, functools.partial(fused_v_update_pallas, interpret=False)),
     backend.Backend("interpret", check_layout,
                     functools.partial(fused_v_update_pallas, interpret=True)),
@@ -67,8 +82,9 @@ def fused_v_update(g: jax.Array, m: jax.Array, codes: jax.Array, lo: jax.Array, 
   """Fused v step; see :mod:`.reference` for the maths, shapes and result.
 
   ``implementation``: None (the default order, "xla"), a name ("xla",
-  "triton", "interpret", or "pallas" for the compiled Pallas GPU backends)
-  or a sequence of names tried in order (see :mod:`holojax.kernels.backend`).
+  "mosaic", "triton", "interpret", or "pallas" for the compiled Pallas GPU
+  backends: "mosaic" on Hopper, else "triton") or a sequence of names tried
+  in order (see :mod:`holojax.kernels.backend`).
   :func:`select_implementation` says which one runs; it runs in
   ``jax.named_scope("fused_v_update/NAME")``.
 

@@ -10,7 +10,7 @@ import pytest
 
 from holojax.kernels import quant
 from holojax.kernels import turbo_adam as kernels
-from tests.kernels import PALLAS
+from tests.kernels import ON_HOPPER, PALLAS
 
 
 def _args(bits, nb=37):
@@ -37,13 +37,14 @@ def test_kernel_matches_reference(impl, bits):
 
 
 def test_backend_choice():
-  """Default order ("xla",): the kernel is opt-in; a layout it cannot pack
-  falls back in a sequence and fails when forced."""
+  """Default order ("xla",): the kernels are opt-in; "pallas" is "mosaic" on
+  Hopper, else "triton"; a layout a kernel cannot pack falls back in a
+  sequence and fails when forced."""
   on_gpu = jax.default_backend() == "gpu"
   assert kernels.select_implementation(bits=4, block_size=128) == "xla"
   assert kernels.select_implementation(bits=4, block_size=128,
                                        implementation=("pallas", "interpret")) == (
-      "triton" if on_gpu else "interpret")
+      "mosaic" if ON_HOPPER else "triton" if on_gpu else "interpret")
   assert kernels.select_implementation(bits=3, block_size=128,
                                        implementation=("interpret", "xla")) == "xla"
   with pytest.raises(ValueError, match="implementation='interpret' cannot run here: v_bits=3"):
