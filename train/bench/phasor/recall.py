@@ -297,9 +297,11 @@ def train_model(train_step, state, stream: BatchStream, *, steps: int, peak_lr: 
   and >= 24 more steps, the total becomes the number of steps that fit in
   ``plan_s`` seconds *after the compile* (warm-up, ``warmup_frac`` of the
   total, and the cosine follow it), at the step time of the second half of
-  those steps (the first half may wait for the data workers: on the H200
-  that wait made a 5 ms step look like 48 ms, and compiling three models
-  used up the first group's whole slice, so it planned 28 steps). Training stops at ``stop_at`` (perf_counter
+  those steps, with their learning rates computed before the clock starts
+  (``schedule_values`` runs eagerly and compiles for each new length: in
+  the timing, on the H200, that made the first model of a width look 10-30x
+  slower than the next, 48-98 ms against 3-5 ms a step; and compiling three
+  models used up the first group's whole slice, so it planned 28 steps). Training stops at ``stop_at`` (perf_counter
   seconds), the end of the part's budget, whatever the plan.
   Returns (state, info) with steps_done, losses [(step, loss)], step_ms.
   """
@@ -312,9 +314,11 @@ def train_model(train_step, state, stream: BatchStream, *, steps: int, peak_lr: 
     losses.append((i, loss))
     say(f"{tag}: step {i:>5}/{total} loss {loss:.4f}")
 
-  def run(state, begin, end):
-    sched = warmup_cosine(peak_lr, max(1, int(warmup_frac * total)), total)
-    lrs = schedule_values(sched, end)
+  def lr_values(end):  # the schedule of the current total, on the host
+    return schedule_values(warmup_cosine(peak_lr, max(1, int(warmup_frac * total)), total), end)
+
+  def run(state, begin, end, lrs=None):
+    lrs = lr_values(end) if lrs is None else lrs
     return train_steps(train_step, state, stream.__getitem__, lrs.__getitem__,
                        range(begin, min(end, total)), losses=[], stop_at=stop_at,
                        log_at=lambda i: i % log_every == 0 or i == total - 1,
@@ -327,9 +331,10 @@ def train_model(train_step, state, stream: BatchStream, *, steps: int, peak_lr: 
     say(f"{tag}: compiled {num_shapes} shape(s) in {t_compiled - start:.1f}s")
     mid = (num_shapes + plan_at) // 2
     state, done = run(state, num_shapes, mid)
+    lrs = lr_values(plan_at)  # outside the timing: eager, it compiles per length
     jax.block_until_ready(state)
     t_mid = time.perf_counter()
-    state, done = run(state, mid, plan_at)
+    state, done = run(state, mid, plan_at, lrs)
     if done == plan_at:
       jax.block_until_ready(state)
       now = time.perf_counter()
