@@ -151,11 +151,14 @@ def rowblock_backend(implementation: str, *, v_bits: int, ref_bits: int,
 def rowblock_pass_a(g, old, scalars, seed, *, v_bits: int, ref_bits: int,
                     implementation: str = "xla") -> rowblock_reference.PassA:
   """Pass A (:func:`.rowblock_reference.pass_a_rows`) by ``implementation``
-  ("xla", "mosaic" or "interpret", see :func:`rowblock_backend`)."""
+  ("xla", "mosaic" or "interpret", see :func:`rowblock_backend`). "xla" sums
+  rows by ``rowblock_reference.xla_row_sum``, looked up at each call (a test
+  swaps in the kernels' order, ``chunked_row_sum``)."""
   with jax.named_scope(f"{ROWBLOCK_OP}_a/{implementation}"):
     if implementation == "xla":
       return rowblock_reference.pass_a_rows(g, old, scalars, seed, v_bits=v_bits,
-                                            ref_bits=ref_bits)
+                                            ref_bits=ref_bits,
+                                            row_sum=rowblock_reference.xla_row_sum)
     return rowblock_mosaic.pass_a_mosaic(g, old, scalars, seed, v_bits=v_bits,
                                          ref_bits=ref_bits,
                                          interpret=implementation == "interpret")
@@ -167,7 +170,8 @@ def rowblock_pass_b(g, old, scalars, a, alpha, *, v_bits: int, ref_bits: int,
   with jax.named_scope(f"{ROWBLOCK_OP}_b/{implementation}"):
     if implementation == "xla":
       return rowblock_reference.pass_b_rows(g, old, scalars, a, alpha, v_bits=v_bits,
-                                            ref_bits=ref_bits)
+                                            ref_bits=ref_bits,
+                                            row_sum=rowblock_reference.xla_row_sum)
     return rowblock_mosaic.pass_b_mosaic(g, old, scalars, a, alpha, v_bits=v_bits,
                                          ref_bits=ref_bits,
                                          interpret=implementation == "interpret")

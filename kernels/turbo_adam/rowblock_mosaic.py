@@ -149,8 +149,10 @@ def _shifted(x_r, k_r):
 
 
 def _first_half(g_ref, c_ref, r_ref, s_ref, sm, params, cx: _Ctx):
-  """Per chunk ``(gs, v_old, m_t)`` and the row vectors ``(k, lo, hi)``
-  (shifted) of :func:`.rowblock_reference._m_t`."""
+  """The row vectors ``(k, lo, hi)`` (bounds shifted) and a function
+  ``chunk(i) -> (gs, v_old, m_t)`` of :func:`.rowblock_reference._m_t`,
+  called inside the caller's chunk loop so that only what the caller keeps
+  stays in registers."""
   b1, c1 = params["b1"], params["c1"]
   n = BLOCK_SIZE // 8
   gmax = None
@@ -168,16 +170,18 @@ def _first_half(g_ref, c_ref, r_ref, s_ref, sm, params, cx: _Ctx):
   step_rs = _rows((hi_r - lo_r) / float((1 << cx.v_bits) - 2), shape)
   lev0, lev1 = _rows(sm["lev0"], shape), _rows(sm["lev1"], shape)
   scale, alpha = _rows(sm["scale"], shape), _rows(sm["alpha"], shape)
+  unit = _rows(unit_r, shape)
   sign_bytes = cx.load(s_ref, "codes").astype(_U32)
-  out = []
-  for i in range(8):
-    gs = cx.load(g_ref.at[:, pl.ds(n * i, n)], "f32") * _rows(unit_r, shape)
+
+  def chunk(i):
+    gs = cx.load(g_ref.at[:, pl.ds(n * i, n)], "f32") * unit
     v_old = _decode_v(_chunk_code(c_ref, i, cx.v_bits, cx.load), lo_rs, step_rs)
     r = _decode_ref(_chunk_code(r_ref, i, cx.ref_bits, cx.load), lev0, lev1, cx.ref_bits)
     delta = _sign((sign_bytes >> _U32(i)) & _U32(1)) * scale
     m_t = b1 * ((alpha * r + delta) * cx.sqrt(v_old)) + c1 * gs
-    out.append((gs, v_old, m_t))
-  return out, (k_r, lo_r, hi_r)
+    return gs, v_old, m_t
+
+  return chunk, (k_r, lo_r, hi_r)
 
 
 def _decode_ref(code, lev0, lev1, bits):
@@ -210,16 +214,18 @@ def _body_a(g_ref, c_ref, r_ref, s_ref, sm_ref, u_ref, co_ref, ro_ref, so_ref, *
             row0, cx: _Ctx, iota):
   """One tile of pass A (:func:`.rowblock_reference.pass_a_rows`)."""
   sm = {name: cx.load(sm_ref.at[j], "row") for j, name in enumerate(A_IN[:6])}
-  chunks, (k_r, plo_r, phi_r) = _first_half(g_ref, c_ref, r_ref, s_ref, sm, params, cx)
+  chunk, (k_r, plo_r, phi_r) = _first_half(g_ref, c_ref, r_ref, s_ref, sm, params, cx)
   rows, bs = g_ref.shape
   n = bs // 8
   shape = (rows, n)
   b2, eps, bc1, bc2 = params["b2"], params["eps"], params["bc1"], params["bc2"]
-  vs, mins, maxs = [], [], []
-  for i, (gs, v_old, m_t) in enumerate(chunks):
+  vs, ms, mins, maxs = [], [], [], []
+  for i in range(8):
+    gs, v_old, m_t = chunk(i)
     v = b2 * v_old + (1.0 - b2) * (gs * gs)
     u_ref.at[:, pl.ds(n * i, n)][...] = (m_t / bc1) / (cx.sqrt(v / bc2) + eps)
     vs.append(v)
+    ms.append(m_t)
     mins.append(jnp.min(jnp.where(v > _TINY, v, jnp.inf), axis=1))
     maxs.append(jnp.max(jnp.where(v > _TINY, v, _TINY), axis=1))
   lo_r, hi_r = _bounds(functools.reduce(jnp.minimum, mins), functools.reduce(jnp.maximum, maxs),
@@ -230,7 +236,7 @@ def _body_a(g_ref, c_ref, r_ref, s_ref, sm_ref, u_ref, co_ref, ro_ref, so_ref, *
   index = (iota(shape, 0) + row0.astype(_U32)) * _U32(bs) + iota(shape, 1)
   words = [jnp.zeros(shape, _U32) for _ in range(cx.v_bits)]
   qs = []
-  for i, (v, (_, _, m_t)) in enumerate(zip(vs, chunks)):
+  for i, (v, m_t) in enumerate(zip(vs, ms)):
     u = quant.uniform_from_index(params["seed"], index + _U32(n * i))
     code = _encode(v, u, lo_rs, step_rs, bits=cx.v_bits)
     words[i % cx.v_bits] = words[i % cx.v_bits] | (code << _U32(cx.v_bits * (i // cx.v_bits)))
@@ -279,7 +285,7 @@ def _body_b(g_ref, c_ref, r_ref, s_ref, cn_ref, rn_ref, sm_ref, so_ref, co_ref, 
   """One tile of pass B (:func:`.rowblock_reference.pass_b_rows`)."""
   del row0, iota
   sm = {name: cx.load(sm_ref.at[j], "row") for j, name in enumerate(B_IN[:11])}
-  chunks, (k_r, _, _) = _first_half(g_ref, c_ref, r_ref, s_ref, sm, params, cx)
+  chunk, (k_r, _, _) = _first_half(g_ref, c_ref, r_ref, s_ref, sm, params, cx)
   rows, bs = g_ref.shape
   n = bs // 8
   shape = (rows, n)
@@ -289,15 +295,17 @@ def _body_b(g_ref, c_ref, r_ref, s_ref, cn_ref, rn_ref, sm_ref, so_ref, co_ref, 
   lev0, lev1 = _rows(sm["new_lev0"], shape), _rows(sm["new_lev1"], shape)
   alpha = _rows(sm["new_alpha"], shape)
   word = jnp.zeros(shape, _U32)
-  mags = []
-  for i, (_, _, m_t) in enumerate(chunks):
+  c_r = None
+  for i in range(8):
+    m_t = chunk(i)[2]
     q = _q(m_t, _chunk_code(cn_ref, i, cx.v_bits, cx.load), lo_rs, step_rs, params["q_max"], cx)
     r = _decode_ref(_chunk_code(rn_ref, i, cx.ref_bits, cx.load), lev0, lev1, cx.ref_bits)
     delta = q - alpha * r
     word = word | (jnp.where(delta < 0.0, _U32(1), _U32(0)) << _U32(i))
-    mags.append(jnp.abs(delta))
+    part = jnp.sum(jnp.abs(delta), axis=1)   # the chunked row sum, as it goes
+    c_r = part if c_r is None else c_r + part
   so_ref[...] = word.astype(jnp.uint8)
-  co_ref.at[0][...] = _row_sum(mags) / float(bs)
+  co_ref.at[0][...] = c_r / float(bs)
 
 
 # ----------------------------------------------------------------------------
