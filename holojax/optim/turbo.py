@@ -21,7 +21,13 @@ are segmented reductions over each tensor's block range
 counts from cumsum differences (a sorted segment sum on CPU), float sums
 per block then by a segmented scan, one 32-round bisection for every
 tensor's thresholds. The maths per tensor is the leaf layout's; only the
-random draws differ. Flat buffers mix tensors, so explicitly sharded
+random draws differ. The default configuration's "mv" group (m and v
+compressed, not faithful, no error feedback) runs as two row passes
+(:mod:`holojax.kernels.turbo_adam.rowblock_reference`: everything per block,
+then alpha per tensor, then the CoState signs and ``c`` per block, then the
+quantiles), in ``jnp`` or, with ``implementation`` "mosaic" / "interpret",
+in the Mosaic GPU row kernels (block_size 128, v_bits 2 / 4 / 8) that keep
+a block's whole chain in registers. Flat buffers mix tensors, so explicitly sharded
 parameters are refused (ValueError): use ``"leaf"`` for FSDP.
 
 Second moment (per block, really packed, see :mod:`holojax.kernels.quant`)::
@@ -808,6 +814,9 @@ def scale_by_turbo_adam(b1: float = 0.9, b2: float = 0.999, eps: float = 1e-8,
       ``"interpret"``, ``"pallas"`` (the compiled Pallas GPU backends:
       ``"mosaic"`` on Hopper, else ``"triton"``) or a sequence tried in order; see
       :func:`holojax.kernels.turbo_adam.fused_v_update`. Chosen once, here.
+      With ``tree_layout="flat"``, "mosaic" and "interpret" also run the
+      default "mv" group's whole step in the Mosaic GPU row kernels
+      (compiled / interpreted; :func:`holojax.kernels.turbo_adam.rowblock_backend`).
     tree_layout: ``"leaf"`` (the default: a state per tensor, sharded like
       it) or ``"flat"`` (blocked tensors' states concatenated into a few
       buffers, one update whatever the number of tensors; unsharded or

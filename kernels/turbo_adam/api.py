@@ -14,6 +14,11 @@ parameter tensor, and on an H100 compiling and timing it for the GPT-2 124M
 tree did not finish within two benchmark time limits (minutes), while the
 XLA path compiled and timed in about 100 s; ``tree_layout="flat"`` (all
 tensors' blocks in a few buffers, one launch each) is the fix.
+
+The row passes (:func:`rowblock_pass_a`, :func:`rowblock_pass_b`; contract
+:mod:`.rowblock_reference`, kernels :mod:`.rowblock_mosaic`) run the whole
+default TurboAdam step of a flat buffer; their backend follows the fused v
+step's (:func:`rowblock_backend`).
 """
 
 from __future__ import annotations

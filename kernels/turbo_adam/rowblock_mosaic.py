@@ -339,7 +339,7 @@ def smem_bytes(operands, stages: int) -> int:
 
   Example:
     >>> smem_bytes([_Operand("f32", 128), _Operand("rows", 8)], 2)
-    69632
+    69648
   """
   return stages * sum(op.slot_bytes() for op in operands) + 8 * stages
 
