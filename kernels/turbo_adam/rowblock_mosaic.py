@@ -62,12 +62,10 @@ import jax.numpy as jnp
 from jax.experimental import pallas as pl
 
 from holojax.kernels import backend, quant
-from holojax.kernels.phasor.mosaic_gpu import _kernel_kwargs
 from holojax.kernels.turbo_adam import rowblock_reference as ref
 from holojax.kernels.turbo_adam.mosaic_gpu import (
-    _PARAMS, _SMEM_LIMIT, ROWS, _bounds, _ceil, _compiler_params, _device_sms, _encode,
-    _launch_shape, _level, _plain_iota, _plain_load, _rows, _sqrt, _swizzle, _wgmma_iota,
-    _wgmma_load)
+    _PARAMS, _SMEM_LIMIT, ROWS, Operand, _bounds, _ceil, _device_sms, _encode, _level, _rows,
+    _sqrt, launch_tiles)
 
 _F32, _U32 = jnp.float32, jnp.uint32
 _TINY = float(jnp.finfo(jnp.float32).tiny)
@@ -321,27 +319,21 @@ def _params(p_ref):
   return out
 
 
-@dataclasses.dataclass(frozen=True)
-class _Operand:
-  """One operand: ``kind`` "f32" (an ``[R, width]`` float32 tile), "codes"
-  (``[R, width]`` uint8) or "rows" (``[width, R]`` float32 per-block rows)."""
-  kind: str
-  width: int
-
-  def slot_bytes(self) -> int:
-    if self.kind == "rows":
-      return -(-self.width * ROWS * 4 // 1024) * 1024
-    return ROWS * self.width * (4 if self.kind == "f32" else 1)
+def _slot_bytes(op: Operand) -> int:
+  """Shared memory of one pipeline slot of ``op`` (a row block rounded up to 1 KiB)."""
+  if op.kind == "row":
+    return -(-op.width * ROWS * 4 // 1024) * 1024
+  return ROWS * op.width * (4 if op.kind == "f32" else 1)
 
 
 def smem_bytes(operands, stages: int) -> int:
-  """Shared memory of ``stages`` pipeline slots of ``operands``.
+  """Shared memory of ``stages`` pipeline slots of ``operands`` (and a barrier each).
 
   Example:
-    >>> smem_bytes([_Operand("f32", 128), _Operand("rows", 8)], 2)
+    >>> smem_bytes([Operand("f32", 128), Operand("row", 8)], 2)
     69648
   """
-  return stages * sum(op.slot_bytes() for op in operands) + 8 * stages
+  return stages * sum(_slot_bytes(op) for op in operands) + 8 * stages
 
 
 def _stages(operands) -> int:
@@ -351,66 +343,18 @@ def _stages(operands) -> int:
   raise backend.Unsupported("row kernel tiles do not fit in shared memory")
 
 
-def _launch(body, ins, ops_in, ops_out, *, nb, name, interpret, sms, cx_kw):
-  """Runs ``body`` over the 64-row tiles of ``ins`` (then the params vector):
-  compiled (``plgpu.kernel`` + ``emit_pipeline``) or in the Pallas interpreter."""
-  nb8 = -(-nb // 8) * 8
-  out_type = tuple(
-      jax.ShapeDtypeStruct((op.width, nb8) if op.kind == "rows" else (nb, op.width),
-                           {"f32": _F32, "codes": jnp.uint8, "rows": _F32}[op.kind])
-      for op in ops_out)
-  tiles = -(-nb // ROWS)
-  if interpret:
-    cx = _Ctx(load=_plain_load, sqrt=jnp.sqrt, **cx_kw)
+def _with_ctx(body, v_bits, ref_bits, *refs, params, row0, load, iota, interpret):
+  """``body`` with its :class:`_Ctx`: ``jnp.sqrt`` interpreted (the
+  reference's), ``x rsqrt(x)`` compiled (no sqrt rule in Mosaic GPU)."""
+  cx = _Ctx(load=load, sqrt=jnp.sqrt if interpret else _sqrt, v_bits=v_bits, ref_bits=ref_bits)
+  body(*refs, params=params, row0=row0, cx=cx, iota=iota)
 
-    def spec(op):
-      if op.kind == "rows":
-        return pl.BlockSpec((op.width, ROWS), lambda t: (0, t))
-      return pl.BlockSpec((ROWS, op.width), lambda t: (t, 0))
 
-    def kernel(*refs):
-      n_in = len(ops_in)
-      body(*refs[:n_in], *refs[n_in + 1:], params=_params(refs[n_in]),
-           row0=pl.program_id(0) * ROWS, cx=cx, iota=_plain_iota)
-
-    return pl.pallas_call(
-        kernel, out_shape=out_type, grid=(tiles,),
-        in_specs=[spec(op) for op in ops_in] + [pl.BlockSpec((_PARAMS,), lambda t: (0,))],
-        out_specs=tuple(spec(op) for op in ops_out), interpret=True, name=name)(*ins)
-
-  from jax.experimental.pallas import mosaic_gpu as plgpu  # noqa: PLC0415
-  launch = _launch_shape(tiles, sms, _stages(ops_in + ops_out))
-  f32_tf, code_tf = _swizzle(BLOCK_SIZE // 8, _F32, nb), _swizzle(BLOCK_SIZE // 8, jnp.uint8, nb)
-  cx = _Ctx(load=functools.partial(_wgmma_load, optimized={
-      "f32": bool(f32_tf), "codes": bool(code_tf), "row": True}), sqrt=_sqrt, **cx_kw)
-
-  def kernel(*refs):
-    n_in = len(ops_in)
-    p = jax.lax.axis_index("programs")
-    params = _params(refs[n_in])
-
-    def tile(i):
-      return p * launch.steps + i
-
-    def spec(op):
-      if op.kind == "rows":
-        return plgpu.BlockSpec((op.width, ROWS), lambda i: (0, tile(i)))
-      tf = f32_tf if op.kind == "f32" else code_tf
-      return plgpu.BlockSpec((ROWS, op.width), lambda i: (tile(i), 0), transforms=tf)
-
-    def step(indices, *step_refs):
-      (i,) = indices
-      body(*step_refs, params=params, row0=tile(i) * ROWS, cx=cx, iota=_wgmma_iota)
-
-    plgpu.emit_pipeline(
-        step, grid=(launch.steps,), in_specs=[spec(op) for op in ops_in],
-        out_specs=[spec(op) for op in ops_out], max_concurrent_steps=launch.stages)(
-            *refs[:n_in], *refs[n_in + 1:])
-
-  kernel.__name__ = name
-  return plgpu.kernel(kernel, grid=(launch.programs,), grid_names=("programs",),
-                      compiler_params=_compiler_params(plgpu),
-                      **_kernel_kwargs(out_type, []))(*ins)
+def _launch(body, ins, ops_in, ops_out, *, nb, name, interpret, sms, v_bits, ref_bits):
+  return launch_tiles(functools.partial(_with_ctx, body, v_bits, ref_bits), ins, ops_in,
+                      ops_out, nb=nb, name=name, params=_params,
+                      stages=_stages(ops_in + ops_out), slice_width=BLOCK_SIZE // 8,
+                      interpret=interpret, sms=None if interpret else sms or _device_sms())
 
 
 def _params_vector(scalars, seed):
@@ -450,17 +394,16 @@ def pass_a_mosaic(g: jax.Array, old: ref.OldState, scalars: jax.Array, seed: jax
       (:func:`check_layout`) or, compiled, no Hopper GPU.
   """
   nb, bs = _prepare(g, old, v_bits, ref_bits, interpret)
-  ops_in = [_Operand("f32", bs), _Operand("codes", bs * v_bits // 8),
-            _Operand("codes", bs * ref_bits // 8), _Operand("codes", bs // 8),
-            _Operand("rows", len(A_IN))]
-  ops_out = [_Operand("f32", bs), _Operand("codes", bs * v_bits // 8),
-             _Operand("codes", bs * ref_bits // 8), _Operand("rows", len(A_OUT))]
+  ops_in = [Operand("f32", bs), Operand("codes", bs * v_bits // 8),
+            Operand("codes", bs * ref_bits // 8), Operand("codes", bs // 8),
+            Operand("row", len(A_IN))]
+  ops_out = [Operand("f32", bs), Operand("codes", bs * v_bits // 8),
+             Operand("codes", bs * ref_bits // 8), Operand("row", len(A_OUT))]
   ins = (g.astype(_F32), old.codes, old.ref, old.signs,
          _row_stack(_old_rows(old, ref_bits), len(A_IN), nb), _params_vector(scalars, seed))
   u, codes, ref_codes, sm = _launch(
       _body_a, ins, ops_in, ops_out, nb=nb, name="turbo_rowblock_a_mosaic", interpret=interpret,
-      sms=sms or (None if interpret else _device_sms()), cx_kw=dict(v_bits=v_bits,
-                                                                    ref_bits=ref_bits))
+      sms=sms, v_bits=v_bits, ref_bits=ref_bits)
   sm = sm[:, :nb]
   bounds = jnp.stack([sm[0], sm[1]], axis=-1).astype(jnp.float16)
   levels = jnp.stack([sm[2], sm[3]][:ref_bits], axis=-1).astype(jnp.float16)
@@ -474,10 +417,10 @@ def pass_b_mosaic(g: jax.Array, old: ref.OldState, scalars: jax.Array, a: ref.Pa
   with ``row_sum=chunked_row_sum``: ``(signs uint8[NB, bs/8], c float32[NB])``."""
   nb, bs = _prepare(g, old, v_bits, ref_bits, interpret)
   w_v, w_r = bs * v_bits // 8, bs * ref_bits // 8
-  ops_in = [_Operand("f32", bs), _Operand("codes", w_v), _Operand("codes", w_r),
-            _Operand("codes", bs // 8), _Operand("codes", w_v), _Operand("codes", w_r),
-            _Operand("rows", len(B_IN))]
-  ops_out = [_Operand("codes", bs // 8), _Operand("rows", 1)]
+  ops_in = [Operand("f32", bs), Operand("codes", w_v), Operand("codes", w_r),
+            Operand("codes", bs // 8), Operand("codes", w_v), Operand("codes", w_r),
+            Operand("row", len(B_IN))]
+  ops_out = [Operand("codes", bs // 8), Operand("row", 1)]
   lev1 = a.levels[:, 1] if ref_bits == 2 else a.levels[:, 0]
   smalls = _old_rows(old, ref_bits) + [a.bounds[:, 0], a.bounds[:, 1], a.levels[:, 0], lev1,
                                        alpha]
@@ -485,6 +428,5 @@ def pass_b_mosaic(g: jax.Array, old: ref.OldState, scalars: jax.Array, a: ref.Pa
          _row_stack(smalls, len(B_IN), nb), _params_vector(scalars, jnp.uint32(0)))
   signs, c = _launch(
       _body_b, ins, ops_in, ops_out, nb=nb, name="turbo_rowblock_b_mosaic", interpret=interpret,
-      sms=sms or (None if interpret else _device_sms()), cx_kw=dict(v_bits=v_bits,
-                                                                    ref_bits=ref_bits))
+      sms=sms, v_bits=v_bits, ref_bits=ref_bits)
   return signs, c[0, :nb]

@@ -14,7 +14,7 @@ import pytest
 
 from holojax.kernels import backend, quant
 from holojax.kernels import turbo_adam as kernels
-from holojax.kernels.turbo_adam import rowblock_mosaic, rowblock_reference as rows
+from holojax.kernels.turbo_adam import mosaic_gpu, rowblock_mosaic, rowblock_reference as rows
 from holojax.optim import turbo_adam
 from tests.kernels import ON_HOPPER
 from tests.optim.test_turbo import inner
@@ -120,9 +120,9 @@ def test_lowers_to_mosaic_gpu(v_bits, ref_bits, nb, monkeypatch):
 
 def test_shared_memory_fits():
   """Two pipeline slots fit for every handled layout (8-bit v is the largest)."""
-  op = rowblock_mosaic._Operand
-  a = [op("f32", 128), op("codes", 128), op("codes", 32), op("codes", 16), op("rows", 8),
-       op("f32", 128), op("codes", 128), op("codes", 32), op("rows", 8)]
+  op = rowblock_mosaic.Operand
+  a = [op("f32", 128), op("codes", 128), op("codes", 32), op("codes", 16), op("row", 8),
+       op("f32", 128), op("codes", 128), op("codes", 32), op("row", 8)]
   assert rowblock_mosaic._stages(a) == 2
   with pytest.raises(backend.Unsupported, match="v_bits=3"):
     rowblock_mosaic.check_layout(v_bits=3, ref_bits=2, block_size=128)
@@ -163,7 +163,7 @@ def test_compiled_launch_in_mosaic_gpu_interpreter(monkeypatch):
   monkeypatch.setattr(gpu_core, "layout_cast", lambda x, layout: x)
   # plgpu.load(optimized=False) of the plain code tiles has no interpreter rule
   # (its abstract evaluation fails there); layouts are dropped here anyway.
-  monkeypatch.setattr(rowblock_mosaic, "_wgmma_load", lambda ref, kind, optimized: ref[...])
+  monkeypatch.setattr(mosaic_gpu, "_wgmma_load", lambda ref, kind, optimized: ref[...])
   monkeypatch.setattr(plgpu, "layout_cast", lambda x, layout: x)
   monkeypatch.setattr(plgpu, "kernel", functools.partial(
       plgpu.kernel, interpret=params.InterpretGPUParams(
