@@ -189,15 +189,20 @@ def test_compiled_launch_in_mosaic_gpu_interpreter(monkeypatch):
                                                 (8, 2, 5000)])
 def test_compiled_matches_rows(v_bits, ref_bits, nb):
   """Compiled on the GPU against the rows on the same GPU: sqrt, log and exp2
-  are Mosaic's (ulps apart from XLA's), so a code can move where a value lies
-  within those ulps of a rounding threshold (rarely); floats to 1e-4."""
+  are Mosaic's and the row sums run in another order (ulps apart from
+  XLA's), so a code, bound, level or sign can move where a value lies within
+  those ulps of a threshold (rarely: at most 1e-3 of them, or one); floats
+  to 1e-4 of their array's scale (m_t's cancellation makes small updates
+  relatively less exact)."""
   args = _state(nb, v_bits, ref_bits)
   out, want = _passes(args, v_bits, ref_bits, interpret=False), _passes(args, v_bits, ref_bits)
   for name in ("codes", "ref", "signs", "bounds", "levels"):
-    assert np.mean(np.asarray(out[name]) != np.asarray(want[name])) < 1e-3, name
+    a, b = np.asarray(out[name]), np.asarray(want[name])
+    assert (a != b).sum() <= max(1, 1e-3 * a.size), name
   for name in ("u", "qr", "rr", "c"):
-    np.testing.assert_allclose(np.asarray(out[name]), np.asarray(want[name]), rtol=1e-4,
-                               atol=1e-30, err_msg=name)
+    b = np.asarray(want[name])
+    np.testing.assert_allclose(np.asarray(out[name]), b, rtol=1e-4,
+                               atol=1e-5 * np.abs(b).max(), err_msg=name)
 
 
 # ----------------------------------------------------------------------------
@@ -248,3 +253,19 @@ def test_optimizer_on_interpret_kernels_equals_xla():
     np.testing.assert_allclose(np.asarray(getattr(grp.m, name), np.float32),
                                np.asarray(getattr(grp_want.m, name), np.float32), rtol=1e-3,
                                atol=1e-6, err_msg=name)
+
+
+@hopper_only
+def test_optimizer_on_compiled_kernels_follows_xla():
+  """turbo_adam(tree_layout="flat", implementation="mosaic") on the GPU
+  against the XLA path: compiled arithmetic moves a rare rounding draw and
+  the CoState chain carries such moves on (see the interpret test), so the
+  checks are loose: parameters to 1e-3 of their scale, v codes nearly all
+  equal."""
+  got_p, got_s = _run("mosaic")
+  want_p, want_s = _run("xla")
+  for a, b in zip(jax.tree.leaves(got_p), jax.tree.leaves(want_p)):
+    b = np.asarray(b)
+    np.testing.assert_allclose(np.asarray(a), b, rtol=1e-2, atol=1e-3 * np.abs(b).max())
+  a, b = inner(got_s).groups["mv"].v.codes, inner(want_s).groups["mv"].v.codes
+  assert np.mean(np.asarray(a) != np.asarray(b)) < 1e-2
