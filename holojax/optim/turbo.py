@@ -21,7 +21,13 @@ are segmented reductions over each tensor's block range
 counts from cumsum differences (a sorted segment sum on CPU), float sums
 per block then by a segmented scan, one 32-round bisection for every
 tensor's thresholds. The maths per tensor is the leaf layout's; only the
-random draws differ. Flat buffers mix tensors, so explicitly sharded
+random draws differ. The default configuration's "mv" group (m and v
+compressed, not faithful, no error feedback) runs as two row passes
+(:mod:`holojax.kernels.turbo_adam.rowblock_reference`: everything per block,
+then alpha per tensor, then the CoState signs and ``c`` per block, then the
+quantiles), in ``jnp`` or, with ``implementation`` "mosaic" / "interpret",
+in the Mosaic GPU row kernels (block_size 128, v_bits 2 / 4 / 8) that keep
+a block's whole chain in registers. Flat buffers mix tensors, so explicitly sharded
 parameters are refused (ValueError): use ``"leaf"`` for FSDP.
 
 Second moment (per block, really packed, see :mod:`holojax.kernels.quant`)::
@@ -117,6 +123,10 @@ import numpy as np
 import optax
 
 from holojax.kernels import turbo_adam as kernels
+from holojax.kernels.turbo_adam import rowblock_reference as rows
+from holojax.kernels.turbo_adam.rowblock_reference import (  # noqa: F401 (re-exported)
+    Q_MAX, SHIFT_BITS, block_shift, costate_decode_delta, decode_reference, decode_sqrt_v,
+    encode_reference, ratio_bound)
 from holojax.optim import layout as lay
 from holojax.kernels import quant
 from holojax.optim import moments, validate
@@ -127,8 +137,6 @@ STATIC_ARGS = ("block_size", "v_bits", "compress_m", "compress_v", "error_feedba
                "min_m_compress_elements", "faithful", "m_ref_bits", "implementation",
                "tree_layout", "scanned")
 
-Q_MAX = 2.0**14   # the largest |m| / sqrt(v^) coded (fp16 levels) when b1^2 >= b2
-SHIFT_BITS = 60   # blocks with |g| or sqrt(v) above 2^60 are computed in units of 2^k
 
 
 class PackedV(NamedTuple):
@@ -396,39 +404,6 @@ def quantiles(x: jax.Array, qs, red=WHOLE) -> jax.Array:
 # CoState m (on blocks [..., nb, bs]).
 
 
-def decode_reference(codes: jax.Array, levels: jax.Array, bits: int) -> jax.Array:
-  """Stored reference ``r [..., nb, bs]`` from sign (+ magnitude) codes and fp16 levels."""
-  bs = codes.shape[-1] * 8 // bits
-  c = quant.unpack_bits(codes, bits, bs)
-  sign = 1.0 - 2.0 * (c & 1).astype(jnp.float32)
-  lv = levels.astype(jnp.float32)
-  if bits == 1:
-    mag = lv[..., :1]
-  else:
-    mag = jnp.where((c >> 1) == 1, lv[..., 1:2], lv[..., 0:1])
-  return sign * mag
-
-
-def encode_reference(m: jax.Array, bits: int) -> tuple[jax.Array, jax.Array]:
-  """``m [..., nb, bs]`` -> ``(codes uint8, levels float16[..., nb, bits])``.
-
-  1 bit: sign, level = mean|m| per block (the least-squares scale).
-  2 bits: sign + (|m| > block mean|m|), levels = mean |m| below / above.
-  """
-  a = jnp.abs(m)
-  neg = (m < 0).astype(jnp.uint8)
-  if bits == 1:
-    return quant.pack_bits(neg, 1), jnp.mean(a, axis=-1, keepdims=True).astype(jnp.float16)
-  big = a > jnp.mean(a, axis=-1, keepdims=True)
-  n_big = jnp.sum(big, axis=-1, keepdims=True)
-  n_small = a.shape[-1] - n_big
-  l_big = jnp.sum(jnp.where(big, a, 0.0), axis=-1, keepdims=True) / jnp.maximum(n_big, 1)
-  l_small = jnp.sum(jnp.where(big, 0.0, a), axis=-1, keepdims=True) / jnp.maximum(n_small, 1)
-  codes = neg | (big.astype(jnp.uint8) << 1)
-  levels = jnp.concatenate([l_small, l_big], axis=-1).astype(jnp.float16)
-  return quant.pack_bits(codes, 2), levels
-
-
 def costate_code(delta: jax.Array, null_pct, amp_pct, red=WHOLE
                  ) -> tuple[jax.Array, jax.Array]:
   """CoState sign code of ``delta [..., nb, bs]``: ``(sign_codes, scales float16[..., nb])``.
@@ -439,19 +414,19 @@ def costate_code(delta: jax.Array, null_pct, amp_pct, red=WHOLE
   ``amp_pct`` quantile keep their own scale ``c_b``, the rest share the mean
   ``c`` of their class.
   """
-  c = jnp.mean(jnp.abs(delta), axis=-1)
+  return quant.pack_signs(delta), costate_scales(jnp.mean(jnp.abs(delta), axis=-1), null_pct,
+                                                 amp_pct, red)
+
+
+def costate_scales(c: jax.Array, null_pct, amp_pct, red=WHOLE) -> jax.Array:
+  """``float16[..., nb]`` CoState scales of block magnitudes ``c [..., nb]``
+  (:func:`costate_code`)."""
   t_null, t_amp = quantiles(c, (null_pct, amp_pct), red)
   null = c < red.blocks(t_null)
   amp = (c >= red.blocks(t_amp)) & ~null
   phase = ~null & ~amp
   s_phase = red.sum(jnp.where(phase, c, 0.0)) / jnp.maximum(red.count(phase), 1)
-  scales = jnp.where(null, 0.0, jnp.where(amp, c, red.blocks(s_phase))).astype(jnp.float16)
-  return quant.pack_signs(delta), scales
-
-
-def costate_decode_delta(sign_codes: jax.Array, scales: jax.Array) -> jax.Array:
-  bs = sign_codes.shape[-1] * 8
-  return quant.unpack_signs(sign_codes, bs) * scales.astype(jnp.float32)[..., None]
+  return jnp.where(null, 0.0, jnp.where(amp, c, red.blocks(s_phase))).astype(jnp.float16)
 
 
 class _MLeaf(NamedTuple):
@@ -496,40 +471,6 @@ def encode_m(q: jax.Array, g_blocks: jax.Array, ms: _MLeaf, layout: TurboAdamLay
   sign_codes, scales = costate_code(delta, null_pct, amp_pct, red)
   err = delta - costate_decode_delta(sign_codes, scales) if layout.error_feedback else ms.err
   return _MLeaf(alpha.astype(jnp.float32), ref_codes, ref_levels, sign_codes, scales, err)
-
-
-def ratio_bound(b1, b2) -> jax.Array:
-  """``C`` with ``|m_t| <= C sqrt(v_t)`` for Adam's EMAs (Cauchy-Schwarz)::
-
-    m_t^2 <= sum_k (1-b1)^2 b1^2k / ((1-b2) b2^k) v_t
-          <= (1-b1)^2 / ((1-b2) (1 - b1^2/b2)) v_t
-
-  7.27 at ``b1, b2 = 0.9, 0.999``; :data:`Q_MAX` where ``b1^2 >= b2``.
-  """
-  b1 = jnp.asarray(b1, jnp.float32)
-  b2 = jnp.asarray(b2, jnp.float32)
-  room = 1.0 - b1 * b1 / b2
-  c = (1.0 - b1) / jnp.sqrt((1.0 - b2) * jnp.where(room > 0, room, 1.0))
-  return jnp.where(room > 0, jnp.minimum(c, Q_MAX), Q_MAX)
-
-
-# ----------------------------------------------------------------------------
-# v in per-block power-of-two units.
-
-
-def block_shift(g_blocks: jax.Array, log_hi: jax.Array) -> jax.Array:
-  """Exponent ``k >= 0`` per block such that ``|g| 2^-k`` and ``sqrt(v) 2^-k``
-  are below ``2^SHIFT_BITS`` (``k = 0`` for every ordinary gradient)."""
-  gmax = jnp.max(jnp.abs(g_blocks), axis=-1)
-  e_g = jnp.ceil(jnp.log2(jnp.where(gmax > 0, gmax, 1.0)))
-  e_v = jnp.ceil(0.5 * log_hi.astype(jnp.float32))
-  return jnp.maximum(jnp.maximum(e_g, e_v) - SHIFT_BITS, 0.0)
-
-
-def decode_sqrt_v(codes: jax.Array, lo: jax.Array, hi: jax.Array, bits: int) -> jax.Array:
-  """``sqrt(v^)`` of packed codes ``[..., nb, bytes]`` with (shifted) bounds ``[..., nb]``."""
-  bs = codes.shape[-1] * 8 // bits
-  return jnp.sqrt(quant.decode_log(quant.unpack_bits(codes, bits, bs), lo, hi, bits=bits))
 
 
 # ----------------------------------------------------------------------------
@@ -604,6 +545,13 @@ def _blocks_update(gb, mu_b, nu_b, v, ms: _MLeaf, seed, count, *, mc, vc, red, l
   ``gs = g 2^-k``, ``m_t`` likewise. Everything here is per block or
   elementwise except the per-tensor reductions of ``red``.
   """
+  rows_impl = kernels.rowblock_backend(impl, v_bits=layout.v_bits,
+                                       ref_bits=layout.m_ref_bits, block_size=gb.shape[-1])
+  if (mc and vc and isinstance(red, Segments) and not layout.faithful
+      and not layout.error_feedback and rows_impl is not None):
+    ub, v, ms = _rows_update(gb, v, ms, seed, count, red=red, layout=layout, impl=rows_impl,
+                             b1=b1, b2=b2, eps=eps, null_pct=null_pct, amp_pct=amp_pct)
+    return ub, mu_b, nu_b, v, ms
   bc1 = 1.0 - jnp.asarray(b1, jnp.float32) ** count
   bc2 = 1.0 - jnp.asarray(b2, jnp.float32) ** count
   units = mc and not layout.faithful  # m coded in units of sqrt(v^)
@@ -612,8 +560,7 @@ def _blocks_update(gb, mu_b, nu_b, v, ms: _MLeaf, seed, count, *, mc, vc, red, l
     codes, bounds = v
     k = block_shift(gb, bounds[..., 1])                           # [..., nb]
     unit = jnp.exp2(-k)[..., None]
-    lo, hi = ((bounds[..., i].astype(jnp.float32) - 2.0 * k).astype(jnp.float16)
-              for i in (0, 1))
+    lo, hi = rows.shifted_bounds(bounds, k)
     if units:
       sqrt_v_prev = decode_sqrt_v(codes, lo, hi, layout.v_bits)
   else:
@@ -649,11 +596,32 @@ def _blocks_update(gb, mu_b, nu_b, v, ms: _MLeaf, seed, count, *, mc, vc, red, l
   elif layout.faithful:
     ms = encode_m(m_t / unit, gb, ms, layout, null_pct, amp_pct, red)
   else:
-    ok = sqrt_v_new > 0
-    q = jnp.where(ok, m_t / jnp.where(ok, sqrt_v_new, 1.0), 0.0)
-    q_max = ratio_bound(b1, b2)
-    ms = encode_m(jnp.clip(q, -q_max, q_max), gs, ms, layout, null_pct, amp_pct, red)
+    q = rows.ratio(m_t, sqrt_v_new, ratio_bound(b1, b2))
+    ms = encode_m(q, gs, ms, layout, null_pct, amp_pct, red)
   return ub, mu_b, nu_b, v, ms
+
+
+def _rows_update(gb, v, ms: _MLeaf, seed, count, *, red: Segments, layout, impl, b1, b2, eps,
+                 null_pct, amp_pct):
+  """The default step (m and v compressed, CoState in units of ``sqrt(v^)``)
+  of a flat ``[NB, bs]`` buffer as two row passes
+  (:mod:`holojax.kernels.turbo_adam.rowblock_reference`): ``(update, (codes,
+  bounds), m fields)``. Pass A updates v and the reference code and sums
+  ``q r``, ``r r`` per block; ``alpha`` per tensor from those sums; pass B
+  gives the CoState signs and block magnitudes ``c``; the scales from the
+  quantiles of ``c`` (:func:`costate_scales`). ``impl``: "xla" (the ``jnp``
+  rows), "mosaic" or "interpret" (the Mosaic GPU kernels, compiled or
+  interpreted)."""
+  old = rows.OldState(*v, ms.ref, ms.levels, ms.signs, ms.scales, red.blocks(ms.alpha))
+  scalars = rows.step_scalars(b1, b2, eps, count)
+  kw = dict(v_bits=layout.v_bits, ref_bits=layout.m_ref_bits, implementation=impl)
+  a = kernels.rowblock_pass_a(gb, old, scalars, seed, **kw)
+  rr = red.sum(a.rr)
+  alpha = jnp.where(rr > 0, red.sum(a.qr) / jnp.where(rr > 0, rr, 1.0), 0.0)
+  signs, c = kernels.rowblock_pass_b(gb, old, scalars, a, red.blocks(alpha), **kw)
+  scales = costate_scales(c, null_pct, amp_pct, red)
+  return a.u, (a.codes, a.bounds), _MLeaf(alpha.astype(jnp.float32), a.ref, a.levels, signs,
+                                          scales, ms.err)
 
 
 def _fused(gs, m_t, codes, lo, hi, scalars, seed, layout, impl):
@@ -846,6 +814,9 @@ def scale_by_turbo_adam(b1: float = 0.9, b2: float = 0.999, eps: float = 1e-8,
       ``"interpret"``, ``"pallas"`` (the compiled Pallas GPU backends:
       ``"mosaic"`` on Hopper, else ``"triton"``) or a sequence tried in order; see
       :func:`holojax.kernels.turbo_adam.fused_v_update`. Chosen once, here.
+      With ``tree_layout="flat"``, "mosaic" and "interpret" also run the
+      default "mv" group's whole step in the Mosaic GPU row kernels
+      (compiled / interpreted; :func:`holojax.kernels.turbo_adam.rowblock_backend`).
     tree_layout: ``"leaf"`` (the default: a state per tensor, sharded like
       it) or ``"flat"`` (blocked tensors' states concatenated into a few
       buffers, one update whatever the number of tensors; unsharded or

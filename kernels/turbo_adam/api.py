@@ -14,6 +14,11 @@ parameter tensor, and on an H100 compiling and timing it for the GPT-2 124M
 tree did not finish within two benchmark time limits (minutes), while the
 XLA path compiled and timed in about 100 s; ``tree_layout="flat"`` (all
 tensors' blocks in a few buffers, one launch each) is the fix.
+
+The row passes (:func:`rowblock_pass_a`, :func:`rowblock_pass_b`; contract
+:mod:`.rowblock_reference`, kernels :mod:`.rowblock_mosaic`) run the whole
+default TurboAdam step of a flat buffer; their backend follows the fused v
+step's (:func:`rowblock_backend`).
 """
 
 from __future__ import annotations
@@ -23,7 +28,7 @@ import functools
 import jax
 
 from holojax.kernels import backend
-from holojax.kernels.turbo_adam import mosaic_gpu
+from holojax.kernels.turbo_adam import mosaic_gpu, rowblock_mosaic, rowblock_reference
 from holojax.kernels.turbo_adam.mosaic_gpu import fused_v_update_mosaic
 from holojax.kernels.turbo_adam.pallas_triton import check_layout, fused_v_update_pallas
 from holojax.kernels.turbo_adam.reference import fused_v_update_reference
@@ -101,3 +106,77 @@ def fused_v_update(g: jax.Array, m: jax.Array, codes: jax.Array, lo: jax.Array, 
   chosen = _select(bits, g.shape[-1], implementation)
   with jax.named_scope(f"{OP}/{chosen.name}"):
     return chosen.fn(g, m, codes, lo, hi, scalars, seed, bits=bits)
+
+
+# ----------------------------------------------------------------------------
+# The default step as two row passes (:mod:`.rowblock_reference`).
+
+ROWBLOCK_OP = "turbo_rowblock"
+
+
+def _rowblock_mosaic(*, v_bits: int, ref_bits: int, block_size: int):
+  rowblock_mosaic.check_layout(v_bits=v_bits, ref_bits=ref_bits, block_size=block_size)
+  backend.require_hopper()
+
+
+def _rowblock_interpret(*, v_bits: int, ref_bits: int, block_size: int):
+  rowblock_mosaic.check_layout(v_bits=v_bits, ref_bits=ref_bits, block_size=block_size)
+
+
+ROWBLOCK_BACKENDS = (
+    backend.Backend("xla", backend.runs_anywhere, None),
+    backend.Backend("mosaic", _rowblock_mosaic, False),
+    backend.Backend("interpret", _rowblock_interpret, True),
+)
+
+
+def rowblock_backend(implementation: str, *, v_bits: int, ref_bits: int,
+                     block_size: int) -> str | None:
+  """The row-pass backend that goes with the fused v step's chosen backend
+  ``implementation`` (a name from :func:`select_implementation`): "xla" ->
+  "xla" (the ``jnp`` rows); "mosaic" / "interpret" -> the Mosaic GPU row
+  kernels, compiled / interpreted, where they handle the layout; None (the
+  caller keeps its elementwise path with the fused v step) otherwise.
+
+  Example:
+    >>> rowblock_backend("interpret", v_bits=4, ref_bits=2, block_size=128)
+    'interpret'
+    >>> rowblock_backend("interpret", v_bits=3, ref_bits=2, block_size=128) is None
+    True
+  """
+  if implementation not in {b.name for b in ROWBLOCK_BACKENDS}:
+    return None
+  try:
+    return backend.select(ROWBLOCK_OP, ROWBLOCK_BACKENDS, (implementation,), (), v_bits=v_bits,
+                          ref_bits=ref_bits, block_size=block_size).name
+  except ValueError:
+    return None
+
+
+def rowblock_pass_a(g, old, scalars, seed, *, v_bits: int, ref_bits: int,
+                    implementation: str = "xla") -> rowblock_reference.PassA:
+  """Pass A (:func:`.rowblock_reference.pass_a_rows`) by ``implementation``
+  ("xla", "mosaic" or "interpret", see :func:`rowblock_backend`). "xla" sums
+  rows by ``rowblock_reference.xla_row_sum``, looked up at each call (a test
+  swaps in the kernels' order, ``chunked_row_sum``)."""
+  with jax.named_scope(f"{ROWBLOCK_OP}_a/{implementation}"):
+    if implementation == "xla":
+      return rowblock_reference.pass_a_rows(g, old, scalars, seed, v_bits=v_bits,
+                                            ref_bits=ref_bits,
+                                            row_sum=rowblock_reference.xla_row_sum)
+    return rowblock_mosaic.pass_a_mosaic(g, old, scalars, seed, v_bits=v_bits,
+                                         ref_bits=ref_bits,
+                                         interpret=implementation == "interpret")
+
+
+def rowblock_pass_b(g, old, scalars, a, alpha, *, v_bits: int, ref_bits: int,
+                    implementation: str = "xla"):
+  """Pass B (:func:`.rowblock_reference.pass_b_rows`) by ``implementation``."""
+  with jax.named_scope(f"{ROWBLOCK_OP}_b/{implementation}"):
+    if implementation == "xla":
+      return rowblock_reference.pass_b_rows(g, old, scalars, a, alpha, v_bits=v_bits,
+                                            ref_bits=ref_bits,
+                                            row_sum=rowblock_reference.xla_row_sum)
+    return rowblock_mosaic.pass_b_mosaic(g, old, scalars, a, alpha, v_bits=v_bits,
+                                         ref_bits=ref_bits,
+                                         interpret=implementation == "interpret")

@@ -46,6 +46,8 @@ do it) and what they forced:
   (jax 0.11 lowers Mosaic GPU kernels only through ``plgpu.kernel``; see
   :mod:`holojax.kernels.phasor.mosaic_gpu`). The interpreter twin
   (``interpret=True``) runs the same body per tile under ``pl.pallas_call``.
+  Both launches are :func:`launch_tiles`, shared with the row-block kernels
+  (:mod:`.rowblock_mosaic`).
 * Layouts: every ``[R, S]`` tile is loaded in the WGMMA layout (``R % 64 ==
   0``, ``S % 8 == 0``), where a row lives in one quad of lanes, so the
   per-row min / max are in-warp shuffles (no shared-memory scratch:
@@ -289,11 +291,12 @@ def _encode(x, u, lo, step, *, bits):
 
 
 def _body(g_ref, m_ref, c_ref, b_ref, u_ref, co_ref, bo_ref, *, params, row0, bits, load,
-          iota):
+          iota, interpret=False):
   """One tile: ``g_ref``, ``m_ref``, ``u_ref`` ``[R, bs]``; ``c_ref``,
   ``co_ref`` ``[R, S]`` uint8; the bounds ``[R]`` float16; ``p_ref``
   float32[32] = (b2, eps, bc1, bc2, seed bits, 0...); ``row0``: the tile's
-  first block row."""
+  first block row. ``interpret``: unused (the same maths both ways)."""
+  del interpret
   rows, bs = g_ref.shape
   seg = c_ref.shape[1]
   n_step = float((1 << bits) - 2)
@@ -388,56 +391,83 @@ def _params(p_ref):
   return tuple(p_ref[k] for k in range(5))
 
 
-def _run_compiled(ins, out_type, *, bits, nb, bs, seg, sms):
-  from jax.experimental.pallas import mosaic_gpu as plgpu  # noqa: PLC0415
-  tiles = -(-nb // ROWS)
-  launch = _launch_shape(tiles, sms, stages_for(bits=bits, block_size=bs))
-  f32_tf, code_tf = _swizzle(seg, _F32, nb), _swizzle(seg, jnp.uint8, nb)
-  load = functools.partial(_wgmma_load, optimized={
-      "f32": bool(f32_tf), "codes": bool(code_tf), "row": True})
+@dataclasses.dataclass(frozen=True)
+class Operand:
+  """One operand of a row-tile kernel: ``kind`` "f32" (an ``[R, width]``
+  float32 tile), "codes" (``[R, width]`` uint8) or "row" (``[width, R]``
+  per-block rows of a ``[width, nb8]`` array, ``dtype``)."""
+  kind: str
+  width: int
+  dtype: object = _F32
 
-  def kernel(g, m, c, b, p_gmem, *outs):
+  def block(self):
+    return (self.width, ROWS) if self.kind == "row" else (ROWS, self.width)
+
+  def array_shape(self, nb: int):
+    return (self.width, -(-nb // 8) * 8) if self.kind == "row" else (nb, self.width)
+
+  def array_dtype(self):
+    return {"f32": _F32, "codes": jnp.uint8}.get(self.kind, self.dtype)
+
+
+def launch_tiles(body, ins, ops_in, ops_out, *, nb, name, params, stages, slice_width,
+                 interpret, sms=None):
+  """Runs ``body`` over the ``R``-row tiles of the arrays ``ins`` (then a
+  float32[32] params vector, read once per program as scalars by
+  ``params(ref)``): ``body(*in_refs, *out_refs, params=, row0=, load=, iota=,
+  interpret=)``, with ``load(ref, kind)`` / ``iota(shape, dim)`` as in
+  :func:`_body`. Compiled: ``plgpu.kernel`` + ``emit_pipeline`` with
+  ``stages`` slots (module docstring; tiles swizzled for loads of
+  ``slice_width`` columns where :func:`_swizzle` allows); ``interpret``:
+  the same body per tile under ``pl.pallas_call(interpret=True)``. Returns
+  the outputs (``ops_out``: tiles ``[nb, width]``, rows ``[width, nb8]``)."""
+  out_type = tuple(jax.ShapeDtypeStruct(op.array_shape(nb), op.array_dtype()) for op in ops_out)
+  tiles = -(-nb // ROWS)
+  n_in = len(ops_in)
+  if interpret:
+    def kernel(*refs):
+      body(*refs[:n_in], *refs[n_in + 1:], params=params(refs[n_in]),
+           row0=pl.program_id(0) * ROWS, load=_plain_load, iota=_plain_iota, interpret=True)
+
+    spec = lambda op: pl.BlockSpec(op.block(), (lambda t: (0, t)) if op.kind == "row"
+                                   else (lambda t: (t, 0)))
+    return pl.pallas_call(
+        kernel, out_shape=out_type, grid=(tiles,),
+        in_specs=[spec(op) for op in ops_in] + [pl.BlockSpec((_PARAMS,), lambda t: (0,))],
+        out_specs=tuple(spec(op) for op in ops_out), interpret=True, name=name)(*ins)
+
+  from jax.experimental.pallas import mosaic_gpu as plgpu  # noqa: PLC0415
+  launch = _launch_shape(tiles, sms, stages)
+  tf = {"f32": _swizzle(slice_width, _F32, nb), "codes": _swizzle(slice_width, jnp.uint8, nb)}
+  load = functools.partial(_wgmma_load, optimized={
+      "f32": bool(tf["f32"]), "codes": bool(tf["codes"]), "row": True})
+
+  def kernel(*refs):
     p = jax.lax.axis_index("programs")
-    params = _params(p_gmem)  # scalar loads from global memory, once
+    scalars = params(refs[n_in])  # scalar loads from global memory, once
 
     def tile(i):
       return p * launch.steps + i
 
-    def spec(width, transforms):
-      return plgpu.BlockSpec((ROWS, width), lambda i: (tile(i), 0), transforms=transforms)
-
-    f32, codes = spec(bs, f32_tf), spec(seg, code_tf)
-    bounds = plgpu.BlockSpec((2, ROWS), lambda i: (0, tile(i)))
+    def spec(op):
+      if op.kind == "row":
+        return plgpu.BlockSpec(op.block(), lambda i: (0, tile(i)))
+      return plgpu.BlockSpec(op.block(), lambda i: (tile(i), 0), transforms=tf[op.kind])
 
     def step(indices, *step_refs):
       (i,) = indices
-      _body(*step_refs, params=params, row0=tile(i) * ROWS, bits=bits, load=load,
-            iota=_wgmma_iota)
+      body(*step_refs, params=scalars, row0=tile(i) * ROWS, load=load, iota=_wgmma_iota,
+           interpret=False)
 
     plgpu.emit_pipeline(
-        step, grid=(launch.steps,),
-        in_specs=[f32, f32, codes, bounds], out_specs=[f32, codes, bounds],
-        max_concurrent_steps=launch.stages)(g, m, c, b, *outs)
+        step, grid=(launch.steps,), in_specs=[spec(op) for op in ops_in],
+        out_specs=[spec(op) for op in ops_out], max_concurrent_steps=launch.stages)(
+            *refs[:n_in], *refs[n_in + 1:])
 
-  kernel.__name__ = "turbo_adam_fused_v_update_mosaic"
+  kernel.__name__ = name
   return plgpu.kernel(kernel, grid=(launch.programs,), grid_names=("programs",),
                       compiler_params=_compiler_params(plgpu),
                       **_kernel_kwargs(out_type, []))(*ins)
-
-
-def _run_interpreted(ins, out_type, *, bits, nb, bs, seg):
-  def kernel(g, m, c, b, p_ref, *outs):
-    _body(g, m, c, b, *outs, params=_params(p_ref), row0=pl.program_id(0) * ROWS,
-          bits=bits, load=_plain_load, iota=_plain_iota)
-
-  f32 = pl.BlockSpec((ROWS, bs), lambda t: (t, 0))
-  codes = pl.BlockSpec((ROWS, seg), lambda t: (t, 0))
-  bounds = pl.BlockSpec((2, ROWS), lambda t: (0, t))
-  whole = pl.BlockSpec((_PARAMS,), lambda t: (0,))
-  return pl.pallas_call(
-      kernel, out_shape=out_type, grid=(-(-nb // ROWS),),
-      in_specs=[f32, f32, codes, bounds, whole], out_specs=(f32, codes, bounds),
-      interpret=True, name="turbo_adam_fused_v_update_mosaic")(*ins)
 
 
 def fused_v_update_mosaic(g: jax.Array, m: jax.Array, codes: jax.Array, lo: jax.Array,
@@ -479,16 +509,14 @@ def fused_v_update_mosaic(g: jax.Array, m: jax.Array, codes: jax.Array, lo: jax.
   seg, nb8 = codes.shape[-1], -(-nb // 8) * 8
   seed_f = jax.lax.bitcast_convert_type(jnp.asarray(seed).astype(_U32), _F32)
   params = jnp.zeros((_PARAMS,), _F32).at[:4].set(scalars.astype(_F32)).at[4].set(seed_f)
-  out_type = (jax.ShapeDtypeStruct((nb, bs), _F32),
-              jax.ShapeDtypeStruct((nb, seg), jnp.uint8),
-              jax.ShapeDtypeStruct((2, nb8), jnp.float16))
   # lo and hi as one [2, R] copy per tile; rows of a multiple of 16 bytes.
   bounds = jnp.zeros((2, nb8), jnp.float16).at[:, :nb].set(jnp.stack([lo, hi]))
   ins = (g.astype(_F32), m.astype(_F32), codes, bounds, params)
-  if interpret:
-    upd, new_codes, new_bounds = _run_interpreted(ins, out_type, bits=bits, nb=nb, bs=bs,
-                                                  seg=seg)
-  else:
-    upd, new_codes, new_bounds = _run_compiled(ins, out_type, bits=bits, nb=nb, bs=bs,
-                                               seg=seg, sms=sms or _device_sms())
+  f32, code = Operand("f32", bs), Operand("codes", seg)
+  row = Operand("row", 2, jnp.float16)
+  upd, new_codes, new_bounds = launch_tiles(
+      functools.partial(_body, bits=bits), ins, [f32, f32, code, row], [f32, code, row],
+      nb=nb, name="turbo_adam_fused_v_update_mosaic", params=_params,
+      stages=stages_for(bits=bits, block_size=bs), slice_width=seg, interpret=interpret,
+      sms=None if interpret else sms or _device_sms())
   return upd, new_codes, new_bounds[0, :nb], new_bounds[1, :nb]

@@ -1,0 +1,271 @@
+"""TurboAdam's row-block passes: the Mosaic GPU kernels' interpreter twins
+against the ``jnp`` rows (:mod:`holojax.kernels.turbo_adam.rowblock_reference`),
+their lowering to Mosaic GPU on CPU, the compiled launch in jax's Mosaic GPU
+interpreter, the compiled kernels on Hopper, and the whole optimizer (flat
+layout) on the kernels against the XLA path."""
+
+import functools
+import re
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from holojax.kernels import backend, quant
+from holojax.kernels import turbo_adam as kernels
+from holojax.kernels.turbo_adam import mosaic_gpu, rowblock_mosaic, rowblock_reference as rows
+from holojax.optim import turbo_adam
+from tests.kernels import ON_HOPPER
+from tests.optim.test_turbo import inner
+
+hopper_only = pytest.mark.skipif(not ON_HOPPER, reason="Mosaic GPU kernels need a Hopper GPU")
+
+
+def _state(nb, v_bits, ref_bits, seed=0):
+  """Gradients spread over rows by e^2N(0,1), v near g^2, a random reference,
+  signs, scales and alphas; one row of g times 2^64 (a block in units 2^k,
+  k > 0: :func:`rows.block_shift`)."""
+  ks = jax.random.split(jax.random.key(seed), 8)
+  g = jax.random.normal(ks[0], (nb, 128)) * jnp.exp(2 * jax.random.normal(ks[1], (nb, 1)))
+  v = jnp.square(g) * jnp.exp(jax.random.normal(ks[2], (nb, 128)))
+  g = g.at[nb // 2].multiply(2.0**64)
+  c, lo, hi = quant.encode_log(v, quant.hash_uniform(jnp.uint32(1), v.shape), bits=v_bits)
+  rc, lev = rows.encode_reference(jax.random.normal(ks[3], (nb, 128)), ref_bits)
+  old = rows.OldState(quant.pack_bits(c, v_bits), jnp.stack([lo, hi], -1), rc, lev,
+                      quant.pack_signs(jax.random.normal(ks[4], (nb, 128))),
+                      jnp.abs(jax.random.normal(ks[5], (nb,))).astype(jnp.float16),
+                      jax.random.normal(ks[6], (nb,)))
+  return g, old, rows.step_scalars(0.9, 0.999, 1e-8, 7), jnp.uint32(3 + seed)
+
+
+def _passes(args, v_bits, ref_bits, **kw):
+  """Pass A, then pass B with random alphas, by the kernels (``kw``) or the
+  jnp rows in the kernels' summation order (``kw`` empty)."""
+  g, old, sc, seed = args
+  bits = dict(v_bits=v_bits, ref_bits=ref_bits)
+  if kw:
+    fa = functools.partial(rowblock_mosaic.pass_a_mosaic, **bits, **kw)
+    fb = functools.partial(rowblock_mosaic.pass_b_mosaic, **bits, **kw)
+  else:
+    fa = functools.partial(rows.pass_a_rows, row_sum=rows.chunked_row_sum, **bits)
+    fb = functools.partial(rows.pass_b_rows, row_sum=rows.chunked_row_sum, **bits)
+  alpha = jax.random.normal(jax.random.key(9), (g.shape[0],))
+
+  @jax.jit
+  def both(g, old, sc, seed):
+    a = fa(g, old, sc, seed)
+    return a, fb(g, old, sc, a, alpha)
+  a, (signs, c) = both(g, old, sc, seed)
+  return dict(a._asdict(), signs=signs, c=c)
+
+
+def _assert_exact(out, want):
+  """Codes, bounds, levels, signs bit for bit; floats (update, sums, c) to
+  float32 rounding of the array's scale (XLA's fusions and the interpreter's
+  round the same expressions apart by an ulp or two; where m_t = b1 m + (1 -
+  b1) g cancels, that is a larger part of a small update)."""
+  for name in want:
+    a, b = np.asarray(out[name]), np.asarray(want[name])
+    assert a.dtype == b.dtype and a.shape == b.shape, name
+    if a.dtype == np.float32:
+      np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6 * np.abs(b).max(), err_msg=name)
+    else:
+      np.testing.assert_array_equal(a, b, err_msg=name)
+
+
+# nb 150: three tiles, the last partial; 37: one partial tile; 64: one whole tile.
+@pytest.mark.parametrize("v_bits,ref_bits,nb", [(4, 2, 150), (2, 1, 37), (8, 2, 64)])
+def test_interpret_matches_rows(v_bits, ref_bits, nb):
+  args = _state(nb, v_bits, ref_bits)
+  _assert_exact(_passes(args, v_bits, ref_bits, interpret=True),
+                _passes(args, v_bits, ref_bits))
+
+
+def test_chunked_row_sum_is_a_sum():
+  x = jax.random.normal(jax.random.key(0), (5, 128))
+  np.testing.assert_allclose(rows.chunked_row_sum(x), jnp.sum(x, -1), rtol=1e-5, atol=1e-5)
+
+
+def _mosaic_calls(text):
+  return re.findall(r"stablehlo\.custom_call @mosaic_gpu\w*\(", text)
+
+
+def _shapes(nb, v_bits, ref_bits):
+  s = jax.ShapeDtypeStruct
+  old = rows.OldState(s((nb, 16 * v_bits), jnp.uint8), s((nb, 2), jnp.float16),
+                      s((nb, 16 * ref_bits), jnp.uint8), s((nb, ref_bits), jnp.float16),
+                      s((nb, 16), jnp.uint8), s((nb,), jnp.float16), s((nb,), jnp.float32))
+  a = rows.PassA(s((nb, 128), jnp.float32), old.codes, old.bounds, old.ref, old.levels,
+                 s((nb,), jnp.float32), s((nb,), jnp.float32))
+  return s((nb, 128), jnp.float32), old, s((7,), jnp.float32), a, s((nb,), jnp.float32)
+
+
+# Swizzled float32 tiles and two slots (nb % 8 == 0, many tiles per program;
+# 8-bit v: the most shared memory), plain tiles (nb = 37), 1-bit reference.
+@pytest.mark.parametrize("v_bits,ref_bits,nb", [(4, 2, 100_000), (8, 2, 1000), (2, 1, 37)])
+def test_lowers_to_mosaic_gpu(v_bits, ref_bits, nb, monkeypatch):
+  """Both passes lower to one Mosaic GPU custom call each; no GPU needed."""
+  monkeypatch.setattr(backend, "require_hopper", lambda *a, **k: None)
+  g, old, sc, a, alpha = _shapes(nb, v_bits, ref_bits)
+  bits = dict(v_bits=v_bits, ref_bits=ref_bits)
+  for fn, args, name in (
+      (functools.partial(rowblock_mosaic.pass_a_mosaic, **bits),
+       (g, old, sc, jax.ShapeDtypeStruct((), jnp.uint32)), "turbo_rowblock_a_mosaic"),
+      (functools.partial(rowblock_mosaic.pass_b_mosaic, **bits), (g, old, sc, a, alpha),
+       "turbo_rowblock_b_mosaic")):
+    text = jax.jit(fn).trace(*args).lower(lowering_platforms=("cuda",)).as_text()
+    assert len(_mosaic_calls(text)) == 1 and name in text
+
+
+def test_shared_memory_fits():
+  """Two pipeline slots fit for every handled layout (8-bit v is the largest)."""
+  op = rowblock_mosaic.Operand
+  a = [op("f32", 128), op("codes", 128), op("codes", 32), op("codes", 16), op("row", 8),
+       op("f32", 128), op("codes", 128), op("codes", 32), op("row", 8)]
+  assert rowblock_mosaic._stages(a) == 2
+  with pytest.raises(backend.Unsupported, match="v_bits=3"):
+    rowblock_mosaic.check_layout(v_bits=3, ref_bits=2, block_size=128)
+  with pytest.raises(backend.Unsupported, match="block_size=64"):
+    rowblock_mosaic.check_layout(v_bits=4, ref_bits=2, block_size=64)
+
+
+def test_backend_choice():
+  """The row passes follow the fused v step's backend where they can."""
+  choose = functools.partial(kernels.rowblock_backend, ref_bits=2, block_size=128)
+  assert choose("xla", v_bits=4) == "xla"
+  assert choose("interpret", v_bits=4) == "interpret"
+  assert choose("interpret", v_bits=3) is None      # no row kernel: the elementwise path
+  assert choose("triton", v_bits=4) is None
+  assert choose("mosaic", v_bits=4) == ("mosaic" if ON_HOPPER else None)
+
+
+@pytest.mark.skipif(jax.default_backend() != "cpu",
+                    reason="the Mosaic GPU interpreter check runs on CPU")
+def test_compiled_launch_in_mosaic_gpu_interpreter(monkeypatch):
+  """The compiled launch (plgpu.kernel + emit_pipeline, 2 programs x 2 steps,
+  nb 192 = 3 tiles: the last step lies past the end) in jax's Mosaic GPU
+  interpreter, against the rows (see test_mosaic_gpu.py's twin test for what
+  this does and does not cover)."""
+  params = pytest.importorskip("jax._src.pallas.mosaic_gpu.interpret.params")
+  callbacks = pytest.importorskip("jax._src.pallas.mosaic_gpu.interpret.gpu_callbacks")
+  from jax._src.pallas.mosaic_gpu import core as gpu_core
+  from jax.experimental.pallas import mosaic_gpu as plgpu
+
+  copy_out = callbacks.copy_smem_to_gmem
+
+  def predicated_copy_out(*, predicate, token, **kwargs):
+    if predicate is not None and not bool(predicate):
+      return token
+    return copy_out(predicate=None, token=token, **kwargs)
+
+  monkeypatch.setattr(callbacks, "copy_smem_to_gmem", predicated_copy_out)
+  monkeypatch.setattr(gpu_core, "layout_cast", lambda x, layout: x)
+  # plgpu.load(optimized=False) of the plain code tiles has no interpreter rule
+  # (its abstract evaluation fails there); layouts are dropped here anyway.
+  monkeypatch.setattr(mosaic_gpu, "_wgmma_load", lambda ref, kind, optimized: ref[...])
+  monkeypatch.setattr(plgpu, "layout_cast", lambda x, layout: x)
+  monkeypatch.setattr(plgpu, "kernel", functools.partial(
+      plgpu.kernel, interpret=params.InterpretGPUParams(
+          out_of_bounds_reads="uninitialized", uninitialized_memory="zero")))
+  monkeypatch.setattr(backend, "require_hopper", lambda *a, **k: None)
+  args = _state(192, 4, 2, seed=1)
+  out = _passes(args, 4, 2, sms=2)
+  want = _passes(args, 4, 2)
+  # Compiled maths (sqrt as x rsqrt(x)) runs here: floats to rounding, and a
+  # code moves only where a value sits within an ulp of its threshold.
+  for name in ("bounds", "levels"):
+    np.testing.assert_allclose(np.asarray(out[name], np.float32),
+                               np.asarray(want[name], np.float32), rtol=2e-3, err_msg=name)
+  for name in ("codes", "ref", "signs"):
+    assert np.mean(np.asarray(out[name]) != np.asarray(want[name])) < 1e-3, name
+  for name in ("u", "qr", "rr", "c"):
+    np.testing.assert_allclose(np.asarray(out[name]), np.asarray(want[name]), rtol=1e-3,
+                               atol=1e-30, err_msg=name)
+
+
+@hopper_only
+@pytest.mark.parametrize("v_bits,ref_bits,nb", [(4, 2, 37), (4, 2, 100_000), (2, 1, 1001),
+                                                (8, 2, 5000)])
+def test_compiled_matches_rows(v_bits, ref_bits, nb):
+  """Compiled on the GPU against the rows on the same GPU: sqrt, log and exp2
+  are Mosaic's and the row sums run in another order (ulps apart from
+  XLA's), so a code, bound, level or sign can move where a value lies within
+  those ulps of a threshold (rarely: at most 1e-3 of them, or one); floats
+  to 1e-4 of their array's scale (m_t's cancellation makes small updates
+  relatively less exact)."""
+  args = _state(nb, v_bits, ref_bits)
+  out, want = _passes(args, v_bits, ref_bits, interpret=False), _passes(args, v_bits, ref_bits)
+  for name in ("codes", "ref", "signs", "bounds", "levels"):
+    a, b = np.asarray(out[name]), np.asarray(want[name])
+    assert (a != b).sum() <= max(1, 1e-3 * a.size), name
+  for name in ("u", "qr", "rr", "c"):
+    b = np.asarray(want[name])
+    np.testing.assert_allclose(np.asarray(out[name]), b, rtol=1e-4,
+                               atol=1e-5 * np.abs(b).max(), err_msg=name)
+
+
+# ----------------------------------------------------------------------------
+# The optimizer.
+
+
+def _run(impl, steps=20):
+  """``steps`` flat-layout updates on fresh random gradients (independent of
+  the parameters, so both runs see the same gradients), one jitted scan."""
+  p = {"a": jnp.zeros((24, 200)), "b": jnp.zeros((3, 10, 128)), "c": jnp.zeros((40, 64)),
+       "d": jnp.zeros((7,))}
+  opt = turbo_adam(1e-2, tree_layout="flat", implementation=impl, min_m_compress_elements=1000)
+
+  def body(carry, key):
+    params, s = carry
+    ks = dict(zip(params, jax.random.split(key, len(params))))
+    g = {k: jax.random.normal(ks[k], x.shape) * (1.0 + 10.0 * (k == "b")) for k, x in
+         params.items()}
+    u, s = opt.update(g, s, params)
+    return (jax.tree.map(jnp.add, params, u), s), None
+
+  keys = jax.random.split(jax.random.key(11), steps)
+  (params, s), _ = jax.jit(lambda c: jax.lax.scan(body, c, keys))((p, opt.init(p)))
+  return params, s
+
+
+def test_optimizer_on_interpret_kernels_equals_xla():
+  """turbo_adam(tree_layout="flat") on the row kernels' interpreter twins
+  equals the XLA path over 20 steps (same seed, same rounding draws).
+
+  The v chain reads only g and its own codes: codes and bounds bit for bit.
+  The kernels sum rows in chunks, XLA in its own order, so qr, rr, c and
+  alpha differ by float32 roundings (alpha by an ulp); a reference level, a
+  delta's sign or an fp16 scale can then flip only where a value lies within
+  such an ulp of its threshold (measured over these 20 steps: no code, level
+  or scale differs), and the parameters agree to 1e-7 (measured 3e-8)."""
+  got_p, got_s = _run("interpret")
+  want_p, want_s = _run("xla")
+  for a, b in zip(jax.tree.leaves(got_p), jax.tree.leaves(want_p)):
+    np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-6)
+  grp, grp_want = inner(got_s).groups["mv"], inner(want_s).groups["mv"]
+  for name, a, b in zip(("codes", "bounds"), grp.v, grp_want.v):
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(b), err_msg=name)
+  for name in ("ref", "signs"):
+    a, b = np.asarray(getattr(grp.m, name)), np.asarray(getattr(grp_want.m, name))
+    assert np.mean(a != b) < 1e-3, name
+  for name in ("levels", "scales", "alpha"):
+    np.testing.assert_allclose(np.asarray(getattr(grp.m, name), np.float32),
+                               np.asarray(getattr(grp_want.m, name), np.float32), rtol=1e-3,
+                               atol=1e-6, err_msg=name)
+
+
+@hopper_only
+def test_optimizer_on_compiled_kernels_follows_xla():
+  """turbo_adam(tree_layout="flat", implementation="mosaic") on the GPU
+  against the XLA path: compiled arithmetic moves a rare rounding draw and
+  the CoState chain carries such moves on (see the interpret test), so the
+  checks are loose: parameters to 1e-3 of their scale, v codes nearly all
+  equal."""
+  got_p, got_s = _run("mosaic")
+  want_p, want_s = _run("xla")
+  for a, b in zip(jax.tree.leaves(got_p), jax.tree.leaves(want_p)):
+    b = np.asarray(b)
+    np.testing.assert_allclose(np.asarray(a), b, rtol=1e-2, atol=1e-3 * np.abs(b).max())
+  a, b = inner(got_s).groups["mv"].v.codes, inner(want_s).groups["mv"].v.codes
+  assert np.mean(np.asarray(a) != np.asarray(b)) < 1e-2
