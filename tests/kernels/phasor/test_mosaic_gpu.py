@@ -3,7 +3,6 @@ interpreter (any backend), their lowering to Mosaic GPU (on CPU too), and
 the compiled kernels on a Hopper GPU, against the associative_scan
 reference, forward and backward."""
 
-import functools
 import re
 
 import jax
@@ -14,7 +13,7 @@ import pytest
 from holojax.kernels import backend
 from holojax.kernels.phasor import PhasorBlocks, phasor_memory_reference
 from holojax.kernels.phasor import mosaic_gpu
-from tests.kernels import ON_HOPPER
+from tests.kernels import ON_HOPPER, use_mosaic_gpu_interpreter
 
 
 hopper_only = pytest.mark.skipif(not ON_HOPPER, reason="Mosaic GPU kernels need a Hopper GPU")
@@ -128,23 +127,7 @@ def test_compiled_launch_in_mosaic_gpu_interpreter(monkeypatch):
   gives 3 segments (carries). Not covered: register layouts, approx trig,
   races between the threads of a warpgroup (the interpreter runs a
   warpgroup as one thread)."""
-  params = pytest.importorskip("jax._src.pallas.mosaic_gpu.interpret.params")
-  callbacks = pytest.importorskip("jax._src.pallas.mosaic_gpu.interpret.gpu_callbacks")
-  from jax.experimental.pallas import mosaic_gpu as plgpu
-
-  copy_out = callbacks.copy_smem_to_gmem
-
-  def predicated_copy_out(*, predicate, token, **kwargs):
-    # emit_pipeline predicates its output copies; jax 0.10.2's interpreter
-    # refuses any predicate, so it is applied here.
-    if predicate is not None and not bool(predicate):
-      return token
-    return copy_out(predicate=None, token=token, **kwargs)
-
-  monkeypatch.setattr(callbacks, "copy_smem_to_gmem", predicated_copy_out)
-  monkeypatch.setattr(plgpu, "kernel", functools.partial(
-      plgpu.kernel, interpret=params.InterpretGPUParams()))
-  monkeypatch.setattr(backend, "require_hopper", lambda *a, **k: None)
+  use_mosaic_gpu_interpreter(monkeypatch)
   _check(shape=(2, 100, 3, 8), blocks=PhasorBlocks(block_t=16, chunks=3, num_stages=2),
          interpret=False, seed=3)
 

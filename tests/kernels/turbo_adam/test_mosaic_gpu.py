@@ -14,7 +14,7 @@ import pytest
 from holojax.kernels import backend, quant
 from holojax.kernels import turbo_adam as kernels
 from holojax.kernels.turbo_adam import mosaic_gpu
-from tests.kernels import ON_HOPPER
+from tests.kernels import ON_HOPPER, use_mosaic_gpu_interpreter
 
 hopper_only = pytest.mark.skipif(not ON_HOPPER, reason="Mosaic GPU kernels need a Hopper GPU")
 
@@ -98,31 +98,8 @@ def test_compiled_launch_in_mosaic_gpu_interpreter(monkeypatch):
   register layouts (layout casts are dropped here), swizzling, a tile that
   is partly past the end (this interpreter drops such a store, TMA clips it;
   the compiled GPU test covers it) and races between threads."""
-  params = pytest.importorskip("jax._src.pallas.mosaic_gpu.interpret.params")
-  callbacks = pytest.importorskip("jax._src.pallas.mosaic_gpu.interpret.gpu_callbacks")
-  from jax._src.pallas.mosaic_gpu import core as gpu_core
-  from jax.experimental.pallas import mosaic_gpu as plgpu
-
-  copy_out = callbacks.copy_smem_to_gmem
-
-  def predicated_copy_out(*, predicate, token, **kwargs):
-    # emit_pipeline predicates its output copies; jax 0.10.2's interpreter
-    # refuses any predicate, so it is applied here.
-    if predicate is not None and not bool(predicate):
-      return token
-    return copy_out(predicate=None, token=token, **kwargs)
-
-  def no_layout(x, layout):
-    del layout  # the interpreter has no rule for layout casts
-    return x
-
-  monkeypatch.setattr(callbacks, "copy_smem_to_gmem", predicated_copy_out)
-  monkeypatch.setattr(gpu_core, "layout_cast", no_layout)
-  monkeypatch.setattr(plgpu, "layout_cast", no_layout)
-  monkeypatch.setattr(plgpu, "kernel", functools.partial(
-      plgpu.kernel, interpret=params.InterpretGPUParams(
-          out_of_bounds_reads="uninitialized", uninitialized_memory="zero")))
-  monkeypatch.setattr(backend, "require_hopper", lambda *a, **k: None)
+  use_mosaic_gpu_interpreter(monkeypatch, drop_layouts=True, out_of_bounds_reads="uninitialized",
+                             uninitialized_memory="zero")
   args = _args(4, nb=192, seed=1)
   _assert_exact(_run(args, 4, sms=2), kernels.fused_v_update_reference(*args, bits=4))
 

@@ -16,7 +16,7 @@ from holojax.kernels import backend, quant
 from holojax.kernels import turbo_adam as kernels
 from holojax.kernels.turbo_adam import mosaic_gpu, rowblock_mosaic, rowblock_reference as rows
 from holojax.optim import turbo_adam
-from tests.kernels import ON_HOPPER
+from tests.kernels import ON_HOPPER, use_mosaic_gpu_interpreter
 from tests.optim.test_turbo import inner
 
 hopper_only = pytest.mark.skipif(not ON_HOPPER, reason="Mosaic GPU kernels need a Hopper GPU")
@@ -147,28 +147,11 @@ def test_compiled_launch_in_mosaic_gpu_interpreter(monkeypatch):
   nb 192 = 3 tiles: the last step lies past the end) in jax's Mosaic GPU
   interpreter, against the rows (see test_mosaic_gpu.py's twin test for what
   this does and does not cover)."""
-  params = pytest.importorskip("jax._src.pallas.mosaic_gpu.interpret.params")
-  callbacks = pytest.importorskip("jax._src.pallas.mosaic_gpu.interpret.gpu_callbacks")
-  from jax._src.pallas.mosaic_gpu import core as gpu_core
-  from jax.experimental.pallas import mosaic_gpu as plgpu
-
-  copy_out = callbacks.copy_smem_to_gmem
-
-  def predicated_copy_out(*, predicate, token, **kwargs):
-    if predicate is not None and not bool(predicate):
-      return token
-    return copy_out(predicate=None, token=token, **kwargs)
-
-  monkeypatch.setattr(callbacks, "copy_smem_to_gmem", predicated_copy_out)
-  monkeypatch.setattr(gpu_core, "layout_cast", lambda x, layout: x)
+  use_mosaic_gpu_interpreter(monkeypatch, drop_layouts=True, out_of_bounds_reads="uninitialized",
+                             uninitialized_memory="zero")
   # plgpu.load(optimized=False) of the plain code tiles has no interpreter rule
   # (its abstract evaluation fails there); layouts are dropped here anyway.
   monkeypatch.setattr(mosaic_gpu, "_wgmma_load", lambda ref, kind, optimized: ref[...])
-  monkeypatch.setattr(plgpu, "layout_cast", lambda x, layout: x)
-  monkeypatch.setattr(plgpu, "kernel", functools.partial(
-      plgpu.kernel, interpret=params.InterpretGPUParams(
-          out_of_bounds_reads="uninitialized", uninitialized_memory="zero")))
-  monkeypatch.setattr(backend, "require_hopper", lambda *a, **k: None)
   args = _state(192, 4, 2, seed=1)
   out = _passes(args, 4, 2, sms=2)
   want = _passes(args, 4, 2)
