@@ -20,6 +20,11 @@ from tests.kernels import ON_HOPPER, use_mosaic_gpu_interpreter
 from tests.optim.test_turbo import inner
 
 hopper_only = pytest.mark.skipif(not ON_HOPPER, reason="Mosaic GPU kernels need a Hopper GPU")
+# The interpreter twins are matched to the rows as XLA:CPU compiles them; on a
+# GPU the rows compile with XLA:GPU's maths (its own log, exp2 and row sums),
+# which the compiled-kernel tests below compare to within its roundings.
+cpu_only = pytest.mark.skipif(jax.default_backend() != "cpu",
+                              reason="the twins match the rows as XLA:CPU compiles them")
 
 
 def _state(nb, v_bits, ref_bits, seed=0):
@@ -75,6 +80,7 @@ def _assert_exact(out, want):
 
 
 # nb 150: three tiles, the last partial; 37: one partial tile; 64: one whole tile.
+@cpu_only
 @pytest.mark.parametrize("v_bits,ref_bits,nb", [(4, 2, 150), (2, 1, 37), (8, 2, 64)])
 def test_interpret_matches_rows(v_bits, ref_bits, nb):
   args = _state(nb, v_bits, ref_bits)
@@ -176,16 +182,21 @@ def test_compiled_matches_rows(v_bits, ref_bits, nb):
   XLA's), so a code, bound, level or sign can move where a value lies within
   those ulps of a threshold (rarely: at most 1e-3 of them, or one); floats
   to 1e-4 of their array's scale (m_t's cancellation makes small updates
-  relatively less exact)."""
+  relatively less exact), on the blocks where no code moved."""
   args = _state(nb, v_bits, ref_bits)
   out, want = _passes(args, v_bits, ref_bits, interpret=False), _passes(args, v_bits, ref_bits)
+  moved = np.zeros((nb,), bool)  # blocks where a code, bound, level or sign moved
   for name in ("codes", "ref", "signs", "bounds", "levels"):
     a, b = np.asarray(out[name]), np.asarray(want[name])
     assert (a != b).sum() <= max(1, 1e-3 * a.size), name
+    moved |= (a != b).reshape(nb, -1).any(-1)
+  # A moved reference code or level changes that block's q r sum (by 20% on
+  # the H200, where the sum cancels), so the block sums compare elsewhere.
+  keep = ~moved
   for name in ("u", "qr", "rr", "c"):
-    b = np.asarray(want[name])
-    np.testing.assert_allclose(np.asarray(out[name]), b, rtol=1e-4,
-                               atol=1e-5 * np.abs(b).max(), err_msg=name)
+    a, b = np.asarray(out[name]), np.asarray(want[name])
+    np.testing.assert_allclose(a[keep], b[keep], rtol=1e-4, atol=1e-5 * np.abs(b).max(),
+                               err_msg=name)
 
 
 # ----------------------------------------------------------------------------
@@ -212,6 +223,7 @@ def _run(impl, steps=20):
   return params, s
 
 
+@cpu_only
 def test_optimizer_on_interpret_kernels_equals_xla():
   """turbo_adam(tree_layout="flat") on the row kernels' interpreter twins
   equals the XLA path over 20 steps (same seed, same rounding draws).

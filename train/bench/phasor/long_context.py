@@ -272,14 +272,16 @@ def _build(arch: str, mcfg, tx, seed: int) -> dict:
           "num_params": num_params(model_of(graphdef, state))}
 
 
-def _train(arm: dict, data, start: int, stop: int, total: int, cfg, say=None) -> float:
-  """Steps [start, stop) of ``arm`` in place; returns the wall seconds (blocked)."""
+def _train(arm: dict, data, start: int, stop: int, lrs, say=None) -> float:
+  """Steps [start, stop) of ``arm`` in place at learning rates ``lrs[i]``
+  (computed by the caller: ``schedule_values`` compiles for each new length,
+  which must not fall inside a timed window); returns the wall seconds
+  (blocked)."""
   t0 = time.perf_counter()
   every = max((stop - start) // 8, 1)
-  lrs = schedule_values(warmup_cosine(cfg.learning_rate, cfg.warmup, total), stop)
 
   def on_loss(s, loss):
-    say(f"  {arm['arch']:>8} step {s + 1}/{total}  loss {loss:.4f}")
+    say(f"  {arm['arch']:>8} step {s + 1}/{len(lrs)}  loss {loss:.4f}")
 
   arm["state"], _ = train_steps(
       arm["train_step"], arm["state"], lambda s: jnp.asarray(data.batch(s)), lrs.__getitem__,
@@ -298,11 +300,12 @@ def run_lm(cfg: LongContextConfig, corpus, say) -> tuple[dict, nnx.Module]:
   t_start = time.perf_counter()
   arms = [_build(arm_name(spec), c, tx, cfg.seed) for spec, c in zip(cfg.variants, holo_cfgs)]
   arms.append(_build("gpt_rope", gpt_cfg, tx, cfg.seed))
+  c = cfg.calib_steps
+  lrs = schedule_values(warmup_cosine(cfg.learning_rate, cfg.warmup, c), c)  # all in warm-up
   for arm in arms:
     say(f"{arm['arch']}: {arm['num_params']:,} params; compiling and calibrating")
-    c = cfg.calib_steps
-    first = _train(arm, data, 0, 2, c, cfg)  # includes the compile
-    arm["calib_step_s"] = _train(arm, data, 2, c, c, cfg) / (c - 2)
+    first = _train(arm, data, 0, 2, lrs)  # includes the compile
+    arm["calib_step_s"] = _train(arm, data, 2, c, lrs) / (c - 2)
     arm["compile_s"] = first
     say(f"{arm['arch']}: first steps (compile) {first:.1f} s, "
         f"{1e3 * arm['calib_step_s']:.1f} ms/step")
@@ -312,8 +315,9 @@ def run_lm(cfg: LongContextConfig, corpus, say) -> tuple[dict, nnx.Module]:
     per_step = 1.05 * sum(a["calib_step_s"] for a in arms)
     steps = fit_steps(left, per_step, done=cfg.calib_steps, most=steps)
   say(f"training both for {steps} steps of {cfg.batch_size} x {cfg.train_len} bytes")
+  lrs = schedule_values(warmup_cosine(cfg.learning_rate, cfg.warmup, steps), steps)
   for arm in arms:
-    dt = _train(arm, data, cfg.calib_steps, steps, steps, cfg, say)
+    dt = _train(arm, data, cfg.calib_steps, steps, lrs, say)
     n = steps - cfg.calib_steps
     arm["tokens_per_s"] = n * cfg.batch_size * cfg.train_len / dt if n else None
     arm["train_s"] = dt
