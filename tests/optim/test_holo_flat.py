@@ -178,9 +178,10 @@ def test_flat_refuses_explicit_sharding():
 
 
 def test_bench_names_the_flat_layout():
+  from holojax.train.bench.common import parse_optimizer_spec
   from holojax.train.bench.optim import optimizer_step as ob
-  assert ob.parse_spec("holo_adam:flat") == ("holo_adam", "", "flat")
-  assert ob.parse_spec("turbo_adam@triton:flat") == ("turbo_adam", "triton", "flat")
+  assert parse_optimizer_spec("holo_adam:flat") == ("holo_adam", "", "flat")
+  assert parse_optimizer_spec("turbo_adam@triton:flat") == ("turbo_adam", "triton", "flat")
   assert ob.labels("holo_adam:flat")["tree_layout"] == "flat"
   opt = ob.make_optimizer("holo_adam:flat")
   assert isinstance(opt.init({"w": jnp.zeros((64, 128))}).inner_state[0].mu, tuple)

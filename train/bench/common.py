@@ -347,6 +347,47 @@ def step_time_lines(step: dict) -> list[str]:
 # The phasor / attention LM pair
 
 
+def parse_optimizer_spec(spec: str) -> tuple[str, str, str]:
+  """``name[@implementation][:tree_layout]`` -> (name, implementation, tree_layout), each
+  "" where absent.
+
+  Example:
+    >>> parse_optimizer_spec("turbo_adam@mosaic:flat"), parse_optimizer_spec("adamw")
+    (('turbo_adam', 'mosaic', 'flat'), ('adamw', '', ''))
+  """
+  head, _, tree_layout = spec.partition(":")
+  name, _, impl = head.partition("@")
+  return name, impl, tree_layout
+
+
+def check_optimizer_specs(specs) -> None:
+  """Raises ``ValueError`` (listing the choices) unless ``specs`` is a
+  non-empty sequence of registered ``name[@implementation][:tree_layout]``."""
+  from holojax.optim import registry  # noqa: PLC0415
+  from holojax.optim.layout import TREE_LAYOUTS  # noqa: PLC0415
+  parsed = [parse_optimizer_spec(o) for o in specs]
+  unknown = [o for o, (n, _, t) in zip(specs, parsed)
+             if n not in registry.names() or t not in ("",) + TREE_LAYOUTS]
+  if unknown or not specs:
+    raise ValueError(f"optimizers {unknown or specs!r}: choose from {registry.names()} "
+                     f"(optionally name@implementation:tree_layout, tree_layout in "
+                     f"{TREE_LAYOUTS})")
+
+
+def optimizer_of(spec: str) -> tuple[str, dict]:
+  """(registry name, keyword arguments) of ``name[@implementation][:tree_layout]``.
+
+  Example:
+    >>> optimizer_of("turbo_adam:flat")
+    ('turbo_adam', {'tree_layout': 'flat'})
+  """
+  name, impl, tree_layout = parse_optimizer_spec(spec)
+  kw = {"implementation": impl} if impl else {}
+  if tree_layout:
+    kw["tree_layout"] = tree_layout
+  return name, kw
+
+
 def lm_config(arch: str, *, vocab_size: int, width: int, layers: int, heads: int,
               max_seq_len: int, dtype: str, hd_dim: int | None = None, **phasor):
   """A phasor LM (``HoloConfig``, memory width ``hd_dim``, ``phasor`` extra

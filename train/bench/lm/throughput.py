@@ -2,7 +2,9 @@
 
 Times the real jitted train step of ``holojax train`` (forward, backward,
 optimizer update, donated state) on real corpus batches, after warm-up, for
-each attention implementation asked for. Model-FLOPs utilisation is
+each optimizer and attention implementation asked for, all in one run, so
+each optimizer's tokens/s is compared with the first's (issue 12's target:
+every compressed optimizer within 3% of AdamW's). Model-FLOPs utilisation is
 
   MFU = flops_per_token * tokens_per_s / peak,
 
@@ -12,6 +14,7 @@ in the same run.
 
   holojax bench gpt_throughput                       # gpt2-124m, GPU
   holojax bench gpt_throughput --batch-size 32 --attention cudnn
+  holojax bench gpt_throughput --attention cudnn --optimizers adamw turbo_adam:flat holo_adam:flat
   holojax bench gpt_throughput --tiny --no-save      # CPU smoke run
 """
 
@@ -24,7 +27,8 @@ import jax
 import jax.numpy as jnp
 
 from holojax.train import loop
-from holojax.train.bench.common import (Progress, Result, device_memory, median_time,
+from holojax.train.bench.common import (Progress, Result, check_optimizer_specs,
+                                        device_memory, median_time, optimizer_of,
                                         require_positive)
 from holojax.train.config import TrainConfig
 
@@ -38,7 +42,10 @@ class ThroughputConfig:
 
   Attributes:
     model: model preset (``holojax models``).
-    optimizer: optimizer name (``holojax optimizers``).
+    optimizers: optimizer specs ``name[@implementation][:tree_layout]`` (as in
+      ``holojax bench optimizer_step``; ``turbo_adam:flat`` is TurboAdam's
+      flat state layout); the first is the baseline of the ``x first``
+      column.
     batch_size, seq_len: sequences per step and tokens per sequence.
     steps: timed steps, after ``warmup`` untimed ones.
     warmup: untimed steps (compilation included).
@@ -49,7 +56,7 @@ class ThroughputConfig:
   """
 
   model: str = "gpt2-124m"
-  optimizer: str = "adamw"
+  optimizers: tuple[str, ...] = ("adamw",)
   batch_size: int = 16
   seq_len: int = 1024
   steps: int = 20
@@ -60,6 +67,7 @@ class ThroughputConfig:
 
   def __post_init__(self):
     require_positive(self, "batch_size", "seq_len", "steps", "warmup", "matmul_size")
+    check_optimizer_specs(self.optimizers)
 
 
 TINY = ThroughputConfig(model="tiny", batch_size=8, seq_len=64, steps=3, warmup=1,
@@ -117,32 +125,41 @@ def run(cfg: ThroughputConfig, progress: Progress = Progress()) -> Result:
   peak_meas = matmul_rate(cfg.matmul_size)
   rows = []
   for impl in impls:
-    tc = TrainConfig(model=cfg.model, optimizer=cfg.optimizer, batch_size=cfg.batch_size,
-                     seq_len=cfg.seq_len, steps=cfg.warmup + cfg.steps, progress=False,
-                     corpus_max_bytes=cfg.corpus_max_bytes)
-    try:
-      r = time_training(tc, warmup=cfg.warmup, steps=cfg.steps, attention=impl)
-    except Exception as e:  # e.g. cuDNN unavailable for this shape/dtype
-      rows.append({"attention": impl, "error": f"{type(e).__name__}: {str(e)[:200]}"})
-      continue
-    achieved = r["flops_per_token"] * r["tokens_per_s"]
-    r.update({"attention": impl, "achieved_tflops": achieved / 1e12,
-              "mfu_vs_measured_matmul": achieved / peak_meas,
-              "mfu_vs_datasheet": achieved / peak_sheet if peak_sheet else None})
-    rows.append(r)
-    progress.say(f"{impl}: {r['tokens_per_s']:,.0f} tokens/s")
-  lines = [f"{cfg.model} / {cfg.optimizer}, batch {cfg.batch_size} x {cfg.seq_len} tokens, "
+    for spec in cfg.optimizers:
+      name, opt_kwargs = optimizer_of(spec)
+      tc = TrainConfig(model=cfg.model, optimizer=name, opt_kwargs=opt_kwargs,
+                       batch_size=cfg.batch_size, seq_len=cfg.seq_len,
+                       steps=cfg.warmup + cfg.steps, progress=False,
+                       corpus_max_bytes=cfg.corpus_max_bytes)
+      head = {"attention": impl, "optimizer": spec}
+      try:
+        r = time_training(tc, warmup=cfg.warmup, steps=cfg.steps, attention=impl)
+      except Exception as e:  # e.g. cuDNN unavailable for this shape/dtype
+        rows.append({**head, "error": f"{type(e).__name__}: {str(e)[:200]}"})
+        continue
+      achieved = r["flops_per_token"] * r["tokens_per_s"]
+      r.update({**head, "achieved_tflops": achieved / 1e12,
+                "mfu_vs_measured_matmul": achieved / peak_meas,
+                "mfu_vs_datasheet": achieved / peak_sheet if peak_sheet else None})
+      base = next((b for b in rows if b["attention"] == impl and "error" not in b), r)
+      r["tokens_per_s_vs_first"] = r["tokens_per_s"] / base["tokens_per_s"]
+      rows.append(r)
+      progress.say(f"{impl} / {spec}: {r['tokens_per_s']:,.0f} tokens/s "
+                   f"({r['tokens_per_s_vs_first']:.3f} x {base['optimizer']})")
+  lines = [f"{cfg.model}, batch {cfg.batch_size} x {cfg.seq_len} tokens, "
            f"{cfg.steps} timed steps after {cfg.warmup} warm-up; bf16 matmul measured "
            f"{peak_meas / 1e12:.0f} TFLOP/s" +
            (f", datasheet {peak_sheet / 1e12:.0f}" if peak_sheet else ""),
-           f"{'attention':<10}{'step ms':>9}{'tokens/s':>12}{'TFLOP/s':>9}{'MFU(meas)':>10}"
-           f"{'MFU(sheet)':>11}{'peak GiB':>9}"]
+           f"{'attention':<10}{'optimizer':<24}{'step ms':>9}{'tokens/s':>12}{'x first':>8}"
+           f"{'TFLOP/s':>9}{'MFU(meas)':>10}{'MFU(sheet)':>11}{'peak GiB':>9}"]
   for r in rows:
+    who = f"{r['attention']:<10}{r['optimizer']:<24}"
     if "error" in r:
-      lines.append(f"{r['attention']:<10} failed: {r['error']}")
+      lines.append(f"{who} failed: {r['error']}")
       continue
     sheet = f"{r['mfu_vs_datasheet']:.1%}" if r["mfu_vs_datasheet"] else "n/a"
-    lines.append(f"{r['attention']:<10}{r['step_ms']:>9.1f}{r['tokens_per_s']:>12,.0f}"
+    lines.append(f"{who}{r['step_ms']:>9.1f}{r['tokens_per_s']:>12,.0f}"
+                 f"{r['tokens_per_s_vs_first']:>8.3f}"
                  f"{r['achieved_tflops']:>9.1f}{r['mfu_vs_measured_matmul']:>10.1%}{sheet:>11}"
                  f"{r['peak_memory_gib'] or float('nan'):>9.1f}")
   return Result({"matmul_tflops": peak_meas / 1e12,

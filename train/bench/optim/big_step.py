@@ -55,9 +55,9 @@ from holojax.models.llama import LLAMA_PRESETS, Llama
 from holojax.optim import registry
 from holojax.optim.accounting import tree_bytes
 from holojax.train.bench.common import (Progress, Result, child_main, device_memory,
-                                        fmt_bytes, in_child, memory_analysis, pipe_table,
-                                        require_positive)
-from holojax.train.bench.optim.optimizer_step import make_optimizer, parse_spec
+                                        fmt_bytes, in_child, memory_analysis,
+                                        parse_optimizer_spec, pipe_table, require_positive)
+from holojax.train.bench.optim.optimizer_step import make_optimizer
 from holojax.train.step import init_state, make_train_step
 
 
@@ -99,7 +99,7 @@ class BigStepConfig:
   def __post_init__(self):
     if self.model not in LLAMA_PRESETS:
       raise ValueError(f"model={self.model!r}: choose a Llama preset {sorted(LLAMA_PRESETS)}")
-    bad = [s for s in self.optimizers if parse_spec(s)[0] not in registry.names()]
+    bad = [s for s in self.optimizers if parse_optimizer_spec(s)[0] not in registry.names()]
     if bad or not self.optimizers:
       raise ValueError(f"optimizers {bad or self.optimizers!r}: choose from {registry.names()}")
     if self.dtype not in ("float32", "bfloat16"):
@@ -136,7 +136,7 @@ def model_config(cfg: BigStepConfig):
 def optimizer(cfg: BigStepConfig, spec: str):
   """``spec``'s transformation; with ``scan_layers``, an optimizer that takes
   ``scanned`` (TurboAdam, leaf layout) updates the stacked blocks layer by layer."""
-  name, _, tree_layout = parse_spec(spec)
+  name, _, tree_layout = parse_optimizer_spec(spec)
   if cfg.scan_layers and tree_layout != "flat" and "scanned" in (registry.accepts(name) or ()):
     return make_optimizer(spec, scanned=lambda params: {k: k == "blocks" for k in params})
   return make_optimizer(spec)

@@ -39,11 +39,11 @@ import jax
 import optax
 
 from holojax.optim import registry
-from holojax.optim.layout import TREE_LAYOUTS
 from holojax.optim.accounting import state_bits_per_param, tree_bytes
-from holojax.train.bench.common import (Progress, Result, copy_bandwidth, gpt2_shapes,
-                                        kernel_profile, median_time, random_params_and_grads,
-                                        require_positive)
+from holojax.train.bench.common import (Progress, Result, check_optimizer_specs,
+                                        copy_bandwidth, gpt2_shapes, kernel_profile,
+                                        median_time, optimizer_of, parse_optimizer_spec,
+                                        random_params_and_grads, require_positive)
 
 OPTIMIZERS = ("adamw", "turbo_adam", "turbo_adam:flat", "turbo_adam@triton",
               "turbo_adam@triton:flat", "turbo_adam_v", "turbo_adam_v:flat", "holo_adam",
@@ -72,14 +72,6 @@ def tree_shapes(name: str, leaves_total: int) -> dict:
   n = int(m.group(2))
   rows = max(leaves_total // (n * 1024), 1)
   return {f"w{i:04d}": (rows, 1024) for i in range(n)}
-
-
-def parse_spec(spec: str) -> tuple[str, str, str]:
-  """``name[@implementation][:tree_layout]`` -> (name, implementation, tree_layout), each
-  "" where absent."""
-  head, _, tree_layout = spec.partition(":")
-  name, _, impl = head.partition("@")
-  return name, impl, tree_layout
 
 
 @dataclasses.dataclass(frozen=True)
@@ -111,13 +103,7 @@ class OptimizerStepConfig:
     if bad or not self.trees:
       raise ValueError(f"trees {bad or self.trees!r}: each must be gpt2-124m, llama-1b or "
                        f"leaves-<N>")
-    specs = [parse_spec(o) for o in self.optimizers]
-    unknown = [o for o, (n, _, t) in zip(self.optimizers, specs)
-               if n not in registry.names() or t not in ("",) + TREE_LAYOUTS]
-    if unknown or not self.optimizers:
-      raise ValueError(f"optimizers {unknown or self.optimizers!r}: choose from "
-                       f"{registry.names()} (optionally name@implementation:tree_layout, "
-                       f"tree_layout in {TREE_LAYOUTS})")
+    check_optimizer_specs(self.optimizers)
     require_positive(self, "leaves_total", "repeats", "bandwidth_bytes")
 
 
@@ -128,7 +114,7 @@ TINY = OptimizerStepConfig(trees=("leaves-2", "leaves-8"),
 
 def labels(spec: str) -> dict:
   """The row's ``optimizer``, ``implementation`` and ``tree_layout`` of ``spec``."""
-  name, impl, tree_layout = parse_spec(spec)
+  name, impl, tree_layout = parse_optimizer_spec(spec)
   return {"optimizer": name, "implementation": impl or "default",
           "tree_layout": tree_layout or "default"}
 
@@ -136,12 +122,8 @@ def labels(spec: str) -> dict:
 def make_optimizer(spec: str, **kw) -> optax.GradientTransformation:
   """The transformation of ``name[@implementation][:tree_layout]`` (``kw``: more of
   its keyword arguments)."""
-  name, impl, tree_layout = parse_spec(spec)
-  if impl:
-    kw["implementation"] = impl
-  if tree_layout:
-    kw["tree_layout"] = tree_layout
-  return registry.get(name, 1e-3, 0.0, **kw)
+  name, spec_kw = optimizer_of(spec)
+  return registry.get(name, 1e-3, 0.0, **spec_kw, **kw)
 
 
 def compiled_step(opt, params, grads):
