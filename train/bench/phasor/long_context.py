@@ -3,7 +3,8 @@
 Part ``lm``: phasor ``HoloForCausalLM``s (one per ``variants`` spec: the
 seed's decay-free memory and the switches toward the anchors, alone and
 combined; :func:`variant_fields`) and the baseline ``GPT`` (RoPE,
-cuDNN flash attention on GPU) of the same width and depth train on the same
+cuDNN flash attention on GPU) of the same width and depth, its MLP widened to
+at least the largest variant's parameter count (``match_params``), train on the same
 batches of the default byte corpus (the stdlib source) at sequence length
 ``train_len`` (4096), bf16 compute, for the same number of steps N; then both
 are evaluated on the same held-out bytes cut into windows of each
@@ -114,6 +115,11 @@ class LongContextConfig:
       convolution of width K), 'winW' (exact attention over the last W tokens in
       every layer), 'hdR' (memory width R x hd_ratio x width). The decode part
       runs the variant with the lowest val at the first eval length.
+    match_params: widen the transformer's MLP (rounded up to a multiple of
+      64) until it has at least as many parameters as the largest phasor
+      variant (a window and a wider memory add projections), so the
+      comparison is at equal parameters, never in attention's disfavour;
+      False: equal width, depth and MLP.
   """
 
   parts: tuple[str, ...] = ("lm", "decode")
@@ -141,6 +147,7 @@ class LongContextConfig:
   decode_max_minutes: float | None = 3.0
   decode_mode: str = "prefill"
   variants: tuple[str, ...] = ("seed", "gate", "conv4", "win64", "hd2", "conv4+gate+win64")
+  match_params: bool = True
 
   def __post_init__(self):
     if not self.parts or set(self.parts) - set(PARTS):
@@ -193,14 +200,18 @@ TINY = LongContextConfig(
 
 def model_configs(cfg: LongContextConfig) -> tuple[list[HoloConfig], GPTConfig]:
   """The phasor configs (one per variant) and the transformer's: equal width,
-  depth, heads and MLP.
+  depth and heads; with ``match_params`` the transformer's MLP is widened to
+  the largest variant's parameter count (by formula, rounded up to a
+  multiple of 64), else it is 4 x width like the phasors'.
 
   All accept ``max(eval_lens)`` tokens, so they can be evaluated past the
   training length.
 
   Example:
-    >>> (h,), g = model_configs(TINY)
+    >>> (h, w), g = model_configs(TINY)
     >>> (h.hidden_size, h.num_hidden_layers) == (g.hidden_size, g.num_hidden_layers)
+    True
+    >>> g.num_params() >= max(phasor_params(h), phasor_params(w)) > phasor_params(h)
     True
   """
   max_len = max(cfg.train_len, *cfg.eval_lens)
@@ -208,7 +219,18 @@ def model_configs(cfg: LongContextConfig) -> tuple[list[HoloConfig], GPTConfig]:
             dtype=cfg.dtype)
   phasors = [lm_config("phasor", max_seq_len=max(max_len, cfg.decode_tokens),
                        **variant_fields(spec, cfg.hd_dim), **kw) for spec in cfg.variants]
-  return phasors, lm_config("attention", max_seq_len=max_len, **kw)
+  gpt = lm_config("attention", max_seq_len=max_len, **kw)
+  if cfg.match_params:
+    want = max(phasor_params(c) for c in phasors)
+    per_unit = 2 * gpt.hidden_size * gpt.num_hidden_layers  # params per MLP width unit
+    extra = -(-max(want - gpt.num_params(), 0) // per_unit)
+    gpt = dataclasses.replace(gpt, intermediate_size=-(-(gpt.intermediate_size + extra) // 64) * 64)
+  return phasors, gpt
+
+
+def phasor_params(config: HoloConfig) -> int:
+  """Parameters of a phasor LM (counted on an abstract model: no memory used)."""
+  return num_params(nnx.eval_shape(lambda: build_lm(config, 0)))
 
 
 def kv_cache_bytes(layers: int, width: int, context: int, *, batch: int = 1,

@@ -116,6 +116,12 @@ def test_helpers():
   assert (h.hidden_size, h.num_hidden_layers, h.num_heads) == (256, 4, 4)
   assert (g.hidden_size, g.num_hidden_layers, g.num_heads) == (256, 4, 4)
   assert h.max_seq_len >= 16384 and g.max_seq_len >= 16384 and h.vocab_size == hdata.VOCAB_SIZE
+  # Equal parameters: attention's MLP grows to the largest variant's count, by at most 64 units.
+  most = max(lc.phasor_params(c) for c in (h, *others))
+  assert most <= g.num_params() < most + 64 * 2 * 256 * 4
+  assert g.intermediate_size % 64 == 0
+  (_, *_), g_width = lc.model_configs(lc.LongContextConfig(match_params=False))
+  assert g_width.intermediate_size == 4 * 256 < g.intermediate_size
 
 
 def test_bad_arguments():
