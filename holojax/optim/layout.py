@@ -93,6 +93,26 @@ def _axes(entry) -> tuple[str, ...]:
   return tuple(entry) if isinstance(entry, tuple) else (entry,)
 
 
+def entry_axes(entry) -> tuple[str, ...]:
+  """The mesh axes of one ``PartitionSpec`` entry (None, a name or a tuple of names).
+
+  Example:
+    >>> entry_axes(None), entry_axes("fsdp"), entry_axes(("data", "fsdp"))
+    ((), ('fsdp',), ('data', 'fsdp'))
+  """
+  return _axes(entry)
+
+
+def piece_shape(x, spec: P | None = None) -> tuple[int, ...]:
+  """The shape of one device's piece of ``x`` under ``spec`` (None: ``x``'s own
+  explicit spec; ``x``'s shape when it has none)."""
+  entries = explicit_spec(x) if spec is None else tuple(spec) + (None,) * x.ndim
+  if entries is None:
+    return tuple(x.shape)
+  mesh = jax.typeof(x).sharding.mesh
+  return tuple(n // math.prod(mesh.shape[a] for a in _axes(e)) for n, e in zip(x.shape, entries))
+
+
 def explicit_spec(x) -> tuple | None:
   """The explicit ``PartitionSpec`` entries of ``x``'s type (one per axis), or
   ``None`` when ``x`` carries no explicit sharding."""

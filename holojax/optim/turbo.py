@@ -769,16 +769,6 @@ def _flat_parts(xs, layout: TurboAdamLayout):
   return groups, [_Part(k, a, tuple(idx)) for (k, a), idx in parts.items()], specs
 
 
-def _local_shape(x, spec) -> tuple[int, ...]:
-  """The shape of one device's piece of ``x`` under ``spec`` (None: its own)."""
-  spec = lay.explicit_spec(x) if spec is None else tuple(spec) + (None,) * x.ndim
-  if spec is None:
-    return tuple(x.shape)
-  mesh = jax.typeof(x).sharding.mesh
-  return tuple(n // math.prod(mesh.shape[a] for a in lay._axes(e))
-               for n, e in zip(x.shape, spec))
-
-
 def _mesh_entry(x, axes):
   """``(mesh, D, spec entry)`` of a buffer split over ``axes`` on ``x``'s mesh."""
   mesh = jax.typeof(x).sharding.mesh
@@ -816,7 +806,7 @@ def _init_part(part: _Part, xs, specs, layout: TurboAdamLayout):
   """Zero state of ``part`` (``xs``, ``specs``: its leaves, their compute specs):
   the dense ``(mu, nu)`` (unsharded) or a :class:`TurboFlatGroup`, split parts
   ``[D, ...]`` per block with ``D`` (the devices along ``part.axes``) on axis 0."""
-  local = [_local_shape(x, s) for x, s in zip(xs, specs)]
+  local = [lay.piece_shape(x, s) for x, s in zip(xs, specs)]
   if not part.axes:
     if part.kind == "dense":
       n = sum(math.prod(s) for s in local)
@@ -886,8 +876,8 @@ def _local_rows(local_shape, shape, spec, start: int, bs: int) -> jax.Array:
   rows = jnp.full(dims, start, jnp.int32)
   for d, entry in enumerate(spec):
     i = jax.lax.broadcasted_iota(jnp.int32, dims, d)
-    if lay._axes(entry):
-      i = i + jax.lax.axis_index(lay._axes(entry)) * dims[d]
+    if lay.entry_axes(entry):
+      i = i + jax.lax.axis_index(lay.entry_axes(entry)) * dims[d]
     rows = rows + i * int(strides[d])
   return rows.reshape(-1)
 
