@@ -88,8 +88,9 @@ def test_sharded_flat_equals_unsharded_without_a_gather():
   """FSDP on ("data", "fsdp") = (2, 4): 5 steps equal the unsharded flat
   layout's to 1e-5; the sharded tensors' state is split over "fsdp" ([4, NB_local,
   ...], each device its own blocks) and the replicated ones' is whole; the
-  compiled update has no all-gather or all-to-all, and its all-reduces carry a
-  few numbers per tensor (alpha's sums, the quantiles' counts)."""
+  compiled update has no all-gather or all-to-all, its all-reduces carry a
+  few numbers per tensor (alpha's sums, the quantiles' counts), and the
+  blocks' rows are computed at run time (no constant larger than the tree)."""
   (us, s, hlo), (uw, _, _) = _run_both(TREE, 5)
   _assert_close(us, uw, TREE)
   split, whole = s.groups["mv@fsdp"], s.groups["mv"]
@@ -103,6 +104,9 @@ def test_sharded_flat_equals_unsharded_without_a_gather():
   assert not _collectives(hlo, "all-gather") and not _collectives(hlo, "all-to-all")
   reduced = _collectives(hlo, "all-reduce")
   assert reduced and max(reduced) <= 16, reduced  # [K=4 thresholds, n=2 tensors] at most
+  constants = [int(np.prod([int(d) for d in m.group(1).split(",") if d])) for m in
+               re.finditer(r"= \w+\[([\d,]*)\][^=\n]* constant\(", hlo)]
+  assert max(constants) <= len(TREE), max(constants)
 
 
 @pytest.mark.parametrize("kw,moved", [(dict(compress_m=False), 0.0),
