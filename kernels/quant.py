@@ -162,6 +162,22 @@ def hash_uniform(seed: jax.Array, shape: tuple[int, ...]) -> jax.Array:
   return uniform_from_index(jnp.asarray(seed, jnp.uint32), idx)
 
 
+def hash_uniform_rows(seed: jax.Array, rows: jax.Array, width: int) -> jax.Array:
+  """Uniforms ``[R, width]`` of rows ``rows int32[R]`` of a row-major ``[*, width]``
+  array: row ``rows[i]`` of :func:`hash_uniform` ``(seed, (NB, width))``, whatever
+  the order (or the device) the rows are computed in.
+
+  Example:
+    >>> import jax.numpy as jnp
+    >>> u = hash_uniform(jnp.uint32(3), (5, 8))
+    >>> bool(jnp.all(hash_uniform_rows(jnp.uint32(3), jnp.array([4, 1]), 8) == u[jnp.array([4, 1])]))
+    True
+  """
+  idx = (rows.astype(jnp.uint32)[:, None] * jnp.uint32(width)
+         + jnp.arange(width, dtype=jnp.uint32)[None, :])
+  return uniform_from_index(jnp.asarray(seed, jnp.uint32), idx)
+
+
 def seed_from_key(key: jax.Array) -> jax.Array:
   """A ``uint32`` scalar seed from a ``jax.random`` key (typed or raw)."""
   return jax.random.bits(key, (), jnp.uint32)

@@ -43,7 +43,9 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 
 # ``tree_layout`` of the compressed optimizers: a state per parameter tensor ("leaf",
 # sharded like it) or stacked states for the whole tree ("flat": a program whose size
-# does not grow with the number of tensors; unsharded or replicated parameters only).
+# does not grow with the number of tensors; TurboAdam's splits it per device under
+# explicit sharding, :func:`flat_split`; HoloAdam's takes unsharded or replicated
+# parameters only).
 TREE_LAYOUTS = ("leaf", "flat")
 
 
@@ -91,6 +93,26 @@ def _axes(entry) -> tuple[str, ...]:
   return tuple(entry) if isinstance(entry, tuple) else (entry,)
 
 
+def entry_axes(entry) -> tuple[str, ...]:
+  """The mesh axes of one ``PartitionSpec`` entry (None, a name or a tuple of names).
+
+  Example:
+    >>> entry_axes(None), entry_axes("fsdp"), entry_axes(("data", "fsdp"))
+    ((), ('fsdp',), ('data', 'fsdp'))
+  """
+  return _axes(entry)
+
+
+def piece_shape(x, spec: P | None = None) -> tuple[int, ...]:
+  """The shape of one device's piece of ``x`` under ``spec`` (None: ``x``'s own
+  explicit spec; ``x``'s shape when it has none)."""
+  entries = explicit_spec(x) if spec is None else tuple(spec) + (None,) * x.ndim
+  if entries is None:
+    return tuple(x.shape)
+  mesh = jax.typeof(x).sharding.mesh
+  return tuple(n // math.prod(mesh.shape[a] for a in _axes(e)) for n, e in zip(x.shape, entries))
+
+
 def explicit_spec(x) -> tuple | None:
   """The explicit ``PartitionSpec`` entries of ``x``'s type (one per axis), or
   ``None`` when ``x`` carries no explicit sharding."""
@@ -120,6 +142,34 @@ def work_spec(x, block: int | None) -> P | None:
       new[i] = spec[-1]
       break
   return P(*new)
+
+
+def flat_split(x, block: int | None) -> tuple[P | None, tuple[str, ...]]:
+  """How a flat tree layout splits ``x`` among devices: ``(spec, axes)``.
+
+  ``spec`` is the spec to compute ``x`` under (``None``: its own; else
+  :func:`work_spec`'s, or all ``None`` where the pieces would be uneven: a
+  gather) and ``axes`` the mesh axes (mesh order) that cut ``x`` under
+  ``spec`` into equal pieces, one per device along them, each of whole rows
+  of whole blocks of ``block`` elements (``block=None``: any elements);
+  ``()`` when ``x`` is whole on every device.
+
+  Example:
+    >>> flat_split(jnp.ones((4, 256)), 128)
+    (None, ())
+  """
+  spec = explicit_spec(x)
+  if spec is None:
+    return None, ()
+  work = work_spec(x, block) if block is not None else None
+  if work is not None:
+    spec = tuple(work) + (None,) * (x.ndim - len(work))
+  mesh = jax.typeof(x).sharding.mesh
+  shards = [math.prod(mesh.shape[a] for a in _axes(e)) for e in spec]
+  if any(n % s for n, s in zip(x.shape, shards)):
+    return P(*(None,) * x.ndim), ()
+  used = {a for e in spec for a in _axes(e)}
+  return work, tuple(a for a in mesh.axis_names if a in used)
 
 
 def reshard(x, spec: P | None):

@@ -27,8 +27,28 @@ compressed, not faithful, no error feedback) runs as two row passes
 then alpha per tensor, then the CoState signs and ``c`` per block, then the
 quantiles), in ``jnp`` or, with ``implementation`` "mosaic" / "interpret",
 in the Mosaic GPU row kernels (block_size 128, v_bits 2 / 4 / 8) that keep
-a block's whole chain in registers. Flat buffers mix tensors, so explicitly sharded
-parameters are refused (ValueError): use ``"leaf"`` for FSDP.
+a block's whole chain in registers.
+
+Flat layout under explicit sharding (FSDP, ``AxisType.Explicit``): each
+group's sharded tensors go to a buffer of their own per set of mesh axes
+(``groups["mv@fsdp"]``; ``"dense@fsdp"`` for the dense ones) of shape
+``[D, NB_local, ...]`` sharded on axis 0 over those axes (``D`` devices along
+them): device ``d`` holds the state of its own pieces' blocks, tensor after
+tensor. The update runs in ``jax.shard_map``: each device concatenates its
+pieces' blocks (no communication), updates them, and all-reduces the
+per-tensor sums and counts (``alpha``'s two sums, the phase scale, the
+quantiles' counts: a few numbers per tensor, the only collectives); no
+gather. The v draws hash each block's row in the *unsharded* buffer (the
+same reshapes applied to iotas offset by the device's index), so the update
+equals the unsharded flat update up to the order of float sums. A tensor's
+piece must be whole rows of whole blocks: a last axis whose shards are not
+whole blocks is moved onto a leading axis first (an all-to-all, as in the
+leaf layout); replicated tensors, and tensors that cannot be cut evenly,
+stay in the unsharded buffers (replicated; the latter gathered). The
+``[D, ...]`` shapes tie a state to its mesh size: another mesh size fails
+``update``'s state check (ValueError) rather than scrambling blocks. The
+kernels (``implementation`` other than "xla") draw by buffer position and
+refuse sharded parameters (ValueError).
 
 Second moment (per block, really packed, see :mod:`holojax.kernels.quant`)::
 
@@ -181,7 +201,9 @@ class ScaleByTurboAdamFlatState(NamedTuple):
   key: jax.Array    # uint32[2] (raw key data), split every step
   mu: Any           # float32[N dense]: the dense tensors' m, raveled and concatenated
   nu: Any           # float32[N dense]: their sqrt(v) (MaskedNode() both, if none)
-  groups: Any       # {"mv", "v", "m"} -> TurboFlatGroup: m and v / v only / m only compressed
+  groups: Any       # {"mv", "v", "m"} -> TurboFlatGroup: m and v / v only / m only compressed;
+  #                   under explicit sharding also "mv@fsdp", ..., "dense@fsdp": [D, NB_local, ...]
+  #                   buffers split over those mesh axes (module docstring)
 
 
 # Flat-layout groups: name -> (m compressed, v compressed).
@@ -293,17 +315,27 @@ class Segments:
   cumsum is a log-depth scan 7x slower, but atomics on few addresses on GPU),
   float sums are reduced per block first, then by a segmented scan (each
   segment summed apart: no cancellation against other tensors, no atomics).
+
+  Sharded (inside ``jax.shard_map``, ``axes`` the mesh axes that split every
+  tensor into ``shards`` equal pieces): the buffer is one device's blocks,
+  each tensor's contiguous, and every sum and count is the local one
+  all-reduced over ``axes`` (``float32[n]`` / ``int32[K, n]``: a few numbers
+  per tensor); sizes are the whole tensors'.
   """
   starts: jax.Array  # int32[n], first block of each tensor
   ends: jax.Array    # int32[n], one past its last block
   seg_nb: jax.Array  # int32[NB], the tensor of each block
   scatter: bool = False  # counts by segment sum (CPU) instead of cumsum differences
+  axes: tuple[str, ...] = ()  # mesh axes the tensors are split over (inside shard_map)
+  shards: int = 1             # pieces each tensor is split into
   ndim: ClassVar[int] = 1
 
   @classmethod
-  def of(cls, nbs, scatter: bool | None = None) -> Segments:
+  def of(cls, nbs, scatter: bool | None = None, axes: tuple[str, ...] = (),
+         shards: int = 1) -> Segments:
     """Segments of consecutive tensors of ``nbs`` blocks each (static ints > 0);
-    ``scatter=None``: segment-sum counts on CPU, cumsum differences elsewhere."""
+    ``scatter=None``: segment-sum counts on CPU, cumsum differences elsewhere;
+    ``axes``, ``shards``: see the class docstring (``nbs`` are then local)."""
     ends = np.cumsum(nbs).astype(np.int32)
     # Opaque to XLA: the per-block ids below are computed at run time, never
     # constant-folded into an [NB] array in the program.
@@ -311,11 +343,16 @@ class Segments:
         (jnp.asarray(ends - np.asarray(nbs, np.int32)), jnp.asarray(ends)))
     marks = jnp.zeros((int(sum(nbs)),), jnp.int32).at[starts[1:]].add(1)
     scatter = jax.default_backend() == "cpu" if scatter is None else scatter
-    return cls(starts, ends, jnp.cumsum(marks, dtype=jnp.int32), scatter)
+    return cls(starts, ends, jnp.cumsum(marks, dtype=jnp.int32), scatter, tuple(axes), shards)
 
   def size(self, x_nb: jax.Array) -> jax.Array:
     del x_nb
-    return self.ends - self.starts
+    n = self.ends - self.starts
+    return n * self.shards if self.axes else n
+
+  def _all(self, x: jax.Array) -> jax.Array:
+    """The sum of the devices' ``x`` over :attr:`axes` (``x`` itself if unsharded)."""
+    return jax.lax.psum(x, self.axes) if self.axes else x
 
   def _block_sums(self, x: jax.Array) -> jax.Array:
     return jnp.sum(x, axis=-1) if x.ndim == 2 else x
@@ -329,16 +366,16 @@ class Segments:
       (xa, fa), (xb, fb) = a, b
       return jnp.where(fb, xb, xa + xb), fa | fb
     scan, _ = jax.lax.associative_scan(add, (x_nb, first))
-    return scan[self.ends - 1]
+    return self._all(scan[self.ends - 1])
 
   def _count_rows(self, mask_kb: jax.Array) -> jax.Array:
     """``int32[K, n]`` counts of ``mask [K, NB]`` per tensor."""
     if self.scatter:
-      return jax.vmap(lambda m: jax.ops.segment_sum(
-          m.astype(jnp.int32), self.seg_nb, self.starts.shape[0], indices_are_sorted=True))(mask_kb)
+      return self._all(jax.vmap(lambda m: jax.ops.segment_sum(
+          m.astype(jnp.int32), self.seg_nb, self.starts.shape[0], indices_are_sorted=True))(mask_kb))
     c = jnp.cumsum(mask_kb.astype(jnp.int32), axis=-1)
     c = jnp.pad(c, ((0, 0), (1, 0)))
-    return c[:, self.ends] - c[:, self.starts]
+    return self._all(c[:, self.ends] - c[:, self.starts])
 
   def count(self, mask_nb: jax.Array) -> jax.Array:
     return self._count_rows(mask_nb[None])[0]
@@ -535,7 +572,7 @@ def _leaf_update(g, mu, nu, v, ms: _MLeaf, seed, count, **kw):
 
 
 def _blocks_update(gb, mu_b, nu_b, v, ms: _MLeaf, seed, count, *, mc, vc, red, layout, impl,
-                   b1, b2, eps, null_pct, amp_pct):
+                   b1, b2, eps, null_pct, amp_pct, row_ids=None):
   """TurboAdam on blocks ``gb float32[..., nb, bs]`` of one tensor (``red=WHOLE``)
   or of many (a flat ``[NB, bs]`` buffer, ``red`` their :class:`Segments`).
 
@@ -543,14 +580,17 @@ def _blocks_update(gb, mu_b, nu_b, v, ms: _MLeaf, seed, count, *, mc, vc, red, l
   ``m_t`` in blocks where m is dense (else unchanged), ``nu_b`` ``sqrt(v_t)``
   where v is dense. Computed in per-block units ``2^k`` (:func:`block_shift`):
   ``gs = g 2^-k``, ``m_t`` likewise. Everything here is per block or
-  elementwise except the per-tensor reductions of ``red``.
+  elementwise except the per-tensor reductions of ``red``. ``row_ids``
+  (``int32[NB]``, flat buffers): each block's row in the unsharded buffer,
+  which the v draws hash (default: its position in ``gb``).
   """
   rows_impl = kernels.rowblock_backend(impl, v_bits=layout.v_bits,
                                        ref_bits=layout.m_ref_bits, block_size=gb.shape[-1])
   if (mc and vc and isinstance(red, Segments) and not layout.faithful
       and not layout.error_feedback and rows_impl is not None):
     ub, v, ms = _rows_update(gb, v, ms, seed, count, red=red, layout=layout, impl=rows_impl,
-                             b1=b1, b2=b2, eps=eps, null_pct=null_pct, amp_pct=amp_pct)
+                             b1=b1, b2=b2, eps=eps, null_pct=null_pct, amp_pct=amp_pct,
+                             row_ids=row_ids)
     return ub, mu_b, nu_b, v, ms
   bc1 = 1.0 - jnp.asarray(b1, jnp.float32) ** count
   bc2 = 1.0 - jnp.asarray(b2, jnp.float32) ** count
@@ -580,7 +620,7 @@ def _blocks_update(gb, mu_b, nu_b, v, ms: _MLeaf, seed, count, *, mc, vc, red, l
 
   if vc:
     scalars = jnp.stack([jnp.asarray(x, jnp.float32) for x in (b2, eps, bc1, bc2)])
-    ub, codes, lo, hi = _fused(gs, m_t, codes, lo, hi, scalars, seed, layout, impl)
+    ub, codes, lo, hi = _fused(gs, m_t, codes, lo, hi, scalars, seed, layout, impl, row_ids)
     bounds = jnp.stack([x.astype(jnp.float32) + 2.0 * k for x in (lo, hi)], axis=-1)
     v = (codes, bounds.astype(jnp.float16))
     if units:
@@ -602,7 +642,7 @@ def _blocks_update(gb, mu_b, nu_b, v, ms: _MLeaf, seed, count, *, mc, vc, red, l
 
 
 def _rows_update(gb, v, ms: _MLeaf, seed, count, *, red: Segments, layout, impl, b1, b2, eps,
-                 null_pct, amp_pct):
+                 null_pct, amp_pct, row_ids=None):
   """The default step (m and v compressed, CoState in units of ``sqrt(v^)``)
   of a flat ``[NB, bs]`` buffer as two row passes
   (:mod:`holojax.kernels.turbo_adam.rowblock_reference`): ``(update, (codes,
@@ -615,7 +655,8 @@ def _rows_update(gb, v, ms: _MLeaf, seed, count, *, red: Segments, layout, impl,
   old = rows.OldState(*v, ms.ref, ms.levels, ms.signs, ms.scales, red.blocks(ms.alpha))
   scalars = rows.step_scalars(b1, b2, eps, count)
   kw = dict(v_bits=layout.v_bits, ref_bits=layout.m_ref_bits, implementation=impl)
-  a = kernels.rowblock_pass_a(gb, old, scalars, seed, **kw)
+  a = kernels.rowblock_pass_a(gb, old, scalars, seed, **kw,
+                              **({} if row_ids is None else dict(row_ids=row_ids)))
   rr = red.sum(a.rr)
   alpha = jnp.where(rr > 0, red.sum(a.qr) / jnp.where(rr > 0, rr, 1.0), 0.0)
   signs, c = kernels.rowblock_pass_b(gb, old, scalars, a, red.blocks(alpha), **kw)
@@ -624,11 +665,12 @@ def _rows_update(gb, v, ms: _MLeaf, seed, count, *, red: Segments, layout, impl,
                                           scales, ms.err)
 
 
-def _fused(gs, m_t, codes, lo, hi, scalars, seed, layout, impl):
-  """The kernel's fused v step on ``[*lead, nb, bs]`` blocks."""
+def _fused(gs, m_t, codes, lo, hi, scalars, seed, layout, impl, row_ids=None):
+  """The kernel's fused v step on ``[*lead, nb, bs]`` blocks (``row_ids``: flat buffers)."""
   if impl == "xla" or gs.ndim == 2:
     return kernels.fused_v_update(gs, m_t, codes, lo, hi, scalars, seed, bits=layout.v_bits,
-                                  implementation=impl)
+                                  implementation=impl,
+                                  **({} if row_ids is None else dict(row_ids=row_ids)))
   lead = gs.shape[:-1]
   flat = lambda a: a.reshape(math.prod(a.shape[:len(lead)]), *a.shape[len(lead):])
   u, c, l2, h2 = kernels.fused_v_update(flat(gs), flat(m_t), flat(codes), flat(lo), flat(hi),
@@ -696,16 +738,62 @@ def _stack_shapes_ok(g, mu, nu, v, ms, layout) -> bool:
 # The flat layout: one buffer per group, whatever the number of tensors.
 
 
-def _init_group(nb: int, n: int, mc: bool, vc: bool, layout: TurboAdamLayout
-                ) -> TurboFlatGroup:
-  """Zero state of a group of ``n`` tensors holding ``nb`` row blocks in all."""
+class _Part(NamedTuple):
+  """One flat buffer (static): the tensors ``idx`` of group ``kind`` ("dense" or
+  a :data:`FLAT_GROUPS` name) that mesh ``axes`` split into equal pieces
+  (``()``: whole on every device). Unsharded, a group is one part."""
+  kind: str
+  axes: tuple[str, ...]
+  idx: tuple[int, ...]
+
+  @property
+  def key(self) -> str:
+    """Its key in :attr:`ScaleByTurboAdamFlatState.groups`: the group's name, and
+    ``@`` its mesh axes when split (``"mv@fsdp"``, ``"dense@data+fsdp"``)."""
+    return self.kind if not self.axes else f"{self.kind}@{'+'.join(self.axes)}"
+
+
+def _flat_parts(xs, layout: TurboAdamLayout):
+  """Static plan of the flat layout of leaves ``xs`` (parameters or gradients):
+  ``(groups, parts, specs)``: :meth:`TurboAdamLayout.flat_plan`'s groups of the
+  whole tree (they set the seeds and the unsharded rows), the buffers
+  (:class:`_Part`, the dense one first) and each leaf's compute spec
+  (:func:`holojax.optim.layout.flat_split`)."""
+  dense, groups = layout.flat_plan([tuple(x.shape) for x in xs])
+  kinds = {**({"dense": dense} if dense else {}), **groups}
+  parts, specs = {}, [None] * len(xs)
+  for kind, idx in kinds.items():
+    for i in idx:
+      specs[i], axes = lay.flat_split(xs[i], None if kind == "dense" else layout.block_size)
+      parts.setdefault((kind, axes), []).append(i)
+  return groups, [_Part(k, a, tuple(idx)) for (k, a), idx in parts.items()], specs
+
+
+def _mesh_entry(x, axes):
+  """``(mesh, D, spec entry)`` of a buffer split over ``axes`` on ``x``'s mesh."""
+  mesh = jax.typeof(x).sharding.mesh
+  return mesh, math.prod(mesh.shape[a] for a in axes), axes[0] if len(axes) == 1 else axes
+
+
+def _per_block(f, grp: TurboFlatGroup, alpha=lambda a: a) -> TurboFlatGroup:
+  """``grp`` with ``f`` applied to its per-block arrays, ``alpha`` to ``alpha``
+  (per tensor)."""
+  out = jax.tree.map(f, grp._replace(m=grp.m._replace(alpha=None)))
+  return out._replace(m=out.m._replace(alpha=jax.tree.map(alpha, grp.m.alpha)))
+
+
+def _init_group(nb: int, n: int, mc: bool, vc: bool, layout: TurboAdamLayout, lead=(),
+                sharding=None) -> TurboFlatGroup:
+  """Zero state of a group of ``n`` tensors holding ``nb`` row blocks in all
+  (``lead=(D,)``: on each of ``D`` devices, the buffers of ``sharding``)."""
   bs, empty = layout.block_size, optax.MaskedNode()
-  z = lambda k, dtype: jnp.zeros((nb, k), dtype)
+  z = lambda k, dtype: jnp.zeros((*lead, nb, k), dtype, out_sharding=sharding)
   ref = not layout.faithful
   m = CoStateM(alpha=jnp.zeros((n,), jnp.float32),
                ref=z(bs * layout.m_ref_bits // 8, jnp.uint8) if ref else empty,
                levels=z(layout.m_ref_bits, jnp.float16) if ref else empty,
-               signs=z(bs // 8, jnp.uint8), scales=jnp.zeros((nb,), jnp.float16),
+               signs=z(bs // 8, jnp.uint8),
+               scales=jnp.zeros((*lead, nb), jnp.float16, out_sharding=sharding),
                err=z(bs, jnp.float32) if layout.error_feedback else empty)
   return TurboFlatGroup(
       mu=empty if mc else z(bs, jnp.float32), nu=empty if vc else z(bs, jnp.float32),
@@ -714,17 +802,48 @@ def _init_group(nb: int, n: int, mc: bool, vc: bool, layout: TurboAdamLayout
       m=m if mc else CoStateM(*(empty,) * len(CoStateM._fields)))
 
 
-def _init_flat(params, layout: TurboAdamLayout):
+def _init_part(part: _Part, xs, specs, layout: TurboAdamLayout):
+  """Zero state of ``part`` (``xs``, ``specs``: its leaves, their compute specs):
+  the dense ``(mu, nu)`` (unsharded) or a :class:`TurboFlatGroup`, split parts
+  ``[D, ...]`` per block with ``D`` (the devices along ``part.axes``) on axis 0."""
+  local = [lay.piece_shape(x, s) for x, s in zip(xs, specs)]
+  if not part.axes:
+    if part.kind == "dense":
+      n = sum(math.prod(s) for s in local)
+      return jnp.zeros((n,), jnp.float32), jnp.zeros((n,), jnp.float32)
+    return _init_group(sum(layout.row_blocks(s) for s in local), len(xs), *FLAT_GROUPS[part.kind],
+                       layout)
+  mesh, d, entry = _mesh_entry(xs[0], part.axes)
+  sharding = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(entry))
+  if part.kind == "dense":
+    z = lambda: jnp.zeros((d, sum(math.prod(s) for s in local)), jnp.float32,
+                          out_sharding=sharding)
+    empty = optax.MaskedNode()
+    return TurboFlatGroup(z(), z(), PackedV(empty, empty), CoStateM(*(empty,) * 6))
+  return _init_group(sum(layout.row_blocks(s) for s in local), len(xs), *FLAT_GROUPS[part.kind],
+                     layout, (d,), sharding)
+
+
+def _refuse_kernels_when_split(parts, impl: str) -> None:
+  if impl != "xla" and any(p.axes for p in parts):
+    raise ValueError(f"turbo_adam: tree_layout='flat' with explicitly sharded parameters needs "
+                     f"implementation='xla' (the kernels draw by buffer position), got {impl!r}")
+
+
+def _init_flat(params, layout: TurboAdamLayout, impl: str = "xla"):
   """``(mu, nu, groups)`` of :class:`ScaleByTurboAdamFlatState`."""
-  lay.refuse_explicit_sharding(params, "turbo_adam", "parameter")
   leaves = jax.tree.leaves(params)
-  dense, groups = layout.flat_plan([tuple(p.shape) for p in leaves])
-  n_dense = sum(leaves[i].size for i in dense)
-  mu = jnp.zeros((n_dense,), jnp.float32) if dense else optax.MaskedNode()
-  nu = jnp.zeros((n_dense,), jnp.float32) if dense else optax.MaskedNode()
-  return mu, nu, {
-      k: _init_group(sum(layout.row_blocks(leaves[i].shape) for i in idx), len(idx),
-                     *FLAT_GROUPS[k], layout) for k, idx in groups.items()}
+  _, parts, specs = _flat_parts(leaves, layout)
+  _refuse_kernels_when_split(parts, impl)
+  mu = nu = optax.MaskedNode()
+  groups = {}
+  for part in parts:
+    st = _init_part(part, [leaves[i] for i in part.idx], [specs[i] for i in part.idx], layout)
+    if part.key == "dense":
+      mu, nu = st
+    else:
+      groups[part.key] = st
+  return mu, nu, groups
 
 
 def _split(x_flat: jax.Array, sizes) -> list[jax.Array]:
@@ -733,10 +852,83 @@ def _split(x_flat: jax.Array, sizes) -> list[jax.Array]:
   return [x_flat[e - n:e] for e, n in zip(ends, sizes)]
 
 
-def _flat_group_ok(grp: TurboFlatGroup, nb: int, n: int, mc: bool, vc: bool) -> bool:
-  rows = lambda x: x.shape[0] if hasattr(x, "shape") else None
-  m_ok = rows(grp.m.alpha) == n and rows(grp.m.scales) == nb if mc else rows(grp.mu) == nb
-  return m_ok and (rows(grp.v.bounds) == nb if vc else rows(grp.nu) == nb)
+def _state_like(got, want) -> bool:
+  """Whether state ``got`` has ``want``'s structure and shapes."""
+  shapes = lambda t: (jax.tree.structure(t), [tuple(x.shape) for x in jax.tree.leaves(t)])
+  return shapes(got) == shapes(want)
+
+
+def _unsharded_rows(nbs, starts) -> jax.Array:
+  """``int32[sum nbs]``: rows ``starts[i] + arange(nbs[i])``, tensor after tensor
+  (computed at run time: the offsets are opaque to XLA)."""
+  starts = jax.lax.optimization_barrier(jnp.asarray(np.asarray(starts, np.int32)))
+  return jnp.concatenate([starts[i] + jnp.arange(n, dtype=jnp.int32) for i, n in enumerate(nbs)])
+
+
+def _local_rows(local_shape, shape, spec, start: int, bs: int) -> jax.Array:
+  """Inside ``shard_map``: ``int32[blocks]``, the rows in the unsharded flat buffer
+  of this device's blocks (row-major) of a tensor of ``shape`` sharded as
+  ``spec`` (its piece: ``local_shape``), whose first block is row ``start``: the
+  same reshapes as the tensor's, applied to iotas offset by the device's index."""
+  dims = (*local_shape[:-1], lay.num_blocks(local_shape[-1], bs))
+  whole = (*shape[:-1], lay.num_blocks(shape[-1], bs))
+  strides = np.cumprod((1,) + whole[:0:-1])[::-1]
+  rows = jnp.full(dims, start, jnp.int32)
+  for d, entry in enumerate(spec):
+    i = jax.lax.broadcasted_iota(jnp.int32, dims, d)
+    if lay.entry_axes(entry):
+      i = i + jax.lax.axis_index(lay.entry_axes(entry)) * dims[d]
+    rows = rows + i * int(strides[d])
+  return rows.reshape(-1)
+
+
+def _split_update(part: _Part, xs, grp: TurboFlatGroup, seed, count, starts, kw):
+  """Updates (a list like ``xs``) and the new state of a split ``part``, each
+  device on its own pieces (``jax.shard_map``): its blocks concatenated
+  tensor after tensor into ``[NB_local, bs]`` and updated by
+  :func:`_blocks_update` with :class:`Segments` all-reduced over
+  ``part.axes`` and the v draws at the blocks' unsharded rows (from
+  ``starts``, each tensor's first row in its group's unsharded buffer): the
+  unsharded update, summed in another order."""
+  layout = kw["layout"]
+  bs = layout.block_size
+  mesh, d, entry = _mesh_entry(xs[0], part.axes)
+  P = jax.sharding.PartitionSpec
+  specs = [lay.explicit_spec(x) for x in xs]
+  shapes = [tuple(x.shape) for x in xs]
+  in_specs = [P(*s) for s in specs]
+  grp_specs = _per_block(lambda _: P(entry), grp, lambda _: P())
+  traced = {k: v for k, v in kw.items() if isinstance(v, jax.Array)}
+  fixed = {k: v for k, v in kw.items() if k not in traced}
+
+  def local(xs, grp, seed, count, traced):
+    hyper = {**fixed, **traced}
+    grp = _per_block(lambda a: a[0], grp)
+    if part.kind == "dense":
+      us, mu, nu = moments.dense_adam_concat(xs, grp.mu, grp.nu, b1=hyper["b1"], b2=hyper["b2"],
+                                             eps=hyper["eps"], count=count)
+      new = grp._replace(mu=mu, nu=nu)
+    else:
+      nbs = [layout.row_blocks(x.shape) for x in xs]
+      gb = jnp.concatenate([lay.row_blocks(x.astype(jnp.float32), bs).reshape(-1, bs)
+                            for x in xs])                          # [NB_local, bs]
+      rows = jnp.concatenate([_local_rows(x.shape, shape, s, start, bs)
+                              for x, shape, s, start in zip(xs, shapes, specs, starts)])
+      red = Segments.of(nbs, axes=part.axes, shards=d)
+      ub, mu_b, nu_b, v, ms = _blocks_update(gb, grp.mu, grp.nu, tuple(grp.v), _MLeaf(*grp.m),
+                                             seed, count, mc=FLAT_GROUPS[part.kind][0],
+                                             vc=FLAT_GROUPS[part.kind][1], red=red,
+                                             row_ids=rows, **hyper)
+      new = TurboFlatGroup(mu_b, nu_b, PackedV(*v), CoStateM(*ms))
+      us = [lay.from_row_blocks(u.reshape(*x.shape[:-1], -1, bs), x.shape[-1])
+            for u, x in zip(_split(ub, nbs), xs)]
+    return us, _per_block(lambda a: a[None], new)
+
+  # jit: one program when called eagerly (op-by-op dispatch compiles every op
+  # for the mesh: ~5x slower); inlined under an outer jit.
+  return jax.jit(jax.shard_map(
+      local, mesh=mesh, in_specs=(in_specs, grp_specs, P(), P(), jax.tree.map(lambda _: P(), traced)),
+      out_specs=(in_specs, grp_specs)))(xs, grp, seed, count, traced)
 
 
 def _flat_update(gs: list, state: ScaleByTurboAdamFlatState, sub, count, **kw):
@@ -746,43 +938,57 @@ def _flat_update(gs: list, state: ScaleByTurboAdamFlatState, sub, count, **kw):
   concatenated into ``[NB, bs]`` row blocks and updated in one
   :func:`_blocks_update` with per-tensor reductions over :class:`Segments`
   (one fused v step, one seed for the whole buffer), then split back.
+  Explicitly sharded tensors go to split buffers (:func:`_split_update`),
+  one per group and set of mesh axes, with the group's seed; the rest of
+  such a group then draws at its unsharded rows too.
   """
   layout = kw["layout"]
   bs = layout.block_size
-  shapes = [tuple(g.shape) for g in gs]
-  dense, groups = layout.flat_plan(shapes)
+  groups, parts, specs = _flat_parts(gs, layout)
+  _refuse_kernels_when_split(parts, kw["impl"])
   mismatch = ValueError("turbo_adam: the gradients do not match the optimizer state built at "
-                        "init (tree_layout='flat': same tree and shapes needed)")
-  if sorted(groups) != sorted(state.groups):
+                        "init (tree_layout='flat': same tree, shapes and shardings needed)")
+  keys = sorted(p.key for p in parts if p.key != "dense")
+  if keys != sorted(state.groups):
     raise mismatch
+  seeds = {k: quant.seed_from_key(jax.random.fold_in(sub, j)) for j, k in enumerate(groups)}
+  starts = {}
+  for idx in groups.values():
+    nbs = [layout.row_blocks(gs[i].shape) for i in idx]
+    starts.update(zip(idx, (np.cumsum(nbs) - nbs).tolist()))
+  split_kinds = {p.kind for p in parts if p.axes}
+
   out = [None] * len(gs)
   mu, nu = state.mu, state.nu
-  if dense:
-    sizes = [gs[i].size for i in dense]
-    if getattr(mu, "shape", None) != (sum(sizes),):
-      raise mismatch
-    us, mu, nu = moments.dense_adam_concat([gs[i] for i in dense], mu, nu, b1=kw["b1"],
-                                           b2=kw["b2"], eps=kw["eps"], count=count)
-    for i, u in zip(dense, us):
-      out[i] = u
-
   new_groups = {}
-  for j, (name, idx) in enumerate(groups.items()):
-    mc, vc = FLAT_GROUPS[name]
-    nbs = [layout.row_blocks(shapes[i]) for i in idx]
-    grp = state.groups[name]
-    if not _flat_group_ok(grp, sum(nbs), len(idx), mc, vc):
+  for part in parts:
+    xs = [lay.reshard(gs[i], specs[i]) for i in part.idx]
+    grp = (mu, nu) if part.key == "dense" else state.groups[part.key]
+    if not _state_like(grp, jax.eval_shape(
+        lambda: _init_part(part, xs, [None] * len(xs), layout))):
       raise mismatch
-    gb = jnp.concatenate([lay.row_blocks(gs[i].astype(jnp.float32), bs).reshape(-1, bs)
-                          for i in idx])                            # [NB, bs]
-    seed = quant.seed_from_key(jax.random.fold_in(sub, j))
-    ub, mu_b, nu_b, v, ms = _blocks_update(gb, grp.mu, grp.nu, tuple(grp.v), _MLeaf(*grp.m),
-                                           seed, count, mc=mc, vc=vc, red=Segments.of(nbs),
-                                           **kw)
-    new_groups[name] = TurboFlatGroup(mu_b, nu_b, PackedV(*v), CoStateM(*ms))
-    for i, u in zip(idx, _split(ub, nbs)):
-      lead, length = shapes[i][:-1], shapes[i][-1]
-      out[i] = lay.from_row_blocks(u.reshape(*lead, -1, bs), length)
+    if part.axes:
+      us, new_groups[part.key] = _split_update(part, xs, grp, seeds.get(part.kind), count,
+                                               [starts.get(i) for i in part.idx], kw)
+    elif part.kind == "dense":
+      us, mu, nu = moments.dense_adam_concat(xs, mu, nu, b1=kw["b1"], b2=kw["b2"],
+                                             eps=kw["eps"], count=count)
+    else:
+      mc, vc = FLAT_GROUPS[part.kind]
+      nbs = [layout.row_blocks(x.shape) for x in xs]
+      gb = jnp.concatenate([lay.row_blocks(x.astype(jnp.float32), bs).reshape(-1, bs)
+                            for x in xs])                            # [NB, bs]
+      rows = (_unsharded_rows(nbs, [starts[i] for i in part.idx])
+              if part.kind in split_kinds else None)
+      ub, mu_b, nu_b, v, ms = _blocks_update(gb, grp.mu, grp.nu, tuple(grp.v), _MLeaf(*grp.m),
+                                             seeds[part.kind], count, mc=mc, vc=vc,
+                                             red=Segments.of(nbs), row_ids=rows, **kw)
+      new_groups[part.key] = TurboFlatGroup(mu_b, nu_b, PackedV(*v), CoStateM(*ms))
+      us = [lay.from_row_blocks(u.reshape(*x.shape[:-1], -1, bs), x.shape[-1])
+            for u, x in zip(_split(ub, nbs), xs)]
+    for i, u in zip(part.idx, us):
+      own = lay.explicit_spec(gs[i])
+      out[i] = u if specs[i] is None else lay.reshard(u, jax.sharding.PartitionSpec(*own))
   return out, mu, nu, new_groups
 
 
@@ -819,8 +1025,11 @@ def scale_by_turbo_adam(b1: float = 0.9, b2: float = 0.999, eps: float = 1e-8,
       (compiled / interpreted; :func:`holojax.kernels.turbo_adam.rowblock_backend`).
     tree_layout: ``"leaf"`` (the default: a state per tensor, sharded like
       it) or ``"flat"`` (blocked tensors' states concatenated into a few
-      buffers, one update whatever the number of tensors; unsharded or
-      replicated parameters only). See the module docstring.
+      buffers, one update whatever the number of tensors; under explicit
+      sharding, a buffer per group and set of mesh axes, split so that each
+      device updates and stores its own shards' blocks with no gather, same
+      update as unsharded up to float summation order; "xla" implementation
+      only then). See the module docstring.
     scanned: which parameters stack the layers of a scanned model along axis 0
       (``nnx.scan`` / ``nnx.vmap``, e.g. ``Llama(scan_layers=True)``'s
       ``blocks``): None (none), a bool (all), a pytree prefix of bools or a
@@ -841,7 +1050,9 @@ def scale_by_turbo_adam(b1: float = 0.9, b2: float = 0.999, eps: float = 1e-8,
   Raises:
     ValueError: an argument is out of range, or (at ``update``) a gradient's
       shape does not match its parameter (the message names the leaf), or
-      ``tree_layout="flat"`` meets an explicitly sharded parameter.
+      (``tree_layout="flat"``) the gradients' tree, shapes or shardings do not
+      match the state's, or a kernel ``implementation`` meets explicitly
+      sharded parameters.
     TypeError: an argument has the wrong type (``v_bits=4.0``, a string
       rate), or (at ``init``) a parameter is not floating point.
   """
@@ -873,7 +1084,7 @@ def scale_by_turbo_adam(b1: float = 0.9, b2: float = 0.999, eps: float = 1e-8,
     if layout.tree_layout == "flat":
       return ScaleByTurboAdamFlatState(
           jnp.zeros((), jnp.int32), jax.random.key_data(jax.random.key(seed)).astype(jnp.uint32),
-          *_init_flat(params, layout))
+          *_init_flat(params, layout, impl))
     stacks = jax.tree.leaves(lay.leaf_labels(params, scanned))
     leaves = []
     for (path, p), stack in zip(jax.tree_util.tree_flatten_with_path(params)[0], stacks):
@@ -899,7 +1110,6 @@ def scale_by_turbo_adam(b1: float = 0.9, b2: float = 0.999, eps: float = 1e-8,
     key, sub = jax.random.split(jax.random.wrap_key_data(state.key))
     key_data = jax.random.key_data(key).astype(jnp.uint32)
     if layout.tree_layout == "flat":
-      lay.refuse_explicit_sharding(updates, "turbo_adam", "gradient")
       gs, treedef = jax.tree.flatten(updates)
       us, mu, nu, groups = _flat_update(gs, state, sub, count, **hyper)
       return (treedef.unflatten([u.astype(g.dtype) for u, g in zip(us, gs)]),

@@ -83,7 +83,8 @@ def select_implementation(*, bits: int, block_size: int,
 
 def fused_v_update(g: jax.Array, m: jax.Array, codes: jax.Array, lo: jax.Array, hi: jax.Array,
                    scalars: jax.Array, seed: jax.Array, *, bits: int,
-                   implementation: backend.Implementation = None):
+                   implementation: backend.Implementation = None,
+                   row_ids: jax.Array | None = None):
   """Fused v step; see :mod:`.reference` for the maths, shapes and result.
 
   ``implementation``: None (the default order, "xla"), a name ("xla",
@@ -91,7 +92,8 @@ def fused_v_update(g: jax.Array, m: jax.Array, codes: jax.Array, lo: jax.Array, 
   backends: "mosaic" on Hopper, else "triton") or a sequence of names tried
   in order (see :mod:`holojax.kernels.backend`).
   :func:`select_implementation` says which one runs; it runs in
-  ``jax.named_scope("fused_v_update/NAME")``.
+  ``jax.named_scope("fused_v_update/NAME")``. ``row_ids`` (``int32[nb]``, the
+  blocks' rows in the draws' index, :mod:`.reference`): "xla" only.
 
   Example:
     >>> import jax.numpy as jnp
@@ -105,7 +107,17 @@ def fused_v_update(g: jax.Array, m: jax.Array, codes: jax.Array, lo: jax.Array, 
   """
   chosen = _select(bits, g.shape[-1], implementation)
   with jax.named_scope(f"{OP}/{chosen.name}"):
-    return chosen.fn(g, m, codes, lo, hi, scalars, seed, bits=bits)
+    if row_ids is None:
+      return chosen.fn(g, m, codes, lo, hi, scalars, seed, bits=bits)
+    _refuse_row_ids(OP, chosen.name)
+    return chosen.fn(g, m, codes, lo, hi, scalars, seed, bits=bits, row_ids=row_ids)
+
+
+def _refuse_row_ids(op: str, name: str) -> None:
+  """Only the ``jnp`` reference draws by given row ids (the kernels hash positions)."""
+  if name != "xla":
+    raise ValueError(f"{op}: row_ids (a sharded flat buffer) need implementation='xla', "
+                     f"got {name!r}")
 
 
 # ----------------------------------------------------------------------------
@@ -154,16 +166,20 @@ def rowblock_backend(implementation: str, *, v_bits: int, ref_bits: int,
 
 
 def rowblock_pass_a(g, old, scalars, seed, *, v_bits: int, ref_bits: int,
-                    implementation: str = "xla") -> rowblock_reference.PassA:
+                    implementation: str = "xla", row_ids=None) -> rowblock_reference.PassA:
   """Pass A (:func:`.rowblock_reference.pass_a_rows`) by ``implementation``
   ("xla", "mosaic" or "interpret", see :func:`rowblock_backend`). "xla" sums
   rows by ``rowblock_reference.xla_row_sum``, looked up at each call (a test
-  swaps in the kernels' order, ``chunked_row_sum``)."""
+  swaps in the kernels' order, ``chunked_row_sum``). ``row_ids``: the blocks'
+  rows in the draws' index ("xla" only; None: their positions)."""
   with jax.named_scope(f"{ROWBLOCK_OP}_a/{implementation}"):
     if implementation == "xla":
+      kw = {} if row_ids is None else dict(row_ids=row_ids)
       return rowblock_reference.pass_a_rows(g, old, scalars, seed, v_bits=v_bits,
                                             ref_bits=ref_bits,
-                                            row_sum=rowblock_reference.xla_row_sum)
+                                            row_sum=rowblock_reference.xla_row_sum, **kw)
+    if row_ids is not None:
+      _refuse_row_ids(ROWBLOCK_OP, implementation)
     return rowblock_mosaic.pass_a_mosaic(g, old, scalars, seed, v_bits=v_bits,
                                          ref_bits=ref_bits,
                                          interpret=implementation == "interpret")

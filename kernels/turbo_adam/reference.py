@@ -9,6 +9,9 @@ first moment ``m_t`` already updated, and the packed log-scale ``v``::
   codes', lo', hi' = encode_stochastic(v_t, u(seed, index))   # sticky grid
 
 with ``bc1 = 1 - b1^t``, ``bc2 = 1 - b2^t``. Returns ``(u_t, codes', lo', hi')``.
+The draws ``u`` hash the element index ``row * bs + column``: the row's
+position in ``g`` or, given ``row_ids``, its id there (a block's row in the
+unsharded buffer, for a buffer cut into shards).
 """
 
 from __future__ import annotations
@@ -21,7 +24,8 @@ from holojax.kernels import quant
 
 def fused_v_update_reference(g: jax.Array, m: jax.Array, codes: jax.Array, lo: jax.Array,
                              hi: jax.Array, scalars: jax.Array, seed: jax.Array, *,
-                             bits: int) -> tuple[jax.Array, jax.Array, jax.Array, jax.Array]:
+                             bits: int, row_ids: jax.Array | None = None
+                             ) -> tuple[jax.Array, jax.Array, jax.Array, jax.Array]:
   """Reference fused step.
 
   Args:
@@ -31,6 +35,7 @@ def fused_v_update_reference(g: jax.Array, m: jax.Array, codes: jax.Array, lo: j
     scalars: ``float32[4]`` = ``(b2, eps, bc1, bc2)``.
     seed: ``uint32[]`` seed of this step and tensor.
     bits: v code width.
+    row_ids: ``int32[nb]`` row of each block in the draws' index (default: its position).
 
   Returns:
     ``(update float32[nb, bs], codes, lo, hi)``.
@@ -40,6 +45,7 @@ def fused_v_update_reference(g: jax.Array, m: jax.Array, codes: jax.Array, lo: j
   v_old = quant.decode_log(quant.unpack_bits(codes, bits, bs), lo, hi, bits=bits)
   v = b2 * v_old + (1.0 - b2) * jnp.square(g)
   upd = (m / bc1) / (jnp.sqrt(v / bc2) + eps)
-  u = quant.hash_uniform(seed, v.shape)
+  u = (quant.hash_uniform(seed, v.shape) if row_ids is None
+       else quant.hash_uniform_rows(seed, row_ids, bs))
   new_codes, new_lo, new_hi = quant.encode_log(v, u, bits=bits, prev_lo=lo, prev_hi=hi)
   return upd, quant.pack_bits(new_codes, bits), new_lo, new_hi

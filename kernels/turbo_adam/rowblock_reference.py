@@ -216,14 +216,16 @@ def _m_t(g, old: OldState, b1, c1, *, v_bits, ref_bits):
 
 
 def pass_a_rows(g: jax.Array, old: OldState, scalars: jax.Array, seed: jax.Array, *,
-                v_bits: int, ref_bits: int, row_sum=xla_row_sum) -> PassA:
+                v_bits: int, ref_bits: int, row_sum=xla_row_sum,
+                row_ids: jax.Array | None = None) -> PassA:
   """Pass A (module docstring) on ``g float32[NB, bs]``; ``scalars`` from
   :func:`step_scalars`; ``seed`` the step's uint32 seed (the v draws hash
-  ``row * bs + column``)."""
+  ``row * bs + column``, ``row`` the block's position or ``row_ids int32[NB]``)."""
   b1, c1, b2, eps, bc1, bc2, q_max = (scalars[i] for i in range(7))
   k, gs, lo, hi, m_t = _m_t(g, old, b1, c1, v_bits=v_bits, ref_bits=ref_bits)
   u, codes, lo, hi = fused_v_update_reference(gs, m_t, old.codes, lo, hi,
-                                              jnp.stack([b2, eps, bc1, bc2]), seed, bits=v_bits)
+                                              jnp.stack([b2, eps, bc1, bc2]), seed, bits=v_bits,
+                                              row_ids=row_ids)
   bounds = jnp.stack([x.astype(jnp.float32) + 2.0 * k for x in (lo, hi)], axis=-1)
   q = ratio(m_t, decode_sqrt_v(codes, lo, hi, v_bits), q_max)
   ref, levels = encode_reference(q, ref_bits, row_sum)
