@@ -110,10 +110,20 @@ per group (the bytes and the bits/param are the leaf layout's). The maths
 are identical: the keys depend on chunk and head only, never on the tensor,
 so both layouts use the same keys, and the gate's ``rms`` is taken per
 tensor (over the group's rows of that tensor); updates agree to float
-rounding. Explicitly sharded parameters are refused with a ``ValueError``
-(stacking would not keep shards local; use ``"leaf"``); replicated or
-unsharded ones, and automatic (``jit``) sharding, work. The group of each
-tensor is recomputed from the gradients' shapes at every update (a callable
+rounding. Explicitly sharded parameters (FSDP) group only with tensors of
+the same shape *and* compute spec (the leaf layout's: a last axis whose
+shards are not whole rows is moved to the first leading axis it divides, an
+all-to-all there and back); such a group is stacked unflattened, ``[k,
+*lead, L]``, and its state ``[k, *lead, heads, h]`` / ``[k, *lead, nb]`` is
+sharded like its members with ``None`` on the new axis, so stacking and
+splitting stay on each device, each device sketches its own rows
+(:func:`holojax.optim.layout.per_shard`, as the leaf layout: XLA would
+gather the FFTs' operands otherwise), and only
+the gate's per-tensor sums are all-reduced (sharded dense tensors: a stacked
+``[k, *shape]`` exact Adam per shape and spec, after the groups).
+Unsharded or replicated trees, and automatic (``jit``) sharding, get the
+layout above unchanged. The group of each tensor is recomputed from the
+gradients' shapes and shardings at every update (a callable
 ``compress`` is then called on the gradients), so the state holds arrays
 only.
 
@@ -143,6 +153,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+from jax.sharding import NamedSharding, PartitionSpec as P
 
 from holojax.optim import layout as lay
 from holojax.kernels import quant
@@ -399,37 +410,82 @@ def _leaf_update(g, mu, nu, seed, count, *, layout, b1, b2, eps, rf):
 
 
 class FlatPlan(NamedTuple):
-  """Which leaves share a stacked state (``tree_layout="flat"``), from static shapes.
+  """Which leaves share a stacked state (``tree_layout="flat"``), from static shapes
+  and shardings.
 
-  ``dense``: indices of the dense leaves (one float32 vector of all their
-  elements); ``groups``: ``((rows, L), indices)`` per group of compressed
-  leaves whose shape flattens to ``[rows, L]`` (in order of first appearance).
+  ``dense``: indices of the unsharded dense leaves (one float32 vector of all
+  their elements); ``groups``: ``((lead, L, spec), indices)`` per group of
+  compressed leaves (in order of first appearance) that share the compute
+  ``spec`` (:func:`holojax.optim.layout.work_spec`, ``None``: no explicit
+  sharding) and, unsharded, the shape flattened to ``[rows, L]`` (``lead =
+  (rows,)``), sharded, the shape ``(*lead, L)`` itself; ``dense_groups``:
+  ``(shape, spec, indices)`` per group of explicitly sharded dense leaves.
   """
   dense: tuple[int, ...]
-  groups: tuple[tuple[tuple[int, int], tuple[int, ...]], ...]
+  groups: tuple[tuple[tuple, tuple[int, ...]], ...]
+  dense_groups: tuple[tuple[tuple, tuple, tuple[int, ...]], ...] = ()
+
+
+def _full_spec(x, spec) -> tuple | None:
+  """``spec`` (a ``PartitionSpec`` or None: ``x``'s own) as one entry per axis of
+  ``x``; None when no entry names a mesh axis."""
+  entries = lay.explicit_spec(x) if spec is None else tuple(spec) + (None,) * (x.ndim - len(spec))
+  if entries is None or not any(lay.entry_axes(e) for e in entries):
+    return None
+  return entries
 
 
 def flat_plan(leaves, labels) -> FlatPlan:
-  """The :class:`FlatPlan` of ``leaves`` (arrays or shapes' holders) and their
-  compress ``labels``; scalars and empty tensors are dense, as in the leaf layout."""
-  dense, groups = [], {}
+  """The :class:`FlatPlan` of ``leaves`` and their compress ``labels``; scalars and
+  empty tensors are dense, as in the leaf layout. Leaves group only with leaves
+  of the same shape *and* compute spec, so a stacked ``[k, *lead, L]`` array is
+  sharded like each of its members (``None`` on the new axis): stacking and
+  splitting stay local to each device."""
+  dense, groups, dense_groups = [], {}, {}
   for i, (x, c) in enumerate(zip(leaves, labels)):
     if not c or x.ndim == 0 or x.size == 0:
-      dense.append(i)
-    else:
-      groups.setdefault((math.prod(x.shape[:-1]), x.shape[-1]), []).append(i)
-  return FlatPlan(tuple(dense), tuple((k, tuple(v)) for k, v in groups.items()))
+      spec = _full_spec(x, None)
+      if spec is None:
+        dense.append(i)
+      else:
+        dense_groups.setdefault((tuple(x.shape), spec), []).append(i)
+      continue
+    spec = _full_spec(x, lay.work_spec(x, None))
+    lead = (math.prod(x.shape[:-1]),) if spec is None else tuple(x.shape[:-1])
+    groups.setdefault((lead, x.shape[-1], spec), []).append(i)
+  return FlatPlan(tuple(dense), tuple((k, tuple(v)) for k, v in groups.items()),
+                  tuple((*k, tuple(v)) for k, v in dense_groups.items()))
+
+
+def _group_lead(lead, k: int, spec) -> tuple[int, ...]:
+  """Leading shape of a group's stacked state: ``(k rows,)`` unsharded (as the
+  tensors' rows stacked), ``(k, *lead)`` sharded (the new axis unsharded)."""
+  return (k * lead[0], *lead[1:]) if spec is None else (k, *lead)
+
+
+def _flat_state_specs(plan: FlatPlan, layout: HoloLayout):
+  """``(mu, nu)`` lists of ``(shape, spec)``: ``[dense vector, *groups, *dense groups]``
+  (``spec`` None: unsharded)."""
+  mus, nus = [], []
+  for (lead, length, spec), idx in plan.groups:
+    h, _ = layout.chunking(length)
+    st = _group_lead(lead, len(idx), spec)
+    sp = None if spec is None else (None, *spec[:-1])
+    mus.append(((*st, layout.heads, h), None if sp is None else (*sp, None, None)))
+    nus.append(((*st, lay.num_blocks(length, layout.v_block_size)),
+                None if sp is None else (*sp, None)))
+  for shape, spec, idx in plan.dense_groups:
+    mus.append(((len(idx), *shape), (None, *spec)))
+    nus.append(((len(idx), *shape), (None, *spec)))
+  return mus, nus
 
 
 def _flat_state_shapes(plan: FlatPlan, leaves, layout: HoloLayout):
-  """``(mu shapes, nu shapes)``: ``[dense vector, *groups]`` (see :func:`_init_flat`)."""
+  """``(mu shapes, nu shapes)``: ``[dense vector, *groups, *dense groups]`` (see
+  :func:`_init_flat`)."""
   d = sum(leaves[i].size for i in plan.dense)
-  mus, nus = [(d,)], [(d,)]
-  for (rows, length), idx in plan.groups:
-    h, _ = layout.chunking(length)
-    mus.append((len(idx) * rows, layout.heads, h))
-    nus.append((len(idx) * rows, lay.num_blocks(length, layout.v_block_size)))
-  return mus, nus
+  mus, nus = _flat_state_specs(plan, layout)
+  return [(d,)] + [s for s, _ in mus], [(d,)] + [s for s, _ in nus]
 
 
 def _check_flat_state(state, plan: FlatPlan, paths, leaves, layout: HoloLayout) -> None:
@@ -440,7 +496,8 @@ def _check_flat_state(state, plan: FlatPlan, paths, leaves, layout: HoloLayout) 
   got_nu = [tuple(x.shape) for x in jax.tree.leaves(state.nu)]
   if (got_mu, got_nu) == (mus, nus):
     return
-  groups = [plan.dense] + [idx for _, idx in plan.groups]
+  groups = ([plan.dense] + [idx for _, idx in plan.groups]
+            + [idx for _, _, idx in plan.dense_groups])
   bad = next((i for i in range(len(groups)) if i >= len(got_mu) or got_mu[i] != mus[i]
               or got_nu[i] != nus[i]), len(groups) - 1)
   names = ", ".join(f"{jax.tree_util.keystr(paths[i])} {tuple(leaves[i].shape)}"
@@ -450,37 +507,68 @@ def _check_flat_state(state, plan: FlatPlan, paths, leaves, layout: HoloLayout) 
       f"state built at init (state mu shapes {got_mu}, these gradients need {mus})")
 
 
+def _zeros(shape, dtype, spec, like):
+  """``zeros(shape, dtype)``, explicitly sharded as ``spec`` on ``like``'s mesh
+  (``spec`` None: unsharded)."""
+  z = jnp.zeros(shape, dtype)
+  if spec is None:
+    return z
+  return jax.sharding.reshard(z, NamedSharding(jax.typeof(like).sharding.mesh, P(*spec)))
+
+
 def _init_flat(leaves, labels, layout: HoloLayout):
-  """``(mu, nu)`` tuples: float32 ``[D]`` twice (dense m and sqrt(v) of all dense
-  leaves' ``D`` elements), then per group complex64 ``[k rows, heads, h]`` and
-  float32 ``[k rows, ceil(L / v_block_size)]`` (the ``k`` tensors' rows stacked)."""
-  lay.refuse_explicit_sharding(leaves, "holo_adam", "parameter")
-  mus, nus = _flat_state_shapes(flat_plan(leaves, labels), leaves, layout)
-  mu = tuple(jnp.zeros(s, jnp.complex64 if i else jnp.float32) for i, s in enumerate(mus))
-  return mu, tuple(jnp.zeros(s, jnp.float32) for s in nus)
+  """``(mu, nu)`` tuples: float32 ``[D]`` twice (dense m and sqrt(v) of all
+  unsharded dense leaves' ``D`` elements), then per group complex64 ``[k rows,
+  heads, h]`` and float32 ``[k rows, ceil(L / v_block_size)]`` (the ``k``
+  tensors' rows stacked; explicitly sharded: ``[k, *lead, ...]`` sharded like
+  the tensors' compute spec, the new axis unsharded), then per group of
+  explicitly sharded dense leaves float32 ``[k, *shape]`` twice."""
+  plan = flat_plan(leaves, labels)
+  d = sum(leaves[i].size for i in plan.dense)
+  mus, nus = _flat_state_specs(plan, layout)
+  first = [idx[0] for _, idx in plan.groups] + [idx[0] for *_, idx in plan.dense_groups]
+  n_comp = len(plan.groups)
+  mu = [jnp.zeros((d,), jnp.float32)] + [
+      _zeros(s, jnp.complex64 if j < n_comp else jnp.float32, sp, leaves[i])
+      for j, ((s, sp), i) in enumerate(zip(mus, first))]
+  nu = [jnp.zeros((d,), jnp.float32)] + [
+      _zeros(s, jnp.float32, sp, leaves[i]) for (s, sp), i in zip(nus, first)]
+  return tuple(mu), tuple(nu)
 
 
 def _group_update(g_krl, hm, rms, seed, count, **kw):
-  """One group of the flat layout: ``g_krl float32[k, rows, L]``, its stacked state
-  ``hm [k rows, heads, h]``, ``rms [k rows, nb]``: ``(u [k, rows, L], hm, rms)``.
-  The sketch runs once over all ``k rows`` rows (keys depend on chunk and head only)."""
+  """One group of the flat layout: ``g_krl float32[k, *lead, L]``, its stacked state
+  ``hm [k rows, heads, h]``, ``rms [k rows, nb]`` (or ``[k, *lead, ...]``):
+  ``(u [k, *lead, L], hm, rms)``, the gate's rms per tensor. Unsharded, the
+  sketch runs once over all ``k rows`` rows (keys depend on chunk and head
+  only); explicitly sharded, over ``[k, *lead, L]`` as it is sharded (rows
+  never mix, so each device sketches its own rows)."""
   layout = kw["layout"]
-  k, rows, length = g_krl.shape
-  heads, h = hm.shape[1:]
-  sketch_ = lambda x: sketch(x.reshape(k * rows, length), seed, layout).reshape(
-      k, rows, heads, h)
-  retrieve_ = lambda x: retrieve(x.reshape(k * rows, heads, h), length, seed,
-                                 layout).reshape(k, rows, length)
+  k, *lead, length = g_krl.shape
+  heads, h = hm.shape[-2:]
+  rows = math.prod(lead)
+  if lay.explicit_spec(g_krl) is None:
+    sketch_ = lambda x: sketch(x.reshape(k * rows, length), seed, layout).reshape(
+        k, *lead, heads, h)
+    retrieve_ = lambda x: retrieve(x.reshape(k * rows, heads, h), length, seed,
+                                   layout).reshape(k, *lead, length)
+  else:
+    nd = g_krl.ndim - 1
+    sketch_ = lambda x: lay.per_shard(lambda a, sd: sketch(a, sd, layout), x, seed,
+                                      lead=nd, out_trailing=2)
+    retrieve_ = lambda x: lay.per_shard(lambda a, sd: retrieve(a, length, sd, layout), x, seed,
+                                        lead=nd, out_trailing=1)
   u, hm_new, rms_new = _sketched_update(
-      g_krl, hm.reshape(k, rows, heads, h), rms.reshape(k, rows, -1), count, sketch_=sketch_,
-      retrieve_=retrieve_, axes=(1, 2), **kw)
+      g_krl, hm.reshape(k, *lead, heads, h), rms.reshape(k, *lead, -1), count, sketch_=sketch_,
+      retrieve_=retrieve_, axes=tuple(range(1, g_krl.ndim)), **kw)
   return u, hm_new.reshape(hm.shape), rms_new.reshape(rms.shape)
 
 
 def _flat_update(leaves, mu, nu, seed, count, *, plan: FlatPlan, layout, b1, b2, eps, rf):
   """Every leaf's float32 update and the new ``(mu, nu)`` tuples: one dense Adam
-  on the concatenated dense leaves, one sketched update per group on its
-  stacked ``[k, rows, L]`` gradients (the gate's rms per tensor)."""
+  on the concatenated unsharded dense leaves (and one per group of sharded
+  ones, stacked), one sketched update per group on its stacked ``[k, *lead, L]``
+  gradients (resharded to the compute spec first; the gate's rms per tensor)."""
   out = [None] * len(leaves)
   new_mu, new_nu = [mu[0]], [nu[0]]
   if plan.dense:
@@ -488,14 +576,26 @@ def _flat_update(leaves, mu, nu, seed, count, *, plan: FlatPlan, layout, b1, b2,
         [leaves[i] for i in plan.dense], mu[0], nu[0], b1=b1, b2=b2, eps=eps, count=count)
     for i, u in zip(plan.dense, us):
       out[i] = u
-  for ((rows, length), idx), m, v in zip(plan.groups, mu[1:], nu[1:]):
-    g_krl = jnp.stack([leaves[i].astype(jnp.float32).reshape(rows, length) for i in idx])
+  n_comp = len(plan.groups)
+  for ((lead, length, spec), idx), m, v in zip(plan.groups, mu[1:], nu[1:]):
+    work = None if spec is None else P(*spec)
+    g_krl = jnp.stack([lay.reshard(leaves[i].astype(jnp.float32), work).reshape(*lead, length)
+                       for i in idx])
     u_krl, hm, rms = _group_update(g_krl, m, v, seed, count, layout=layout, b1=b1, b2=b2,
                                    eps=eps, rf=rf)
     new_mu.append(hm)
     new_nu.append(rms)
     for j, i in enumerate(idx):
-      out[i] = jax.lax.index_in_dim(u_krl, j, keepdims=False).reshape(leaves[i].shape)
+      u = jax.lax.index_in_dim(u_krl, j, keepdims=False).reshape(leaves[i].shape)
+      own = lay.explicit_spec(leaves[i])
+      out[i] = u if spec is None or own == spec else lay.reshard(u, P(*own))
+  for (shape, spec, idx), m, v in zip(plan.dense_groups, mu[1 + n_comp:], nu[1 + n_comp:]):
+    g = jnp.stack([leaves[i].astype(jnp.float32) for i in idx])
+    u_k, m, v = moments.dense_adam(g, m, v, b1=b1, b2=b2, eps=eps, count=count)
+    new_mu.append(m)
+    new_nu.append(v)
+    for j, i in enumerate(idx):
+      out[i] = jax.lax.index_in_dim(u_k, j, keepdims=False)
   return out, tuple(new_mu), tuple(new_nu)
 
 
@@ -539,8 +639,9 @@ def scale_by_holo_adam(b1: float = 0.9, b2: float = 0.999, eps: float = 1e-8,
     tree_layout: ``"leaf"`` (a state per parameter, sharded like it) or
       ``"flat"`` (a stacked state per group of equally shaped compressed
       tensors and one dense vector: one sketch per group, a program whose
-      size does not grow with the number of tensors; no explicitly sharded
-      parameters). See the module docstring.
+      size does not grow with the number of tensors; explicitly sharded
+      tensors stack only with tensors of their shape and compute spec). See
+      the module docstring.
 
   Returns:
     An ``optax.GradientTransformationExtraArgs``. Shape-setting arguments
@@ -591,7 +692,6 @@ def scale_by_holo_adam(b1: float = 0.9, b2: float = 0.999, eps: float = 1e-8,
 
     if layout.tree_layout == "flat":
       gs = [g for _, g in paths_leaves]
-      lay.refuse_explicit_sharding(gs, "holo_adam", "gradient")
       plan = flat_plan(gs, treedef.flatten_up_to(
           compress_labels(updates, compress, min_compress_size)))
       _check_flat_state(state, plan, [path for path, _ in paths_leaves], gs, layout)

@@ -44,22 +44,9 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 # ``tree_layout`` of the compressed optimizers: a state per parameter tensor ("leaf",
 # sharded like it) or stacked states for the whole tree ("flat": a program whose size
 # does not grow with the number of tensors; TurboAdam's splits it per device under
-# explicit sharding, :func:`flat_split`; HoloAdam's takes unsharded or replicated
-# parameters only).
+# explicit sharding, :func:`flat_split`; HoloAdam's stacks only tensors of one shape
+# and compute spec, :func:`work_spec`, so its stacks are sharded like their members).
 TREE_LAYOUTS = ("leaf", "flat")
-
-
-def refuse_explicit_sharding(tree, optimizer: str, what: str) -> None:
-  """``tree_layout="flat"`` stacks tensors into shared buffers, which cannot keep
-  explicitly sharded tensors' shards local: raises a ``ValueError`` naming the
-  first such leaf of ``tree`` (a ``what``: parameter or gradient)."""
-  for path, x in jax.tree_util.tree_flatten_with_path(tree)[0]:
-    spec = explicit_spec(x)
-    if spec is not None:
-      raise ValueError(
-          f"{optimizer}: tree_layout='flat' supports unsharded or replicated parameters only; "
-          f"the {what} {jax.tree_util.keystr(path)} is explicitly sharded as {P(*spec)}: "
-          "use tree_layout='leaf'")
 
 
 def leaf_labels(params, spec) -> Any:

@@ -19,13 +19,11 @@ ROSENBROCK = {"holo_adam_max": dict(steps=1600)}
 
 
 # Layouts of a registered optimizer (issue 12), as cases of their own: shown name ->
-# (registry name, extra keyword arguments). HoloAdam's flat tree layout refuses explicitly
-# sharded parameters (a ValueError naming tree_layout): those checks assert the refusal
-# (TurboAdam's splits its buffers per device and passes them).
+# (registry name, extra keyword arguments). Both flat layouts pass the explicit-sharding
+# checks (TurboAdam's splits its buffers per device, HoloAdam's stacks tensors of one
+# shape and compute spec, sharded like them).
 FLAT = {f"{n}[flat]": (n, dict(tree_layout="flat"))
         for n in ("turbo_adam", "turbo_adam_v", "holo_adam")}
-FLAT_REFUSES = (contract.check_explicit_sharding, contract.check_explicit_sharding_eager)
-REFUSES_SHARDING = ("holo_adam[flat]",)
 
 
 def _make(name):
@@ -55,10 +53,7 @@ def _cases():
 
 @pytest.mark.parametrize("name,check", list(_cases()))
 def test_contract(name, check):
-  if name in REFUSES_SHARDING and check in FLAT_REFUSES:
-    with pytest.raises(ValueError, match="tree_layout='flat'.*use tree_layout='leaf'"):
-      check(_make(name))
-  elif check is contract.check_rosenbrock:
+  if check is contract.check_rosenbrock:
     check(_make(name), **ROSENBROCK.get(name, {}))
   else:
     check(_make(name))

@@ -166,15 +166,20 @@ def test_flat_rejects_a_mismatched_tree():
     opt.update(g, s)
 
 
-def test_flat_refuses_explicit_sharding():
-  """Explicitly sharded parameters: a ValueError at init that names tree_layout
-  and says to use 'leaf' (flat stacking would not keep shards local)."""
+def test_flat_runs_under_explicit_sharding():
+  """FSDP-sharded parameters (contract.fsdp_params): init and a jitted update
+  give updates sharded like the parameters and a state of unchanged types
+  (tests/optim/test_holo_flat_sharded.py checks the numbers and the HLO)."""
   mesh = contract.explicit_mesh()
   with jax.set_mesh(mesh):
     params = contract.fsdp_params(mesh)
     opt = holo_adam(1e-2, min_compress_size=1024, tree_layout="flat")
-    with pytest.raises(ValueError, match="tree_layout='leaf'"):
-      opt.init(params)
+    state = opt.init(params)
+    u, state2 = jax.jit(opt.update)(jax.tree.map(jnp.ones_like, params), state, params)
+  assert [jax.typeof(x) for x in jax.tree.leaves(state2)] == [
+      jax.typeof(x) for x in jax.tree.leaves(state)]
+  for k in params:
+    assert jax.typeof(u[k]).sharding.spec == jax.typeof(params[k]).sharding.spec, k
 
 
 def test_bench_names_the_flat_layout():
