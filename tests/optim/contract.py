@@ -18,6 +18,8 @@ from __future__ import annotations
 
 import functools
 
+import re
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -235,6 +237,17 @@ def check_nnx_optimizer(make_opt, steps=4, modes=("eager", "jit")):
 FSDP_PARAMS = {"rows": ((256, 128), P("fsdp", None)), "cols": ((64, 1024), P(None, "fsdp")),
                "odd": ((64, 256), P(None, "fsdp")), "vec": ((512,), P("fsdp")),
                "small": ((10,), P())}
+
+
+def collective_sizes(hlo: str, op: str) -> list[int]:
+  """Element counts of the outputs of each ``op`` (e.g. "all-gather") in the
+  compiled HLO text ``hlo``, a tuple's summed (its ``/*index=5*/`` comments
+  included)."""
+  sizes = []
+  for m in re.finditer(rf"= (\([^\n]*?\)|\S+) {op}(?:-start)?\(", hlo):
+    dims = re.findall(r"\w+\[([\d,]*)\]", m.group(1))
+    sizes.append(sum(int(np.prod([int(d) for d in x.split(",") if d])) for x in dims))
+  return sizes
 
 
 def explicit_mesh():

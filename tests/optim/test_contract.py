@@ -45,8 +45,10 @@ def _cases():
     for check in contract.CHECKS:
       costly = check in COSTLY and (name in PRESET_OF or (
           # HoloAdam's eager update dispatches hundreds of small ops, each
-          # compiled for the explicit mesh (~100 s on 2 cores); jitted, it is checked.
-          name == "holo_adam" and check is contract.check_explicit_sharding_eager))
+          # compiled for the explicit mesh (~100 s on 2 cores, 16 s flat); jitted,
+          # it is checked.
+          name in ("holo_adam", "holo_adam[flat]")
+          and check is contract.check_explicit_sharding_eager))
       marks = [pytest.mark.exhaustive] if costly else []
       yield pytest.param(name, check, id=f"{name}-{check.__name__}", marks=marks)
 

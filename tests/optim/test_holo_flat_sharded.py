@@ -8,8 +8,6 @@ splitting are local, each device sketches its own rows, and only the gate's
 per-tensor sums are all-reduced.
 """
 
-import re
-
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -48,15 +46,6 @@ def _run(steps, mesh=None):
   return us, s, update.lower(g, s, p).compile().as_text()
 
 
-def _collectives(hlo, op):
-  """Element counts of the outputs of each ``op`` in ``hlo`` (tuples summed)."""
-  sizes = []
-  for m in re.finditer(rf"= (\([^\n]*?\)|\S+) {op}(?:-start)?\(", hlo):
-    dims = re.findall(r"\w+\[([\d,]*)\]", m.group(1))
-    sizes.append(sum(int(np.prod([int(d) for d in x.split(",") if d])) for x in dims))
-  return sizes
-
-
 def test_sharded_flat_equals_unsharded_without_a_gather():
   """3 steps under FSDP equal the unsharded flat layout's to 1e-5 (|u| ~ 1);
   updates carry their parameters' shardings; each group's state is stacked
@@ -83,9 +72,9 @@ def test_sharded_flat_equals_unsharded_without_a_gather():
   assert specs(s.nu) == [((10,), r), ((1, 64, 32), f), ((1, 8, 16, 4), f), ((2, 64, 8), f),
                          ((32, 4), (None, None)), ((2, 256, 4), f), ((2, 512), f)]
   assert all(not any(jax.typeof(x).sharding.spec[2:]) for x in s.mu + s.nu)
-  assert not _collectives(hlo, "all-gather")
-  moved = _collectives(hlo, "all-to-all")
+  assert not contract.collective_sizes(hlo, "all-gather")
+  moved = contract.collective_sizes(hlo, "all-to-all")
   # "cols" and "odd" (one device's piece each: 64 x 1024 / 8, 64 x 256 / 8), there and back
   assert sorted(moved) == [2048, 2048, 8192, 8192], moved
-  reduced = _collectives(hlo, "all-reduce")
+  reduced = contract.collective_sizes(hlo, "all-reduce")
   assert reduced and max(reduced) <= 2 * len(TREE), reduced

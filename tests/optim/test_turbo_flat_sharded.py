@@ -16,6 +16,7 @@ import pytest
 from jax.sharding import AxisType, NamedSharding, PartitionSpec as P
 
 import holojax.optim.turbo as ta
+from tests.optim import contract
 
 # name -> (shape, spec on the ("data", "fsdp") = (2, 4) mesh).
 TREE = {"rows": ((64, 160), P("fsdp", None)),    # axis 0 sharded, 2 blocks a row (padded)
@@ -75,15 +76,6 @@ def _assert_close(us_sharded, us_whole, tree, moved=0.0):
       np.testing.assert_allclose(a_k, b_k, rtol=0, atol=1e-3, err_msg=f"step {t}, {k}")
 
 
-def _collectives(hlo, op):
-  """Element counts of the outputs of each ``op`` in ``hlo`` (tuples summed)."""
-  sizes = []
-  for m in re.finditer(rf"= (\(?[^=\n]*?\)?) {op}(?:-start)?\(", hlo):
-    dims = re.findall(r"\w+\[([\d,]*)\]", m.group(1))
-    sizes.append(sum(int(np.prod([int(d) for d in x.split(",") if d])) for x in dims))
-  return sizes
-
-
 def test_sharded_flat_equals_unsharded_without_a_gather():
   """FSDP on ("data", "fsdp") = (2, 4): 5 steps equal the unsharded flat
   layout's to 1e-5; the sharded tensors' state is split over "fsdp" ([4, NB_local,
@@ -101,8 +93,9 @@ def test_sharded_flat_equals_unsharded_without_a_gather():
             s.groups["dense@fsdp"].mu):
     assert jax.typeof(x).sharding.spec[0] == "fsdp", jax.typeof(x)
   assert not any(jax.typeof(whole.v.codes).sharding.spec)
-  assert not _collectives(hlo, "all-gather") and not _collectives(hlo, "all-to-all")
-  reduced = _collectives(hlo, "all-reduce")
+  assert not contract.collective_sizes(hlo, "all-gather")
+  assert not contract.collective_sizes(hlo, "all-to-all")
+  reduced = contract.collective_sizes(hlo, "all-reduce")
   assert reduced and max(reduced) <= 16, reduced  # [K=4 thresholds, n=2 tensors] at most
   constants = [int(np.prod([int(d) for d in m.group(1).split(",") if d])) for m in
                re.finditer(r"= \w+\[([\d,]*)\][^=\n]* constant\(", hlo)]
@@ -125,7 +118,7 @@ def test_sharded_flat_other_groups_and_meshes(kw, moved):
   name = "v" if kw.get("compress_m") is False else "mv"
   assert {f"{name}@data+fsdp", f"{name}@fsdp"} <= set(s.groups)
   assert jax.typeof(s.groups[f"{name}@data+fsdp"].v.codes).sharding.spec[0] == ("data", "fsdp")
-  assert not _collectives(hlo, "all-gather")
+  assert not contract.collective_sizes(hlo, "all-gather")
 
 
 def test_state_of_another_mesh_size_is_refused():
