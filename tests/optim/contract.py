@@ -250,6 +250,30 @@ def collective_sizes(hlo: str, op: str) -> list[int]:
   return sizes
 
 
+def placed_params(tree, mesh=None) -> dict:
+  """Random parameters of ``tree`` (name -> (shape, spec)), put on ``mesh`` with
+  their specs (``mesh=None``: unsharded)."""
+  keys = jax.random.split(jax.random.key(0), len(tree))
+  put = (lambda x, s: x) if mesh is None else (
+      lambda x, s: jax.device_put(x, NamedSharding(mesh, s)))
+  return {k: put(jax.random.normal(key, shape), spec)
+          for key, (k, (shape, spec)) in zip(keys, tree.items())}
+
+
+def run_steps(opt, params, steps: int):
+  """``steps`` jitted updates of ``opt`` on gradients of varied scales:
+  ``(updates per step, final state, the compiled update's HLO text)``."""
+  s = opt.init(params)
+  update = jax.jit(opt.update)
+  us = []
+  for t in range(steps):
+    g = jax.tree.map(lambda x: jnp.sin(x * (t + 1)) * (1 + jnp.abs(x)), params)
+    u, s = update(g, s, params)
+    params = jax.tree.map(lambda x, y: x - 0.01 * y, params, u)
+    us.append(u)
+  return us, s, update.lower(g, s, params).compile().as_text()
+
+
 def explicit_mesh():
   assert len(jax.devices()) >= 8, "needs 8 devices (tests/conftest.py)"
   return jax.make_mesh((8,), ("fsdp",), axis_types=(AxisType.Explicit,))

@@ -9,9 +9,8 @@ per-tensor sums are all-reduced.
 """
 
 import jax
-import jax.numpy as jnp
 import numpy as np
-from jax.sharding import NamedSharding, PartitionSpec as P
+from jax.sharding import PartitionSpec as P
 
 import holojax.optim.holo as ha
 from tests.optim import contract
@@ -27,23 +26,9 @@ KW = dict(min_compress_size=1024, warmup_steps=1, tree_layout="flat")
 
 
 def _run(steps, mesh=None):
-  """Updates of ``steps`` flat steps (gradients of varied scales), the final state
-  and the compiled update's HLO."""
-  keys = jax.random.split(jax.random.key(0), len(TREE))
-  put = (lambda x, s: x) if mesh is None else (
-      lambda x, s: jax.device_put(x, NamedSharding(mesh, s)))
-  p = {k: put(jax.random.normal(key, shape), spec)
-       for key, (k, (shape, spec)) in zip(keys, TREE.items())}
+  """(updates, final state, HLO) of ``steps`` flat steps of ``TREE``."""
   opt = ha.scale_by_holo_adam(**KW)
-  s = opt.init(p)
-  update = jax.jit(opt.update)
-  us = []
-  for t in range(steps):
-    g = jax.tree.map(lambda x: jnp.sin(x * (t + 1)) * (1 + jnp.abs(x)), p)
-    u, s = update(g, s, p)
-    p = jax.tree.map(lambda x, y: x - 0.01 * y, p, u)
-    us.append(u)
-  return us, s, update.lower(g, s, p).compile().as_text()
+  return contract.run_steps(opt, contract.placed_params(TREE, mesh), steps)
 
 
 def test_sharded_flat_equals_unsharded_without_a_gather():

@@ -10,10 +10,9 @@ the unsharded flat update summed in another order.
 import re
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
-from jax.sharding import AxisType, NamedSharding, PartitionSpec as P
+from jax.sharding import AxisType, PartitionSpec as P
 
 import holojax.optim.turbo as ta
 from tests.optim import contract
@@ -33,27 +32,10 @@ def _mesh():
   return jax.make_mesh((2, 4), ("data", "fsdp"), axis_types=(AxisType.Explicit,) * 2)
 
 
-def _params(tree, mesh=None):
-  keys = jax.random.split(jax.random.key(0), len(tree))
-  put = (lambda x, s: x) if mesh is None else (lambda x, s: jax.device_put(x, NamedSharding(mesh, s)))
-  return {k: put(jax.random.normal(key, shape), spec)
-          for key, (k, (shape, spec)) in zip(keys, tree.items())}
-
-
 def _run(tree, steps, mesh=None, **kw):
-  """Updates of ``steps`` flat steps (gradients of varied scales), the final
-  state and the compiled update's HLO."""
+  """(updates, final state, HLO) of ``steps`` flat steps of ``tree``."""
   opt = ta.scale_by_turbo_adam(tree_layout="flat", min_m_compress_elements=1024, **kw)
-  p = _params(tree, mesh)
-  s = opt.init(p)
-  update = jax.jit(opt.update)
-  us = []
-  for t in range(steps):
-    g = jax.tree.map(lambda x: jnp.sin(x * (t + 1)) * (1 + jnp.abs(x)), p)
-    u, s = update(g, s, p)
-    p = jax.tree.map(lambda x, y: x - 0.01 * y, p, u)
-    us.append(u)
-  return us, s, update.lower(g, s, p).compile().as_text()
+  return contract.run_steps(opt, contract.placed_params(tree, mesh), steps)
 
 
 def _run_both(tree, steps, **kw):
@@ -130,8 +112,8 @@ def test_state_of_another_mesh_size_is_refused():
   two = jax.make_mesh((2,), ("fsdp",), axis_types=(AxisType.Explicit,),
                       devices=jax.devices()[:2])
   with jax.set_mesh(four):
-    state = jax.eval_shape(opt.init, _params(tree, four))
+    state = jax.eval_shape(opt.init, contract.placed_params(tree, four))
   with jax.set_mesh(two):
-    p = _params(tree, two)
+    p = contract.placed_params(tree, two)
     with pytest.raises(ValueError, match="tree_layout='flat'.*shardings"):
       jax.eval_shape(opt.update, p, state, p)
