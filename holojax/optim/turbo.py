@@ -655,8 +655,7 @@ def _rows_update(gb, v, ms: _MLeaf, seed, count, *, red: Segments, layout, impl,
   old = rows.OldState(*v, ms.ref, ms.levels, ms.signs, ms.scales, red.blocks(ms.alpha))
   scalars = rows.step_scalars(b1, b2, eps, count)
   kw = dict(v_bits=layout.v_bits, ref_bits=layout.m_ref_bits, implementation=impl)
-  a = kernels.rowblock_pass_a(gb, old, scalars, seed, **kw,
-                              **({} if row_ids is None else dict(row_ids=row_ids)))
+  a = kernels.rowblock_pass_a(gb, old, scalars, seed, **kw, row_ids=row_ids)
   rr = red.sum(a.rr)
   alpha = jnp.where(rr > 0, red.sum(a.qr) / jnp.where(rr > 0, rr, 1.0), 0.0)
   signs, c = kernels.rowblock_pass_b(gb, old, scalars, a, red.blocks(alpha), **kw)
@@ -669,8 +668,7 @@ def _fused(gs, m_t, codes, lo, hi, scalars, seed, layout, impl, row_ids=None):
   """The kernel's fused v step on ``[*lead, nb, bs]`` blocks (``row_ids``: flat buffers)."""
   if impl == "xla" or gs.ndim == 2:
     return kernels.fused_v_update(gs, m_t, codes, lo, hi, scalars, seed, bits=layout.v_bits,
-                                  implementation=impl,
-                                  **({} if row_ids is None else dict(row_ids=row_ids)))
+                                  implementation=impl, row_ids=row_ids)
   lead = gs.shape[:-1]
   flat = lambda a: a.reshape(math.prod(a.shape[:len(lead)]), *a.shape[len(lead):])
   u, c, l2, h2 = kernels.fused_v_update(flat(gs), flat(m_t), flat(codes), flat(lo), flat(hi),

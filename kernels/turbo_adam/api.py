@@ -109,7 +109,7 @@ def fused_v_update(g: jax.Array, m: jax.Array, codes: jax.Array, lo: jax.Array, 
   with jax.named_scope(f"{OP}/{chosen.name}"):
     if row_ids is None:
       return chosen.fn(g, m, codes, lo, hi, scalars, seed, bits=bits)
-    _refuse_row_ids(OP, chosen.name)
+    _refuse_row_ids(OP, chosen.name)  # only the reference takes row ids
     return chosen.fn(g, m, codes, lo, hi, scalars, seed, bits=bits, row_ids=row_ids)
 
 
@@ -174,10 +174,10 @@ def rowblock_pass_a(g, old, scalars, seed, *, v_bits: int, ref_bits: int,
   rows in the draws' index ("xla" only; None: their positions)."""
   with jax.named_scope(f"{ROWBLOCK_OP}_a/{implementation}"):
     if implementation == "xla":
-      kw = {} if row_ids is None else dict(row_ids=row_ids)
       return rowblock_reference.pass_a_rows(g, old, scalars, seed, v_bits=v_bits,
                                             ref_bits=ref_bits,
-                                            row_sum=rowblock_reference.xla_row_sum, **kw)
+                                            row_sum=rowblock_reference.xla_row_sum,
+                                            row_ids=row_ids)
     if row_ids is not None:
       _refuse_row_ids(ROWBLOCK_OP, implementation)
     return rowblock_mosaic.pass_a_mosaic(g, old, scalars, seed, v_bits=v_bits,
