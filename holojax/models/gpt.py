@@ -33,7 +33,7 @@ from flax import nnx
 
 from holojax.models.lm import (DTYPES, check_dtypes, check_input_ids, check_positive_ints,
                                lm_output)
-from holojax.nn.embed import Embed
+from holojax.nn.embed import Embed, rope
 
 
 @dataclasses.dataclass(frozen=True)
@@ -115,17 +115,6 @@ class RMSNorm(nnx.Module):
     y = x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + self.eps)
     scale = self.scale[...].astype(jnp.float32).reshape((1,) * (x_btd.ndim - 1) + (-1,))
     return (y * scale).astype(x_btd.dtype)
-
-
-def rope(x_bthk, positions_t, base: float):
-  """Rotary embedding on pairs (i, i + K/2) of the head dimension."""
-  k = x_bthk.shape[-1]
-  freq_h = base ** (-jnp.arange(0, k // 2, dtype=jnp.float32) / (k // 2))
-  angle_th = positions_t.astype(jnp.float32)[:, None] * freq_h[None, :]
-  cos, sin = jnp.cos(angle_th)[None, :, None, :], jnp.sin(angle_th)[None, :, None, :]
-  x1, x2 = jnp.split(x_bthk.astype(jnp.float32), 2, axis=-1)
-  out = jnp.concatenate([x1 * cos - x2 * sin, x1 * sin + x2 * cos], axis=-1)
-  return out.astype(x_bthk.dtype)
 
 
 def _attention_impl(cfg: GPTConfig) -> str | None:

@@ -49,7 +49,9 @@ class HoloConfig:
   (content key/query phases + learned-bandwidth random-Fourier positions) or
   "positional" (the seed's research build, an ablation). ``write_gate``: a
   learned input gate on writes (no decay). ``window``: exact attention over the
-  last ``window`` tokens in every layer, beside the memory (0: none). ``conv``: a
+  last ``window`` tokens in every layer, beside the memory (0: none);
+  ``window_rope``: that window also rotates queries and keys by their offset
+  (RoPE, needs ``window``). ``conv``: a
   short causal convolution of that width on the memory's input (0: none). ``dtype``: activation / storage
   dtype ("float32" or "bfloat16"); the memory always accumulates in float32.
   ``implementation``: memory backend, None = the Pallas kernel on GPU (2.5x
@@ -73,6 +75,7 @@ class HoloConfig:
   mode: str = "content"
   write_gate: bool = False
   window: int = 0
+  window_rope: bool = False
   conv: int = 0
   scale: str = "sqrt_t"
   freq_distribution: str = "uniform"
@@ -97,6 +100,13 @@ class HoloConfig:
       value = getattr(self, name)
       if isinstance(value, bool) or not isinstance(value, int) or value < 0:
         raise ValueError(f"{name}={value!r} must be an int >= 0 (0: none)")
+    if not isinstance(self.window_rope, bool):
+      raise TypeError(f"window_rope={self.window_rope!r} must be a bool")
+    if self.window_rope and not self.window:
+      raise ValueError("window_rope=True needs window > 0")
+    if self.window_rope and (self.hidden_size // self.num_heads) % 2:
+      raise ValueError(f"window_rope=True needs an even hidden_size / num_heads, got "
+                       f"{self.hidden_size} / {self.num_heads}")
     if self.mode not in ("content", "positional"):
       raise ValueError(f"mode={self.mode!r} must be 'content' or "
                        "'positional'")
@@ -131,7 +141,8 @@ class HoloBlock(nnx.Module):
                              param_dtype=pdt, rngs=rngs)
     self.attn = PhasorAttention(
         c.hidden_size, c.num_heads, c.hd_dim, mode=c.mode,
-        write_gate=c.write_gate, window=c.window, conv=c.conv, max_seq_len=c.max_seq_len,
+        write_gate=c.write_gate, window=c.window,
+        window_rope=c.window_rope, conv=c.conv, max_seq_len=c.max_seq_len,
         freq_distribution=c.freq_distribution, freq_scale=c.freq_scale,
         phase_init_scale=c.phase_init_scale,
         pos_bandwidth_init=c.pos_bandwidth_init, scale=c.scale,

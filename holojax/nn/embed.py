@@ -107,3 +107,24 @@ class Embed(nnx.Embed):
     (table,) = self.promote_dtype((self.embedding[...],), dtype=self.dtype,
                                   inexact=False)
     return embed_lookup(table, inputs)
+
+
+def rope(x_bthk, positions_t, base: float):
+  """Rotary embedding on pairs (i, i + K/2) of the head dimension.
+
+  Pair j of head dim K turns by angle p_t * base^(-j / (K/2)) at position p_t;
+  ``positions_t`` may be any [T] (negative, or relative to a block).
+
+  Example:
+    >>> x = jnp.ones((1, 3, 1, 4))
+    >>> y = rope(x, jnp.arange(3), 10_000.0)
+    >>> bool(jnp.allclose(y[0, 0], x[0, 0])), y.shape
+    (True, (1, 3, 1, 4))
+  """
+  k = x_bthk.shape[-1]
+  freq_h = base ** (-jnp.arange(0, k // 2, dtype=jnp.float32) / (k // 2))
+  angle_th = positions_t.astype(jnp.float32)[:, None] * freq_h[None, :]
+  cos, sin = jnp.cos(angle_th)[None, :, None, :], jnp.sin(angle_th)[None, :, None, :]
+  x1, x2 = jnp.split(x_bthk.astype(jnp.float32), 2, axis=-1)
+  out = jnp.concatenate([x1 * cos - x2 * sin, x1 * sin + x2 * cos], axis=-1)
+  return out.astype(x_bthk.dtype)

@@ -201,7 +201,8 @@ class PhasorAttention(nnx.Module):
   ``window=W`` (> 0): exact softmax attention over the last W tokens
   (``holojax.nn.window``, Based's sliding window) added to the output; its
   output projection starts at zero. Decode state grows by O(W), not with
-  the context.
+  the context. ``window_rope=True``: the window's scores also see the
+  rotary embedding of each offset (besides its learned per-offset bias).
   ``implementation`` and ``blocks`` go to ``phasor_memory`` (its backend
   and the Pallas kernels' tile sizes).
 
@@ -213,7 +214,8 @@ class PhasorAttention(nnx.Module):
 
   def __init__(self, dim: int, heads: int, hd_dim: int, *,
                mode: str = "content", write_gate: bool = False,
-               window: int = 0, conv: int = 0, max_seq_len: int | None = None,
+               window: int = 0, window_rope: bool = False, conv: int = 0,
+               max_seq_len: int | None = None,
                freq_distribution: str = "uniform", freq_scale: float = 1.0,
                phase_init_scale: float = 1.0, pos_bandwidth_init: float = -5.0,
                scale: str = "sqrt_t", implementation: Implementation = None,
@@ -256,8 +258,10 @@ class PhasorAttention(nnx.Module):
     if self.conv:
       self.conv_kd = nnx.Param(jnp.zeros((self.conv, dim), param_dtype).at[0].set(1.0))
     if window:
-      self.window_attn = WindowAttention(dim, heads, window, dtype=dtype,
+      self.window_attn = WindowAttention(dim, heads, window, rope=window_rope, dtype=dtype,
                                          param_dtype=param_dtype, rngs=rngs)
+    elif window_rope:
+      raise ValueError("window_rope=True needs window > 0")
     freq_hd = generate_random_phasors(
         rngs.params(), heads, self.head_dim, distribution=freq_distribution,
         scale=freq_scale)

@@ -1,8 +1,13 @@
 """Exact softmax attention over the last W tokens, beside a long memory (Based's window).
 
-Per head, with a learned bias per head and offset instead of positions:
+Per head, with a learned bias per head and offset:
 
-  y_t = sum_{t-W < s <= t} softmax_s(q_t . k_s / sqrt(d) + b_h[t - s]) v_s
+  y_t = sum_{t-W < s <= t} softmax_s(q_t . R(t - s) k_s / sqrt(d) + b_h[t - s]) v_s
+
+where R(t - s) is the identity, or with ``rope=True`` the rotary embedding's
+turn by the offset (``holojax.nn.embed.rope``). Only offsets < W are ever
+turned, in training and in decoding alike, so a million-token decode needs no
+large angles.
 
 The parallel form works in blocks of W queries, each against its own block and
 the one before (O(T W) time and memory, never [T, T]); decoding keeps the last
@@ -30,6 +35,8 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from holojax.nn.embed import rope as rotate
+
 
 class WindowCache(NamedTuple):
   """The last W keys and values (a ring buffer: token t in slot t mod W)."""
@@ -42,14 +49,22 @@ class WindowCache(NamedTuple):
 class WindowAttention(nnx.Module):
   """Causal softmax attention over a sliding window of ``window`` tokens (module docstring)."""
 
-  def __init__(self, dim: int, heads: int, window: int, *, dtype=jnp.float32,
-               param_dtype=jnp.float32, rngs: nnx.Rngs):
+  def __init__(self, dim: int, heads: int, window: int, *, rope: bool = False,
+               rope_base: float = 10_000.0, dtype=jnp.float32, param_dtype=jnp.float32,
+               rngs: nnx.Rngs):
     for name, value in (("dim", dim), ("heads", heads), ("window", window)):
       if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         raise ValueError(f"{name}={value!r} must be an int >= 1")
     if dim % heads:
       raise ValueError(f"heads={heads} must divide dim={dim}")
+    if not isinstance(rope, bool):
+      raise TypeError(f"rope={rope!r} must be a bool")
+    if rope and (dim // heads) % 2:
+      raise ValueError(f"rope=True needs an even head dim, got dim={dim} / heads={heads}")
+    if not rope_base > 0:
+      raise ValueError(f"rope_base={rope_base!r} must be > 0")
     self.dim, self.heads, self.window, self.dtype = dim, heads, window, dtype
+    self.rope, self.rope_base = rope, float(rope_base)
     self.head_dim = dim // heads
     lin = dict(use_bias=False, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
     self.qkv = nnx.Linear(dim, 3 * dim, **lin)
@@ -78,6 +93,10 @@ class WindowAttention(nnx.Module):
         b, n, w, self.heads, self.head_dim)
     idx = jnp.arange(n)[:, None] * w + jnp.arange(2 * w)[None, :]  # [n, 2W] into the padding
     k_bnjhd, v_bnjhd = kp[:, idx], vp[:, idx]
+    if self.rope:  # positions within each block's frame: queries W..2W-1, keys 0..2W-1
+      frame = lambda a, p: rotate(a.reshape(b * n, *a.shape[2:]), p, self.rope_base).reshape(a.shape)
+      q_bnwhd = frame(q_bnwhd, w + jnp.arange(w))
+      k_bnjhd = frame(k_bnjhd, jnp.arange(2 * w))
     s = jnp.einsum("bnihd,bnjhd->bnhij", q_bnwhd.astype(jnp.float32),
                    k_bnjhd.astype(jnp.float32)) / jnp.sqrt(self.head_dim)
     delta = (jnp.arange(w)[:, None] + w) - jnp.arange(2 * w)[None, :]  # [W, 2W]: t - s
@@ -121,8 +140,11 @@ class WindowAttention(nnx.Module):
                         cache.pos_w.at[slot].set(pos.astype(jnp.int32)))
     delta_w = pos - cache.pos_w
     ok_w = (cache.pos_w >= 0) & (delta_w < self.window)
+    k_bwhd = cache.k_bwhd
+    if self.rope:  # the query at offset 0, each key turned back by its offset
+      k_bwhd = rotate(k_bwhd, -jnp.where(ok_w, delta_w, 0), self.rope_base)
     s = jnp.einsum("bhd,bwhd->bhw", q[:, 0].astype(jnp.float32),
-                   cache.k_bwhd.astype(jnp.float32)) / jnp.sqrt(self.head_dim)
+                   k_bwhd.astype(jnp.float32)) / jnp.sqrt(self.head_dim)
     bias = self.bias_hw[...].astype(jnp.float32)[:, jnp.clip(delta_w, 0, self.window - 1)]
     s = jnp.where(ok_w[None, None], s + bias[None], -jnp.inf)
     y = jnp.einsum("bhw,bwhd->bhd", jax.nn.softmax(s, axis=-1),

@@ -67,11 +67,12 @@ def test_recurrent_logits_equal_parallel(mode, write_gate, dtype):
   assert all(c.s_re.shape == (2, 4, 8) for c in cache)  # O(hd_dim) state
 
 
-@pytest.mark.parametrize("mode,window,conv", [("content", 0, 0), ("positional", 0, 0),
-                                              ("content", 4, 3)])
-def test_parallel_prefill_equals_recurrent_steps(mode, window, conv):
+@pytest.mark.parametrize("mode,window,conv,rope", [("content", 0, 0, False),
+                                                   ("positional", 0, 0, False),
+                                                   ("content", 4, 3, False), ("content", 4, 3, True)])
+def test_parallel_prefill_equals_recurrent_steps(mode, window, conv, rope):
   cfg = dataclasses.replace(HOLO_PRESETS["tiny"], mode=mode, window=window, conv=conv,
-                            max_seq_len=32)
+                            window_rope=rope, max_seq_len=32)
   model = HoloForCausalLM(cfg, rngs=nnx.Rngs(3))
   for i, block in enumerate(model.blocks if window else ()):  # wake the zero-initialised window
     out = block.attn.window_attn.out.kernel
@@ -122,6 +123,8 @@ def test_bad_input_names_the_argument(small_model):
     dataclasses.replace(SMALL, mode="rope")
   with pytest.raises(ValueError, match="window"):
     dataclasses.replace(SMALL, window=-1)
+  with pytest.raises(ValueError, match="window_rope=True needs window"):
+    dataclasses.replace(SMALL, window_rope=True)
   with pytest.raises(ValueError, match="conv"):
     dataclasses.replace(SMALL, conv=-2)
   model = small_model

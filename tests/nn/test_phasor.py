@@ -126,15 +126,16 @@ def test_recall_probability_limits():
   assert 0.985 < ph.recall_probability(100, 1900, 4096) < 0.995
 
 
-@pytest.mark.parametrize("mode,write_gate,window,conv", [("content", False, 0, 0),
-                                                         ("content", True, 0, 0),
-                                                         ("positional", False, 0, 0),
-                                                         ("content", True, 3, 0),
-                                                         ("content", False, 0, 4),
-                                                         ("content", True, 3, 4)])
-def test_layer_recurrent_equals_parallel(mode, write_gate, window, conv):
+@pytest.mark.parametrize("mode,write_gate,window,conv,rope", [("content", False, 0, 0, False),
+                                                              ("content", True, 0, 0, False),
+                                                              ("positional", False, 0, 0, False),
+                                                              ("content", True, 3, 0, False),
+                                                              ("content", False, 0, 4, False),
+                                                              ("content", True, 3, 4, False),
+                                                              ("content", True, 3, 4, True)])
+def test_layer_recurrent_equals_parallel(mode, write_gate, window, conv, rope):
   layer = ph.PhasorAttention(16, 2, 8, mode=mode, write_gate=write_gate, window=window,
-                             conv=conv, max_seq_len=32, rngs=nnx.Rngs(0))
+                             window_rope=rope, conv=conv, max_seq_len=32, rngs=nnx.Rngs(0))
   if window:  # its output projection starts at zero: give it something to say
     layer.window_attn.out.kernel[...] = jax.random.normal(jax.random.key(6), (16, 16))
   if conv:  # and the convolution starts as the identity

@@ -410,25 +410,26 @@ def lm_config(arch: str, *, vocab_size: int, width: int, layers: int, heads: int
   raise ValueError(f"arch {arch!r} must be one of {LM_ARCHS}")
 
 
-SWITCHES = ("seed", "gate", "convK", "winW", "hdR")
+SWITCHES = ("seed", "gate", "convK", "winW", "rope", "hdR")
 
 
 def variant_fields(spec: str, hd_dim: int) -> dict:
   """``HoloConfig`` fields of a phasor variant spec: ``+``-joined switches
   ``seed`` (nothing), ``gate`` (write_gate), ``convK`` (conv=K), ``winW``
-  (window=W) and ``hdR`` (hd_dim = R x the base ``hd_dim``).
+  (window=W), ``rope`` (window_rope: RoPE in that window; needs ``winW``) and
+  ``hdR`` (hd_dim = R x the base ``hd_dim``).
 
   Raises:
     ValueError: an unknown or repeated switch (the message lists the switches).
 
   Example:
     >>> variant_fields("conv4+win64", 256)
-    {'write_gate': False, 'conv': 4, 'window': 64, 'hd_dim': 256}
+    {'write_gate': False, 'conv': 4, 'window': 64, 'window_rope': False, 'hd_dim': 256}
   """
-  out = {"write_gate": False, "conv": 0, "window": 0, "hd_dim": hd_dim}
+  out = {"write_gate": False, "conv": 0, "window": 0, "window_rope": False, "hd_dim": hd_dim}
   seen = set()
   for tok in spec.split("+"):
-    m = re.fullmatch(r"(seed|gate)|(conv|win)(\d+)|hd(\d+(?:\.\d+)?)", tok)
+    m = re.fullmatch(r"(seed|gate|rope)|(conv|win)(\d+)|hd(\d+(?:\.\d+)?)", tok)
     key = m and (m.group(1) or m.group(2) or "hd")
     if not m or key in seen or (key == "seed" and spec != "seed"):
       raise ValueError(f"variants: bad spec {spec!r}: join distinct switches of {SWITCHES} "
@@ -436,12 +437,17 @@ def variant_fields(spec: str, hd_dim: int) -> dict:
     seen.add(key)
     if key == "gate":
       out["write_gate"] = True
+    elif key == "rope":
+      out["window_rope"] = True
     elif key == "conv":
       out["conv"] = int(m.group(3))
     elif key == "win":
       out["window"] = int(m.group(3))
     elif key == "hd":
       out["hd_dim"] = int(round(float(m.group(4)) * hd_dim))
+  if out["window_rope"] and not out["window"]:
+    raise ValueError(f"variants: bad spec {spec!r}: 'rope' turns the window's keys, so it needs "
+                     "a 'winW' switch too")
   return out
 
 

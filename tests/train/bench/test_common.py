@@ -104,12 +104,14 @@ def test_kernel_profile_runs_and_is_none_without_device_kernels():
 
 
 def test_variant_fields():
-  base = {"write_gate": False, "conv": 0, "window": 0, "hd_dim": 64}
+  base = {"write_gate": False, "conv": 0, "window": 0, "window_rope": False, "hd_dim": 64}
   assert common.variant_fields("seed", 64) == base
   assert common.variant_fields("gate+conv3+win8+hd2", 64) == {
-      "write_gate": True, "conv": 3, "window": 8, "hd_dim": 128}
+      "write_gate": True, "conv": 3, "window": 8, "window_rope": False, "hd_dim": 128}
+  assert common.variant_fields("win8+rope", 64)["window_rope"] is True
   assert common.variant_fields("hd0.5", 64)["hd_dim"] == 32
-  for bad in ("", "seed+gate", "gate+gate", "conv", "win4+win8", "decay"):
+  for bad in ("", "seed+gate", "gate+gate", "conv", "win4+win8", "decay", "rope",
+              "rope+rope+win4"):
     with pytest.raises(ValueError, match="variants"):
       common.variant_fields(bad, 64)
   assert common.arm_name("seed") == "phasor" and common.arm_name("win8") == "phasor:win8"
