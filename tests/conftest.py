@@ -65,3 +65,9 @@ if (os.environ.get("HOLOJAX_TEST_JIT_CACHE", "1") != "0"
 import jax  # noqa: E402
 
 jax.config.update("jax_numpy_rank_promotion", "raise")
+
+# On a GPU, XLA's default float32 matmul is TF32 (10-bit mantissa): the tests
+# compare float32 programs with float64 references at 1e-4 - 1e-5, so they ask
+# for full float32 products there (CPU products are already full precision).
+if jax.default_backend() != "cpu":
+  jax.config.update("jax_default_matmul_precision", "highest")
