@@ -113,7 +113,8 @@ class LongContextConfig:
       a spec of '+'-joined switches (:func:`variant_fields`): 'seed' (none: the
       seed's decay-free memory), 'gate' (learned write gate), 'convK' (causal
       convolution of width K), 'winW' (exact attention over the last W tokens in
-      every layer), 'hdR' (memory width R x hd_ratio x width). The decode part
+      every layer), 'rope' (RoPE by offset in that window), 'hdR' (memory width
+      R x hd_ratio x width). The decode part
       runs the variant with the lowest val at the first eval length.
     match_params: widen the transformer's MLP (rounded up to a multiple of
       64) until it has at least as many parameters as the largest phasor
