@@ -350,10 +350,19 @@ def _with_ctx(body, v_bits, ref_bits, *refs, params, row0, load, iota, interpret
   body(*refs, params=params, row0=row0, cx=cx, iota=iota)
 
 
-def _launch(body, ins, ops_in, ops_out, *, nb, name, interpret, sms, v_bits, ref_bits):
+def _launch(body, ins, ops_in, ops_out, *, nb, name, interpret, sms, stages, v_bits, ref_bits):
+  if stages is None:
+    stages = _stages(ops_in + ops_out)
+  elif (isinstance(stages, bool) or not isinstance(stages, int) or stages < 1
+        or smem_bytes(ops_in + ops_out, stages) > _SMEM_LIMIT):
+    raise ValueError(f"stages={stages!r} must be an int >= 1 whose slots fit in "
+                     f"{_SMEM_LIMIT} bytes of shared memory (1 slot: "
+                     f"{smem_bytes(ops_in + ops_out, 1)} bytes)")
+  if sms is not None and (isinstance(sms, bool) or not isinstance(sms, int) or sms < 1):
+    raise ValueError(f"sms={sms!r} must be an int >= 1 (programs launched at most) or None")
   return launch_tiles(functools.partial(_with_ctx, body, v_bits, ref_bits), ins, ops_in,
-                      ops_out, nb=nb, name=name, params=_params,
-                      stages=_stages(ops_in + ops_out), slice_width=BLOCK_SIZE // 8,
+                      ops_out, nb=nb, name=name, params=_params, stages=stages,
+                      slice_width=BLOCK_SIZE // 8,
                       interpret=interpret, sms=None if interpret else sms or _device_sms())
 
 
@@ -385,9 +394,13 @@ def _prepare(g, old, v_bits, ref_bits, interpret):
 
 def pass_a_mosaic(g: jax.Array, old: ref.OldState, scalars: jax.Array, seed: jax.Array, *,
                   v_bits: int, ref_bits: int, interpret: bool = False,
-                  sms: int | None = None) -> ref.PassA:
+                  sms: int | None = None, stages: int | None = None) -> ref.PassA:
   """Pass A on Hopper (or interpreted): :func:`.rowblock_reference.pass_a_rows`
   with ``row_sum=chunked_row_sum`` (same arguments and result).
+
+  ``sms``: programs launched at most (None: one per streaming multiprocessor);
+  ``stages``: pipeline slots per program (None: as many as fit, at most 2).
+  Both only shape the compiled launch (``holojax bench turbo_rows`` times them).
 
   Raises:
     backend.Unsupported: a layout the kernels do not handle
@@ -403,7 +416,7 @@ def pass_a_mosaic(g: jax.Array, old: ref.OldState, scalars: jax.Array, seed: jax
          _row_stack(_old_rows(old, ref_bits), len(A_IN), nb), _params_vector(scalars, seed))
   u, codes, ref_codes, sm = _launch(
       _body_a, ins, ops_in, ops_out, nb=nb, name="turbo_rowblock_a_mosaic", interpret=interpret,
-      sms=sms, v_bits=v_bits, ref_bits=ref_bits)
+      sms=sms, stages=stages, v_bits=v_bits, ref_bits=ref_bits)
   sm = sm[:, :nb]
   bounds = jnp.stack([sm[0], sm[1]], axis=-1).astype(jnp.float16)
   levels = jnp.stack([sm[2], sm[3]][:ref_bits], axis=-1).astype(jnp.float16)
@@ -412,9 +425,11 @@ def pass_a_mosaic(g: jax.Array, old: ref.OldState, scalars: jax.Array, seed: jax
 
 def pass_b_mosaic(g: jax.Array, old: ref.OldState, scalars: jax.Array, a: ref.PassA,
                   alpha: jax.Array, *, v_bits: int, ref_bits: int, interpret: bool = False,
-                  sms: int | None = None) -> tuple[jax.Array, jax.Array]:
+                  sms: int | None = None, stages: int | None = None
+                  ) -> tuple[jax.Array, jax.Array]:
   """Pass B on Hopper (or interpreted): :func:`.rowblock_reference.pass_b_rows`
-  with ``row_sum=chunked_row_sum``: ``(signs uint8[NB, bs/8], c float32[NB])``."""
+  with ``row_sum=chunked_row_sum``: ``(signs uint8[NB, bs/8], c float32[NB])``;
+  ``sms`` and ``stages`` as in :func:`pass_a_mosaic`."""
   nb, bs = _prepare(g, old, v_bits, ref_bits, interpret)
   w_v, w_r = bs * v_bits // 8, bs * ref_bits // 8
   ops_in = [Operand("f32", bs), Operand("codes", w_v), Operand("codes", w_r),
@@ -428,5 +443,5 @@ def pass_b_mosaic(g: jax.Array, old: ref.OldState, scalars: jax.Array, a: ref.Pa
          _row_stack(smalls, len(B_IN), nb), _params_vector(scalars, jnp.uint32(0)))
   signs, c = _launch(
       _body_b, ins, ops_in, ops_out, nb=nb, name="turbo_rowblock_b_mosaic", interpret=interpret,
-      sms=sms, v_bits=v_bits, ref_bits=ref_bits)
+      sms=sms, stages=stages, v_bits=v_bits, ref_bits=ref_bits)
   return signs, c[0, :nb]

@@ -61,6 +61,9 @@ BENCHMARKS: dict[str, tuple[str, str]] = {
                    "TurboAdam: state bits/param (GPT-2 124M tree) and optimizer step time"),
     "holo_adam": ("holojax.train.bench.optim.holo_adam",
                   "HoloAdam: state bits/param per preset, projected table, step time"),
+    "turbo_rows": ("holojax.train.bench.optim.turbo_rows",
+                   "TurboAdam's row-block passes alone: XLA vs Mosaic GPU by launch shape, "
+                   "against the copy-bandwidth floor"),
     "optimizer_step": ("holojax.train.bench.optim.optimizer_step",
                        "Every optimizer's jitted step: compile time (10 vs 200 leaves), step "
                        "time vs optax.adamw, memory floor"),
