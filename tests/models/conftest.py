@@ -3,6 +3,8 @@ model and tokenizer loaded from it (float32), and transformers' reference from t
 
 import contextlib
 import functools
+import sys
+from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -41,17 +43,40 @@ def smollm2(smollm2_path):
 @pytest.fixture(scope="session")
 def hf_reference(smollm2_path):
   """(transformers model float32, its tokenizer) from the same GGUF."""
-  pytest.importorskip("torch", reason="parity reference: pip install torch (CPU) transformers")
-  transformers = pytest.importorskip("transformers")
-  pytest.importorskip("accelerate")
-  import torch
-  torch.manual_seed(0)
-  kw = {"gguf_file": smollm2_path.name}
-  with _parse_gguf_once():
-    tok = transformers.AutoTokenizer.from_pretrained(str(smollm2_path.parent), **kw)
-    model = transformers.AutoModelForCausalLM.from_pretrained(str(smollm2_path.parent),
-                                                              dtype=torch.float32, **kw)
+  with _installed_kernels_package():
+    pytest.importorskip("torch", reason="parity reference: pip install torch (CPU) transformers")
+    transformers = pytest.importorskip("transformers")
+    pytest.importorskip("accelerate")
+    import torch
+    torch.manual_seed(0)
+    kw = {"gguf_file": smollm2_path.name}
+    with _parse_gguf_once():
+      tok = transformers.AutoTokenizer.from_pretrained(str(smollm2_path.parent), **kw)
+      model = transformers.AutoModelForCausalLM.from_pretrained(str(smollm2_path.parent),
+                                                                dtype=torch.float32, **kw)
   return model.eval(), tok
+
+
+@contextlib.contextmanager
+def _installed_kernels_package():
+  """The repository root off ``sys.path`` while transformers loads.
+
+  transformers imports Hugging Face's ``kernels`` distribution when it is
+  installed (transformers 5 pulls it in). pytest puts the repository root on
+  ``sys.path``, where our own ``kernels/`` folder (installed as
+  ``holojax.kernels``) would shadow it and the import fails; a user's
+  process, whose path does not hold the repository, never sees ours."""
+  root = Path(__file__).resolve().parents[2]
+  saved = list(sys.path)
+  sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != root]
+  ours = sys.modules.get("kernels")
+  if ours is not None and Path(getattr(ours, "__file__", None) or ".").resolve().parent == (
+      root / "kernels"):
+    del sys.modules["kernels"]
+  try:
+    yield
+  finally:
+    sys.path[:] = saved
 
 
 @contextlib.contextmanager
