@@ -12,7 +12,7 @@ from holojax.train.bench.common import Result
 SLOW = {"phasor", "demo", "convergence", "turbo_adam"}  # > 20 s on 2 CPU cores
 # Their TINY runs end to end in their own tests (tests/train/bench/phasor/, lm/, optim/).
 ELSEWHERE = {"recall", "long_context", "pretrained", "holokv", "holo_convert", "finetune",
-             "big_step", "scaling"}
+             "big_step", "scaling", "turbo_rows"}
 
 
 @pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.slow) if n in SLOW else n
