@@ -132,7 +132,7 @@ def run(cfg: TurboRowsConfig, progress: Progress = Progress()) -> Result:
   xla_b = jax.jit(functools.partial(rows.pass_b_rows, **bits))
   want_a = xla_a(g, old, scalars, seed)
   want_b = xla_b(g, old, scalars, want_a, alpha)
-  bytes_a = moved_bytes((g, old, scalars, seed), want_a) - moved_bytes((), (want_a.qr, want_a.rr))
+  bytes_a = moved_bytes((g, old, scalars, seed), want_a)
   bytes_b = moved_bytes((g, old.codes, old.ref, old.signs, old.levels, old.bounds, want_a.codes,
                          want_a.ref, want_a.bounds, want_a.levels, alpha), want_b)
   bw = copy_bandwidth(4 * nb * BLOCK, cfg.repeats)
