@@ -137,7 +137,7 @@ def check_codes(codes_kd, pairing: str = "half") -> None:
 
 
 def rotate(x_btgd, positions_t, base: float, pairing: str = "half"):
-  """RoPE on either pairing (``"half"`` equals ``holojax.models.gpt.rope``)."""
+  """RoPE on either pairing (``"half"`` equals ``holojax.nn.embed.rope``)."""
   d = x_btgd.shape[-1]
   freq = base ** (-jnp.arange(d // 2, dtype=jnp.float32) / (d // 2))
   ang = positions_t.astype(jnp.float32)[:, None] * freq[None]

@@ -38,7 +38,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from holojax.models import kv_cache
-from holojax.models.gpt import rope
+from holojax.nn.embed import rope
 from holojax.models.lm import DTYPES, check_dtypes, check_input_ids, lm_output
 from holojax.nn.embed import Embed
 

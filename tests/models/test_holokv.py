@@ -10,7 +10,7 @@ import pytest
 from flax import nnx
 
 from holojax.models import holokv
-from holojax.models.gpt import rope
+from holojax.nn.embed import rope
 from holojax.models.kv_cache import CacheSpec
 from holojax.models.llama import LLAMA_PRESETS, Llama
 from holojax.optim.accounting import tree_bytes

@@ -166,8 +166,7 @@ def test_layer_pallas_path_equals_xla_path_with_gradients():
   def loss(layer):
     return jnp.sum(layer(x_btd) ** 2)
 
-  with jax.default_matmul_precision("highest"):  # no TF32 projections on a GPU
-    out = {i: nnx.value_and_grad(loss)(m) for i, m in layers.items()}
+  out = {i: nnx.value_and_grad(loss)(m) for i, m in layers.items()}
   np.testing.assert_allclose(out["interpret"][0], out["xla"][0], rtol=1e-5)
   g_p, g_x = (nnx.to_flat_state(out[i][1]) for i in ("interpret", "xla"))
   for (path, a), (_, b) in zip(g_p, g_x):

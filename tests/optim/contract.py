@@ -17,7 +17,6 @@ round trips and ``optax.inject_hyperparams``.
 from __future__ import annotations
 
 import functools
-
 import re
 
 import jax

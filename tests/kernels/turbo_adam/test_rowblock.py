@@ -12,10 +12,11 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from holojax.kernels import backend, quant
+from holojax.kernels import backend
 from holojax.kernels import turbo_adam as kernels
 from holojax.kernels.turbo_adam import mosaic_gpu, rowblock_mosaic, rowblock_reference as rows
 from holojax.optim import turbo_adam
+from holojax.train.bench.optim import turbo_rows
 from tests.kernels import ON_HOPPER, use_mosaic_gpu_interpreter
 from tests.optim.test_turbo import inner
 
@@ -28,20 +29,10 @@ cpu_only = pytest.mark.skipif(jax.default_backend() != "cpu",
 
 
 def _state(nb, v_bits, ref_bits, seed=0):
-  """Gradients spread over rows by e^2N(0,1), v near g^2, a random reference,
-  signs, scales and alphas; one row of g times 2^64 (a block in units 2^k,
-  k > 0: :func:`rows.block_shift`)."""
-  ks = jax.random.split(jax.random.key(seed), 8)
-  g = jax.random.normal(ks[0], (nb, 128)) * jnp.exp(2 * jax.random.normal(ks[1], (nb, 1)))
-  v = jnp.square(g) * jnp.exp(jax.random.normal(ks[2], (nb, 128)))
-  g = g.at[nb // 2].multiply(2.0**64)
-  c, lo, hi = quant.encode_log(v, quant.hash_uniform(jnp.uint32(1), v.shape), bits=v_bits)
-  rc, lev = rows.encode_reference(jax.random.normal(ks[3], (nb, 128)), ref_bits)
-  old = rows.OldState(quant.pack_bits(c, v_bits), jnp.stack([lo, hi], -1), rc, lev,
-                      quant.pack_signs(jax.random.normal(ks[4], (nb, 128))),
-                      jnp.abs(jax.random.normal(ks[5], (nb,))).astype(jnp.float16),
-                      jax.random.normal(ks[6], (nb,)))
-  return g, old, rows.step_scalars(0.9, 0.999, 1e-8, 7), jnp.uint32(3 + seed)
+  """The bench's random step (:func:`turbo_rows.random_state`) with one row of
+  g times 2^64 (a block in units 2^k, k > 0: :func:`rows.block_shift`)."""
+  g, old, scalars, step_seed = turbo_rows.random_state(nb, v_bits, ref_bits, seed)
+  return g.at[nb // 2].multiply(2.0**64), old, scalars, step_seed
 
 
 def _passes(args, v_bits, ref_bits, **kw):
