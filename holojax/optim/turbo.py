@@ -134,6 +134,7 @@ References:
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 from typing import Any, ClassVar, NamedTuple
 
@@ -990,6 +991,17 @@ def _flat_update(gs: list, state: ScaleByTurboAdamFlatState, sub, count, **kw):
   return out, mu, nu, new_groups
 
 
+@functools.partial(jax.jit, static_argnames=("fixed",))
+def _flat_update_jit(gs: list, state: ScaleByTurboAdamFlatState, sub, count, traced: dict,
+                     fixed: tuple):
+  """:func:`_flat_update` as one program (``fixed``: the static hyperparameters
+  as sorted ``(name, value)`` pairs, ``traced``: the array ones, e.g. from
+  ``optax.inject_hyperparams``). Called eagerly (``nnx.Optimizer.update``
+  outside ``nnx.jit``) it runs as one compiled program instead of op by op;
+  under an outer ``jit`` XLA inlines it (the same program as before)."""
+  return _flat_update(gs, state, sub, count, **dict(fixed), **traced)
+
+
 def scale_by_turbo_adam(b1: float = 0.9, b2: float = 0.999, eps: float = 1e-8,
                         block_size: int = 128, v_bits: int = 4, compress_m: bool = True,
                         compress_v: bool = True, null_pct: float = 0.10,
@@ -1109,7 +1121,9 @@ def scale_by_turbo_adam(b1: float = 0.9, b2: float = 0.999, eps: float = 1e-8,
     key_data = jax.random.key_data(key).astype(jnp.uint32)
     if layout.tree_layout == "flat":
       gs, treedef = jax.tree.flatten(updates)
-      us, mu, nu, groups = _flat_update(gs, state, sub, count, **hyper)
+      traced = {k: v for k, v in hyper.items() if isinstance(v, (jax.Array, np.ndarray))}
+      fixed = tuple(sorted((k, v) for k, v in hyper.items() if k not in traced))
+      us, mu, nu, groups = _flat_update_jit(gs, state, sub, count, traced, fixed)
       return (treedef.unflatten([u.astype(g.dtype) for u, g in zip(us, gs)]),
               ScaleByTurboAdamFlatState(count, key_data, mu, nu, groups))
 
