@@ -498,11 +498,13 @@ def encode_m(q: jax.Array, g_blocks: jax.Array, ms: _MLeaf, layout: TurboAdamLay
   if layout.faithful:
     ref_codes, ref_levels = ms.ref, ms.levels  # unused, size 0
     r = g_blocks
-  else:
-    ref_codes, ref_levels = encode_reference(q, layout.m_ref_bits)
+    qr, rr = red.sum(q * r), red.sum(r * r)
+  else:  # the row passes' per-block sums (rows.reference_dots), then per tensor
+    ref_codes, ref_levels, sums = rows.encode_reference_sums(q, layout.m_ref_bits)
     r = decode_reference(ref_codes, ref_levels, layout.m_ref_bits)
-  rr = red.sum(r * r)
-  alpha = jnp.where(rr > 0, red.sum(q * r) / jnp.where(rr > 0, rr, 1.0), 0.0)
+    qr_b, rr_b = rows.reference_dots(ref_levels, sums, q.shape[-1])
+    qr, rr = red.sum(qr_b), red.sum(rr_b)
+  alpha = jnp.where(rr > 0, qr / jnp.where(rr > 0, rr, 1.0), 0.0)
   delta = q - red.elems(alpha) * r
   if layout.error_feedback:
     delta = delta + ms.err

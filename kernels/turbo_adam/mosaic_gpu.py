@@ -8,7 +8,7 @@ packed ``bits``-bit log-scale v)::
 
   v_old  = 0 if code == 0 else 2**(lo + (code - 1) (hi - lo) / (2**bits - 2))
   v      = b2 v_old + (1 - b2) g^2
-  update = (m / bc1) / (sqrt(v / bc2) + eps)
+  update = (m (1 / bc1)) / (sqrt(v (1 / bc2)) + eps)
   lo', hi' = log_bounds(min_{v > tiny} v, max v; lo, hi)   (per block row)
   code'  = encode_stochastic(v, u(seed, row * bs + column); lo', hi')
 
@@ -317,7 +317,7 @@ def _body(g_ref, m_ref, c_ref, b_ref, u_ref, co_ref, bo_ref, *, params, row0, bi
     g = load(g_ref.at[:, cols], "f32")
     v = b2 * v_old + (1.0 - b2) * (g * g)
     m = load(m_ref.at[:, cols], "f32")
-    u_ref.at[:, cols][...] = (m / bc1) / (_sqrt(v / bc2) + eps)
+    u_ref.at[:, cols][...] = (m * (1.0 / bc1)) / (_sqrt(v * (1.0 / bc2)) + eps)
     v_rs.append(v)
 
   mins = [jnp.min(jnp.where(v > _TINY, v, jnp.inf), axis=1) for v in v_rs]

@@ -11,7 +11,7 @@ needs power-of-two tiles (``bits`` in 2, 4, 8), as Triton wants.
 Per program::
 
   for each segment i:  v_i = b2 decode(byte >> bits*i) + (1-b2) g_i^2
-                       update_i = (m_i / bc1) / (sqrt(v_i / bc2) + eps)
+                       update_i = (m_i (1 / bc1)) / (sqrt(v_i (1 / bc2)) + eps)
   lo, hi  = fp16-bracketed log2(min positive v), log2(max v)   (per block)
   byte    = OR_i  encode_stochastic(v_i, u(seed, index)) << bits*i
 
@@ -71,7 +71,7 @@ def _kernel(sc_ref, seed_ref, g_ref, m_ref, c_ref, lo_ref, hi_ref,
     v_old = quant.decode_log(code, lo, hi, bits=bits)
     g = g_ref[:, i, :]
     v = b2 * v_old + (1.0 - b2) * (g * g)
-    u_ref[:, i, :] = (m_ref[:, i, :] / bc1) / (jnp.sqrt(v / bc2) + eps)
+    u_ref[:, i, :] = (m_ref[:, i, :] * (1.0 / bc1)) / (jnp.sqrt(v * (1.0 / bc2)) + eps)
     vs.append(v)
 
   mins, maxs = zip(*[quant.row_extrema(v) for v in vs])

@@ -5,10 +5,13 @@ first moment ``m_t`` already updated, and the packed log-scale ``v``::
 
   v_{t-1} = decode(codes, lo, hi)
   v_t     = b2 v_{t-1} + (1 - b2) g^2
-  u_t     = (m_t / bc1) / (sqrt(v_t / bc2) + eps)
+  u_t     = (m_t (1 / bc1)) / (sqrt(v_t (1 / bc2)) + eps)
   codes', lo', hi' = encode_stochastic(v_t, u(seed, index))   # sticky grid
 
-with ``bc1 = 1 - b1^t``, ``bc2 = 1 - b2^t``. Returns ``(u_t, codes', lo', hi')``.
+with ``bc1 = 1 - b1^t``, ``bc2 = 1 - b2^t``. The bias corrections multiply by
+their reciprocals, written out: XLA rewrites a division by a broadcast scalar
+into that product in some programs and not in others (an ulp apart), so the
+kernels and this reference spell it the one way that every compiler keeps. Returns ``(u_t, codes', lo', hi')``.
 The draws ``u`` hash the element index ``row * bs + column``: the row's
 position in ``g`` or, given ``row_ids``, its id there (a block's row in the
 unsharded buffer, for a buffer cut into shards).
@@ -44,7 +47,7 @@ def fused_v_update_reference(g: jax.Array, m: jax.Array, codes: jax.Array, lo: j
   b2, eps, bc1, bc2 = scalars[0], scalars[1], scalars[2], scalars[3]
   v_old = quant.decode_log(quant.unpack_bits(codes, bits, bs), lo, hi, bits=bits)
   v = b2 * v_old + (1.0 - b2) * jnp.square(g)
-  upd = (m / bc1) / (jnp.sqrt(v / bc2) + eps)
+  upd = (m * (1.0 / bc1)) / (jnp.sqrt(v * (1.0 / bc2)) + eps)
   u = (quant.hash_uniform(seed, v.shape) if row_ids is None
        else quant.hash_uniform_rows(seed, row_ids, bs))
   new_codes, new_lo, new_hi = quant.encode_log(v, u, bits=bits, prev_lo=lo, prev_hi=hi)

@@ -28,14 +28,17 @@ smallest swizzle) and loaded with ``optimized=False``.
 Per-block scalars travel as rows of one float32 ``[K, NB8]`` array (``NB``
 rounded up to 8; one ``[K, R]`` TMA copy per tile): pass A reads ``lo, hi``
 (stored v bounds), the two reference levels, the CoState scale and the
-block's alpha, and writes the new ``lo, hi`` (as stored), levels, ``qr``
-and ``rr``; pass B reads those and the new alpha and writes ``c``.
+block's alpha, and writes the new ``lo, hi`` (as stored), levels and the
+reference code's class sums ``s_small, s_big, n_big``, from which XLA forms
+``qr`` and ``rr`` as the reference does
+(:func:`.rowblock_reference.reference_dots`); pass B reads those and the new
+alpha and writes ``c``.
 
 Compiled, ``sqrt`` is ``x rsqrt(x)`` and ``log`` / ``exp2`` are the GPU's,
 so q, the levels and the sums may differ from XLA's by ulps and a code can
 move where a value sits within those ulps of a threshold; the interpreter
-twin (``interpret=True``, ``jnp.sqrt``) equals the reference bit for bit.
-Not yet run on a GPU.
+twin (``interpret=True``, ``jnp.sqrt``) gives the reference's codes bit for
+bit and its floats to an ulp.
 
 Example::
 
@@ -74,7 +77,7 @@ V_BITS = (2, 4, 8)
 REF_BITS = (1, 2)
 # Rows of the per-block scalars arrays.
 A_IN = ("lo", "hi", "lev0", "lev1", "scale", "alpha", "pad0", "pad1")
-A_OUT = ("lo", "hi", "lev0", "lev1", "qr", "rr", "pad0", "pad1")
+A_OUT = ("lo", "hi", "lev0", "lev1", "s_small", "s_big", "n_big", "pad")
 B_IN = A_IN[:6] + ("new_lo", "new_hi", "new_lev0", "new_lev1", "new_alpha") + ("pad",) * 5
 
 
@@ -221,7 +224,7 @@ def _body_a(g_ref, c_ref, r_ref, s_ref, sm_ref, u_ref, co_ref, ro_ref, so_ref, *
   for i in range(8):
     gs, v_old, m_t = chunk(i)
     v = b2 * v_old + (1.0 - b2) * (gs * gs)
-    u_ref.at[:, pl.ds(n * i, n)][...] = (m_t / bc1) / (cx.sqrt(v / bc2) + eps)
+    u_ref.at[:, pl.ds(n * i, n)][...] = (m_t * (1.0 / bc1)) / (cx.sqrt(v * (1.0 / bc2)) + eps)
     vs.append(v)
     ms.append(m_t)
     mins.append(jnp.min(jnp.where(v > _TINY, v, jnp.inf), axis=1))
@@ -242,34 +245,29 @@ def _body_a(g_ref, c_ref, r_ref, s_ref, sm_ref, u_ref, co_ref, ro_ref, so_ref, *
   _store_codes(co_ref, words, cx.v_bits)
 
   a = [jnp.abs(q) for q in qs]
-  mean_r = _row_sum(a) / float(bs)
+  s_all = _row_sum(a)
   ref_words = [jnp.zeros(shape, _U32) for _ in range(cx.ref_bits)]
   if cx.ref_bits == 1:
-    lev0 = mean_r.astype(jnp.float16).astype(_F32)
+    lev0 = (s_all / float(bs)).astype(jnp.float16).astype(_F32)
     lev1 = lev0
     bigs = [None] * 8
+    s_small, s_big, n_big = s_all, 0.0 * s_all, 0.0 * s_all
   else:
-    mean_rs = _rows(mean_r, shape)
+    mean_rs = _rows(s_all / float(bs), shape)
     bigs = [x > mean_rs for x in a]
     n_big = _row_sum([jnp.where(b, 1.0, 0.0) for b in bigs])
-    l_big = _row_sum([jnp.where(b, x, 0.0) for b, x in zip(bigs, a)]) / jnp.maximum(n_big, 1.0)
-    l_small = (_row_sum([jnp.where(b, 0.0, x) for b, x in zip(bigs, a)])
-               / jnp.maximum(float(bs) - n_big, 1.0))
-    lev0 = l_small.astype(jnp.float16).astype(_F32)
-    lev1 = l_big.astype(jnp.float16).astype(_F32)
-  lev0_rs, lev1_rs = _rows(lev0, shape), _rows(lev1, shape)
-  qr, rr = [], []
+    s_big = _row_sum([jnp.where(b, x, 0.0) for b, x in zip(bigs, a)])
+    s_small = _row_sum([jnp.where(b, 0.0, x) for b, x in zip(bigs, a)])
+    lev0 = (s_small / jnp.maximum(float(bs) - n_big, 1.0)).astype(jnp.float16).astype(_F32)
+    lev1 = (s_big / jnp.maximum(n_big, 1.0)).astype(jnp.float16).astype(_F32)
   for i, (q, big) in enumerate(zip(qs, bigs)):
     code = jnp.where(q < 0.0, _U32(1), _U32(0))
     if cx.ref_bits == 2:
       code = code | jnp.where(big, _U32(2), _U32(0))
     j = i % cx.ref_bits
     ref_words[j] = ref_words[j] | (code << _U32(cx.ref_bits * (i // cx.ref_bits)))
-    r = _decode_ref(code, lev0_rs, lev1_rs, cx.ref_bits)
-    qr.append(q * r)
-    rr.append(r * r)
   _store_codes(ro_ref, ref_words, cx.ref_bits)
-  outs = (lo_r + 2.0 * k_r, hi_r + 2.0 * k_r, lev0, lev1, _row_sum(qr), _row_sum(rr))
+  outs = (lo_r + 2.0 * k_r, hi_r + 2.0 * k_r, lev0, lev1, s_small, s_big, n_big)
   for j, x in enumerate(outs):
     so_ref.at[j][...] = x
 
@@ -420,7 +418,8 @@ def pass_a_mosaic(g: jax.Array, old: ref.OldState, scalars: jax.Array, seed: jax
   sm = sm[:, :nb]
   bounds = jnp.stack([sm[0], sm[1]], axis=-1).astype(jnp.float16)
   levels = jnp.stack([sm[2], sm[3]][:ref_bits], axis=-1).astype(jnp.float16)
-  return ref.PassA(u, codes, bounds, ref_codes, levels, sm[4], sm[5])
+  qr, rr = ref.reference_dots(levels, (sm[4], sm[5], sm[6]), bs)   # in XLA, as the reference
+  return ref.PassA(u, codes, bounds, ref_codes, levels, qr, rr)
 
 
 def pass_b_mosaic(g: jax.Array, old: ref.OldState, scalars: jax.Array, a: ref.PassA,

@@ -15,8 +15,8 @@ Pass A (:func:`pass_a_rows`), per block, from the old state::
   m_t     = b1 m_prev + (1 - b1) gs
   u, codes', lo', hi' = fused v step(gs, m_t)  # EMA of v, update, encode v
   q       = clip(m_t / sqrt(decode_log(codes'; lo', hi')), -C, C)   (0 where v^ = 0)
-  ref', levels' = encode_reference(q);  r = decode_reference(ref', levels')
-  qr_b    = sum q r,  rr_b = sum r r
+  ref', levels' = encode_reference(q)
+  qr_b    = sum q r,  rr_b = sum r r     # from the levels and class sums (reference_dots)
 
 XLA: ``alpha_t = sum_b qr_b / sum_b rr_b`` over each tensor's blocks.
 
@@ -72,10 +72,9 @@ def chunked_row_sum(x: jax.Array) -> jax.Array:
     8128.0
   """
   w = x.shape[-1] // 8
-  parts = jnp.sum(x.reshape(*x.shape[:-1], 8, w), axis=-1)
-  out = parts[..., 0]
+  out = jnp.sum(x[..., :w], axis=-1)
   for i in range(1, 8):
-    out = out + parts[..., i]
+    out = out + jnp.sum(x[..., w * i:w * (i + 1)], axis=-1)
   return out
 
 
@@ -103,20 +102,51 @@ def encode_reference(m: jax.Array, bits: int, row_sum=xla_row_sum
   1 bit: sign, level = mean|m| per block (the least-squares scale).
   2 bits: sign + (|m| > block mean|m|), levels = mean |m| below / above.
   """
+  return encode_reference_sums(m, bits, row_sum)[:2]
+
+
+def encode_reference_sums(m: jax.Array, bits: int, row_sum=xla_row_sum):
+  """:func:`encode_reference`'s ``(codes, levels)`` and the per-block sums of its
+  two classes, ``(s_small, s_big, n_big)`` float32 ``[..., nb]``: ``sum |m|``
+  over the entries coded with level 0 / level 1 and the count of the latter
+  (1 bit: every entry is level 0, ``s_big = n_big = 0``)."""
   a = jnp.abs(m)
   bs = a.shape[-1]
   neg = (m < 0).astype(jnp.uint8)
-  mean = (row_sum(a) / bs)[..., None]
+  s_all = row_sum(a)
   if bits == 1:
-    return quant.pack_bits(neg, 1), mean.astype(jnp.float16)
-  big = a > mean
-  n_big = jnp.sum(big, axis=-1, keepdims=True)
-  n_small = bs - n_big
-  l_big = row_sum(jnp.where(big, a, 0.0))[..., None] / jnp.maximum(n_big, 1)
-  l_small = row_sum(jnp.where(big, 0.0, a))[..., None] / jnp.maximum(n_small, 1)
+    zero = jnp.zeros_like(s_all)
+    return (quant.pack_bits(neg, 1), (s_all / bs)[..., None].astype(jnp.float16),
+            (s_all, zero, zero))
+  big = a > (s_all / bs)[..., None]
+  n_big = row_sum(big.astype(jnp.float32))
+  s_big = row_sum(jnp.where(big, a, 0.0))
+  s_small = row_sum(jnp.where(big, 0.0, a))
+  l_big = s_big / jnp.maximum(n_big, 1.0)
+  l_small = s_small / jnp.maximum(bs - n_big, 1.0)
   codes = neg | (big.astype(jnp.uint8) << 1)
-  levels = jnp.concatenate([l_small, l_big], axis=-1).astype(jnp.float16)
-  return quant.pack_bits(codes, 2), levels
+  levels = jnp.stack([l_small, l_big], axis=-1).astype(jnp.float16)
+  return quant.pack_bits(codes, 2), levels, (s_small, s_big, n_big)
+
+
+def reference_dots(levels: jax.Array, sums, bs: int) -> tuple[jax.Array, jax.Array]:
+  """``(sum q r, sum r r)`` per block of ``q``'s reference code ``r``, from its
+  levels and :func:`encode_reference_sums`' class sums. ``r = sign(q) l_c``
+  with ``l_c`` the entry's level, so ``q r = |q| l_c`` and::
+
+    sum q r = l_0 s_small + l_1 s_big,   sum r r = (bs - n_big) l_0^2 + n_big l_1^2
+
+  No per-entry product is summed, and the barriers keep these few per-block
+  products and sums one computation of their own wherever they are called
+  (the reference's rows or the kernels' outputs): XLA contracts ``a b + c``
+  into a fused multiply-add depending on what it fuses, which would round
+  the two paths' ``alpha`` an ulp apart.
+  """
+  levels, (s_small, s_big, n_big) = jax.lax.optimization_barrier((levels, sums))
+  lv = levels.astype(jnp.float32)
+  l0, l1 = lv[..., 0], lv[..., -1]
+  return jax.lax.optimization_barrier(
+      (l0 * s_small + l1 * s_big, (bs - n_big) * (l0 * l0) + n_big * (l1 * l1)))
 
 
 def costate_decode_delta(sign_codes: jax.Array, scales: jax.Array) -> jax.Array:
@@ -228,10 +258,9 @@ def pass_a_rows(g: jax.Array, old: OldState, scalars: jax.Array, seed: jax.Array
                                               row_ids=row_ids)
   bounds = jnp.stack([x.astype(jnp.float32) + 2.0 * k for x in (lo, hi)], axis=-1)
   q = ratio(m_t, decode_sqrt_v(codes, lo, hi, v_bits), q_max)
-  ref, levels = encode_reference(q, ref_bits, row_sum)
-  r = decode_reference(ref, levels, ref_bits)
-  return PassA(u, codes, bounds.astype(jnp.float16), ref, levels, row_sum(q * r),
-               row_sum(r * r))
+  ref, levels, sums = encode_reference_sums(q, ref_bits, row_sum)
+  qr, rr = reference_dots(levels, sums, q.shape[-1])
+  return PassA(u, codes, bounds.astype(jnp.float16), ref, levels, qr, rr)
 
 
 def pass_b_rows(g: jax.Array, old: OldState, scalars: jax.Array, a: PassA, alpha: jax.Array,
