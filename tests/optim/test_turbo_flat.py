@@ -17,6 +17,7 @@ import pytest
 
 import holojax.optim.turbo as ta
 from holojax.optim import turbo_adam
+from tests.kernels import ON_HOPPER
 from tests.optim import contract
 from tests.optim.test_turbo import inner, row_scaled_report, _row_scaled
 
@@ -236,7 +237,9 @@ def _hundred_steps(impl):
 @pytest.mark.parametrize("impl", [
     "interpret",
     pytest.param("triton", marks=pytest.mark.skipif(jax.default_backend() != "gpu",
-                                                    reason="the compiled kernel needs a GPU"))])
+                                                    reason="the compiled kernel needs a GPU")),
+    pytest.param("mosaic", marks=pytest.mark.skipif(not ON_HOPPER,
+                                                    reason="Mosaic GPU kernels need Hopper"))])
 def test_flat_kernel_equals_reference_over_100_steps(impl):
   """Issue 12: the fused kernel on the flat buffer equals the jnp reference (same
   seed, same rounding draws) over 100 steps of fresh random gradients.
