@@ -8,10 +8,11 @@ first moment ``m_t`` already updated, and the packed log-scale ``v``::
   u_t     = (m_t (1 / bc1)) / (sqrt(v_t (1 / bc2)) + eps)
   codes', lo', hi' = encode_stochastic(v_t, u(seed, index))   # sticky grid
 
-with ``bc1 = 1 - b1^t``, ``bc2 = 1 - b2^t``. The bias corrections multiply by
-their reciprocals, written out: XLA rewrites a division by a broadcast scalar
-into that product in some programs and not in others (an ulp apart), so the
-kernels and this reference spell it the one way that every compiler keeps. Returns ``(u_t, codes', lo', hi')``.
+with ``bc1 = 1 - b1^t``, ``bc2 = 1 - b2^t``. Returns ``(u_t, codes', lo', hi')``.
+The bias corrections multiply by their reciprocals, written out: XLA:CPU
+rewrites a division by a broadcast scalar into that product in some
+programs and not in others (an ulp apart), so the kernels and this
+reference all spell it the way it is not rewritten.
 The draws ``u`` hash the element index ``row * bs + column``: the row's
 position in ``g`` or, given ``row_ids``, its id there (a block's row in the
 unsharded buffer, for a buffer cut into shards).

@@ -72,9 +72,10 @@ def chunked_row_sum(x: jax.Array) -> jax.Array:
     8128.0
   """
   w = x.shape[-1] // 8
-  out = jnp.sum(x[..., :w], axis=-1)
+  parts = jnp.sum(x.reshape(*x.shape[:-1], 8, w), axis=-1)
+  out = parts[..., 0]
   for i in range(1, 8):
-    out = out + jnp.sum(x[..., w * i:w * (i + 1)], axis=-1)
+    out = out + parts[..., i]
   return out
 
 
