@@ -84,6 +84,21 @@ def test_chunked_row_sum_is_a_sum():
   np.testing.assert_allclose(rows.chunked_row_sum(x), jnp.sum(x, -1), rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("bits", [1, 2])
+def test_reference_dots_are_the_sums_of_products(bits):
+  """``reference_dots`` (from the levels and class sums) equals ``sum q r`` and
+  ``sum r r`` summed entry by entry, ``r`` the decoded reference code; a row
+  of zeros gives zeros."""
+  q = jax.random.normal(jax.random.key(3), (6, 128)) * jnp.logspace(-3, 2, 6)[:, None]
+  q = q.at[2].set(0.0)
+  codes, levels, sums = rows.encode_reference_sums(q, bits)
+  r = rows.decode_reference(codes, levels, bits)
+  qr, rr = rows.reference_dots(levels, sums, 128)
+  np.testing.assert_allclose(qr, jnp.sum(q * r, -1), rtol=1e-5)
+  np.testing.assert_allclose(rr, jnp.sum(r * r, -1), rtol=1e-5)
+  assert float(qr[2]) == float(rr[2]) == 0.0
+
+
 def _mosaic_calls(text):
   return re.findall(r"stablehlo\.custom_call @mosaic_gpu\w*\(", text)
 
