@@ -925,11 +925,10 @@ def _split_update(part: _Part, xs, grp: TurboFlatGroup, seed, count, starts, kw)
             for u, x in zip(_split(ub, nbs), xs)]
     return us, _per_block(lambda a: a[None], new)
 
-  # jit: one program when called eagerly (op-by-op dispatch compiles every op
-  # for the mesh: ~5x slower); inlined under an outer jit.
-  return jax.jit(jax.shard_map(
+  # Traced inside _flat_update_jit: one program even when called eagerly.
+  return jax.shard_map(
       local, mesh=mesh, in_specs=(in_specs, grp_specs, P(), P(), jax.tree.map(lambda _: P(), traced)),
-      out_specs=(in_specs, grp_specs)))(xs, grp, seed, count, traced)
+      out_specs=(in_specs, grp_specs))(xs, grp, seed, count, traced)
 
 
 def _flat_update(gs: list, state: ScaleByTurboAdamFlatState, sub, count, **kw):
