@@ -831,6 +831,20 @@ def _refuse_kernels_when_split(parts, impl: str) -> None:
                      f"implementation='xla' (the kernels draw by buffer position), got {impl!r}")
 
 
+def _refuse_kernels_on_sharded_leaves(paths_leaves, layout: TurboAdamLayout, impl: str) -> None:
+  """Leaf layout: a kernel (``impl`` not "xla") runs on a whole tensor's blocks,
+  so it refuses an explicitly sharded tensor whose v it would update
+  (``ValueError`` naming the leaf; "xla" updates it shard by shard)."""
+  if impl == "xla":
+    return
+  for path, x in paths_leaves:
+    if layout.v_compressed(tuple(x.shape)) and lay.explicit_spec(x) is not None:
+      raise ValueError(f"turbo_adam: parameter {jax.tree_util.keystr(path)} is explicitly "
+                       f"sharded as {jax.sharding.PartitionSpec(*lay.explicit_spec(x))}; "
+                       f"sharded parameters need implementation='xla' (the kernels update "
+                       f"whole tensors), got {impl!r}")
+
+
 def _init_flat(params, layout: TurboAdamLayout, impl: str = "xla"):
   """``(mu, nu, groups)`` of :class:`ScaleByTurboAdamFlatState`."""
   leaves = jax.tree.leaves(params)
@@ -1096,6 +1110,8 @@ def scale_by_turbo_adam(b1: float = 0.9, b2: float = 0.999, eps: float = 1e-8,
       return ScaleByTurboAdamFlatState(
           jnp.zeros((), jnp.int32), jax.random.key_data(jax.random.key(seed)).astype(jnp.uint32),
           *_init_flat(params, layout, impl))
+    _refuse_kernels_on_sharded_leaves(jax.tree_util.tree_flatten_with_path(params)[0], layout,
+                                      impl)
     stacks = jax.tree.leaves(lay.leaf_labels(params, scanned))
     leaves = []
     for (path, p), stack in zip(jax.tree_util.tree_flatten_with_path(params)[0], stacks):
@@ -1129,6 +1145,7 @@ def scale_by_turbo_adam(b1: float = 0.9, b2: float = 0.999, eps: float = 1e-8,
               ScaleByTurboAdamFlatState(count, key_data, mu, nu, groups))
 
     paths_leaves, treedef = jax.tree_util.tree_flatten_with_path(updates)
+    _refuse_kernels_on_sharded_leaves(paths_leaves, layout, impl)
     flat = lambda tree: treedef.flatten_up_to(tree)
     mus, nus = flat(state.mu), flat(state.nu)
     vs = list(zip(flat(state.v.codes), flat(state.v.bounds)))

@@ -1,7 +1,9 @@
 """Every optimizer in ``holojax.optim.registry`` passes the optax contract (tests/optim/contract.py)."""
 
+import jax
 import pytest
 
+from holojax.kernels import turbo_adam as kernels
 from holojax.optim import registry
 from tests.optim import contract
 
@@ -25,10 +27,37 @@ ROSENBROCK = {"holo_adam_max": dict(steps=1600)}
 FLAT = {f"{n}[flat]": (n, dict(tree_layout="flat"))
         for n in ("turbo_adam", "turbo_adam_v", "holo_adam")}
 
+# TurboAdam's kernel implementations (issue 12: the contract on every one), both
+# layouts: "interpret" (the kernels in Pallas' interpreters, CPU) here; compiled
+# "mosaic" (Hopper) and "triton" (the v step, any CUDA GPU) where they can run.
+# Explicitly sharded parameters are refused with a ValueError (the kernels
+# update whole tensors / draw by buffer position): that refusal replaces the two
+# explicit-sharding checks.
+IMPLS = {f"turbo_adam[{lay},{impl}]": ("turbo_adam", dict(tree_layout=lay, implementation=impl))
+         for impl in ("interpret", "mosaic", "triton") for lay in ("leaf", "flat")
+         if not (impl == "triton" and lay == "flat")}
+CASES = {**FLAT, **IMPLS}
+
+
+def _runs_here(impl) -> bool:
+  try:
+    kernels.select_implementation(bits=4, block_size=128, implementation=impl)
+  except ValueError:
+    return False
+  return True
+
 
 def _make(name):
-  base, kw = FLAT.get(name, (name, {}))
+  base, kw = CASES.get(name, (name, {}))
   return lambda lr: registry.get(base, lr, 0.0, **SMALL.get(base, {}), **kw)
+
+
+def _refuses_sharded(make_opt):
+  """A kernel implementation refuses explicitly sharded parameters, naming the fix."""
+  mesh = contract.explicit_mesh()
+  with jax.set_mesh(mesh):
+    with pytest.raises(ValueError, match="sharded.*implementation='xla'"):
+      make_opt(1e-2).init(contract.fsdp_params(mesh))
 
 
 # Presets of one implementation (its code, other hyperparameters): the costly
@@ -41,8 +70,15 @@ COSTLY = (contract.check_explicit_sharding, contract.check_explicit_sharding_eag
 
 
 def _cases():
-  for name in registry.names() + list(FLAT):
+  for name in registry.names() + list(CASES):
+    impl = CASES.get(name, (None, {}))[1].get("implementation")
     for check in contract.CHECKS:
+      if impl is not None:
+        if check is contract.check_explicit_sharding_eager:
+          continue
+        marks = [pytest.mark.skipif(not _runs_here(impl), reason=f"{impl} cannot run here")]
+        yield pytest.param(name, check, id=f"{name}-{check.__name__}", marks=marks)
+        continue
       costly = check in COSTLY and (name in PRESET_OF or (
           # HoloAdam's eager update dispatches hundreds of small ops, each
           # compiled for the explicit mesh (~100 s on 2 cores, 16 s flat); jitted,
@@ -55,7 +91,9 @@ def _cases():
 
 @pytest.mark.parametrize("name,check", list(_cases()))
 def test_contract(name, check):
-  if check is contract.check_rosenbrock:
+  if name in IMPLS and check is contract.check_explicit_sharding:
+    _refuses_sharded(_make(name))
+  elif check is contract.check_rosenbrock:
     check(_make(name), **ROSENBROCK.get(name, {}))
   else:
     check(_make(name))

@@ -41,13 +41,14 @@ def compute_ops(tree_layout, n_leaves, rows_total=800):
 
 
 def test_program_size_does_not_grow_with_the_number_of_tensors():
-  """Flat: the same compute ops for 10 and 200 tensors of the same total size,
-  within the few that XLA's fusion choices change with the sizes (1 on GPU;
-  only slices and copies are per tensor); leaf: the program grows per tensor."""
+  """Flat: no more compute ops for 200 tensors than for 10 of the same total
+  size, within the few that XLA's fusion choices change with the sizes (only
+  slices and copies are per tensor; on the H200, jax 0.11.2, 200 tensors
+  compile to 21 ops *fewer*); leaf: the program grows per tensor."""
   flat10, ops10 = compute_ops("flat", 10)
   flat200, ops200 = compute_ops("flat", 200)
   print(f"flat compute ops: {flat10} (10 tensors), {flat200} (200 tensors)")
-  assert flat10 > 100 and abs(flat200 - flat10) <= 4
+  assert flat10 > 100 and flat200 - flat10 <= 4
   assert ops10["while"] == ops200["while"] and ops10["gather"] == ops200["gather"]
   leaf5, _ = compute_ops("leaf", 5)
   leaf10, _ = compute_ops("leaf", 10)
