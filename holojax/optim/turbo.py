@@ -316,6 +316,11 @@ class Segments:
   cumsum is a log-depth scan 7x slower, but atomics on few addresses on GPU),
   float sums are reduced per block first, then by a segmented scan (each
   segment summed apart: no cancellation against other tensors, no atomics).
+  Order statistics (:func:`order_statistics`), with ``sort``: two stable
+  radix sorts of the ``[NB]`` keys (by value, then by tensor: each tensor's
+  blocks end up in value order) and one gather; else 32 rounds of counts.
+  Both are exact; on the H200 (1M blocks, 150 tensors) sorting takes 0.32 ms
+  against the counts' 0.84 ms, on CPU 4x longer than the counts.
 
   Sharded (inside ``jax.shard_map``, ``axes`` the mesh axes that split every
   tensor into ``shards`` equal pieces): the buffer is one device's blocks,
@@ -327,16 +332,23 @@ class Segments:
   ends: jax.Array    # int32[n], one past its last block
   seg_nb: jax.Array  # int32[NB], the tensor of each block
   scatter: bool = False  # counts by segment sum (CPU) instead of cumsum differences
+  sort: bool = False     # order statistics by sorting (GPU; unsharded) instead of counts
   axes: tuple[str, ...] = ()  # mesh axes the tensors are split over (inside shard_map)
   shards: int = 1             # pieces each tensor is split into
   ndim: ClassVar[int] = 1
 
   @classmethod
   def of(cls, nbs, scatter: bool | None = None, axes: tuple[str, ...] = (),
-         shards: int = 1) -> Segments:
+         shards: int = 1, sort: bool | None = None) -> Segments:
     """Segments of consecutive tensors of ``nbs`` blocks each (static ints > 0);
     ``scatter=None``: segment-sum counts on CPU, cumsum differences elsewhere;
-    ``axes``, ``shards``: see the class docstring (``nbs`` are then local)."""
+    ``sort=None``: order statistics by sorting on GPU when unsharded, else by
+    counts; ``axes``, ``shards``: see the class docstring (``nbs`` are then local)."""
+    if sort is None:
+      sort = jax.default_backend() == "gpu" and not axes
+    if sort and axes:
+      raise ValueError("Segments: sort=True needs whole tensors (axes=()); sharded "
+                       "buffers find order statistics by all-reduced counts")
     ends = np.cumsum(nbs).astype(np.int32)
     # Opaque to XLA: the per-block ids below are computed at run time, never
     # constant-folded into an [NB] array in the program.
@@ -344,7 +356,8 @@ class Segments:
         (jnp.asarray(ends - np.asarray(nbs, np.int32)), jnp.asarray(ends)))
     marks = jnp.zeros((int(sum(nbs)),), jnp.int32).at[starts[1:]].add(1)
     scatter = jax.default_backend() == "cpu" if scatter is None else scatter
-    return cls(starts, ends, jnp.cumsum(marks, dtype=jnp.int32), scatter, tuple(axes), shards)
+    return cls(starts, ends, jnp.cumsum(marks, dtype=jnp.int32), scatter, sort, tuple(axes),
+               shards)
 
   def size(self, x_nb: jax.Array) -> jax.Array:
     del x_nb
@@ -385,6 +398,12 @@ class Segments:
     """``int32[K, n]``: blocks of each tensor with ``bits`` at most its threshold."""
     return self._count_rows(bits_nb[None, :] <= t_kn[:, self.seg_nb])
 
+  def sorted_in_tensors(self, keys_nb: jax.Array) -> jax.Array:
+    """``keys [NB]`` sorted within each tensor's blocks: stable sorts by key,
+    then by tensor (each a single-key sort, XLA:GPU's radix sort)."""
+    keys, seg = jax.lax.sort((keys_nb, self.seg_nb), num_keys=1, is_stable=True)
+    return jax.lax.sort((seg, keys), num_keys=1, is_stable=True)[1]
+
   def blocks(self, a_n: jax.Array) -> jax.Array:
     return a_n[self.seg_nb]
 
@@ -399,9 +418,13 @@ def order_statistics(x: jax.Array, ks: jax.Array, red=WHOLE) -> jax.Array:
   rounds of counting, so it is exact, needs no sort and works on sharded
   ``x`` (the counts are all-reduced). ``ks``: int32 vector, may be traced.
   With ``red`` a :class:`Segments`, ``x`` is ``[NB]`` and ``ks`` ``[K, n]``:
-  every tensor bisects its own thresholds, all in the same 32 rounds.
+  every tensor bisects its own thresholds, all in the same 32 rounds, or,
+  with ``red.sort``, reads them off its sorted blocks.
   """
   bits = jax.lax.bitcast_convert_type(x.astype(jnp.float32), jnp.int32)
+  if getattr(red, "sort", False):
+    picked = red.sorted_in_tensors(bits)[red.starts[None, :] + ks]
+    return jax.lax.bitcast_convert_type(picked, jnp.float32)
   need = ks + 1  # the answer is the smallest t with count(bits <= t) >= k + 1
 
   def body(_, lohi):

@@ -161,9 +161,8 @@ def check_state_sharding(make_opt):
   Params are sharded on their leading axis; state leaves whose leading axis
   divides by 8 are sharded the same way, the others replicated.
   """
-  devices = np.array(jax.devices()[:8])
-  assert devices.size == 8, "needs 8 devices (tests/conftest.py)"
-  mesh = jax.sharding.Mesh(devices, ("data",))
+  _need_8_devices()
+  mesh = jax.sharding.Mesh(np.array(jax.devices()[:8]), ("data",))
 
   def place(x):
     spec = P("data") if x.ndim and x.shape[0] and x.shape[0] % 8 == 0 else P()
@@ -274,10 +273,16 @@ def run_steps(opt, params, steps: int):
   return us, s, update.lower(g, s, params).compile().as_text()
 
 
-def explicit_mesh():
+def _need_8_devices():
+  """Mesh checks need 8 devices: the 8 CPU devices of tests/conftest.py (an
+  error when missing there), skipped on a machine with fewer accelerators."""
   if jax.default_backend() != "cpu" and len(jax.devices()) < 8:
     pytest.skip(f"needs 8 devices; {jax.default_backend()} has {len(jax.devices())}")
   assert len(jax.devices()) >= 8, "needs 8 devices (tests/conftest.py)"
+
+
+def explicit_mesh():
+  _need_8_devices()
   return jax.make_mesh((8,), ("fsdp",), axis_types=(AxisType.Explicit,))
 
 

@@ -83,16 +83,36 @@ def _pieces(x, nbs=NBS):
   return ta._split(x, nbs)
 
 
-@pytest.mark.parametrize("scatter", [False, True])
-def test_segmented_quantiles_equal_per_tensor(scatter):
+@pytest.mark.parametrize("scatter,sort", [(False, False), (True, False), (False, True)])
+def test_segmented_quantiles_equal_per_tensor(scatter, sort):
+  """Counts (cumsum or segment sum) and sorting: the per-tensor quantiles, exactly."""
   x = jnp.abs(jax.random.normal(jax.random.key(0), (sum(NBS),)))
   x = x.at[10].set(x[11]).at[3].set(0.0)  # ties, a zero
   x = x * jnp.repeat(jnp.logspace(-3, 3, len(NBS)), np.asarray(NBS))  # scales far apart
   qs = (0.0, 0.1, 0.37, 0.9, 1.0)
-  got = ta.quantiles(x, qs, ta.Segments.of(NBS, scatter))
+  got = jax.jit(lambda x: ta.quantiles(x, qs, ta.Segments.of(NBS, scatter, sort=sort)))(x)
   assert got.shape == (len(qs), len(NBS))
   want = jnp.stack([ta.quantiles(xs, qs) for xs in _pieces(x)], axis=1)
   np.testing.assert_array_equal(np.asarray(got), np.asarray(want))
+
+
+def test_sorted_order_statistics_equal_the_counts_on_many_tensors():
+  """Many tensors of random sizes, values with many ties and a whole range of
+  scales: sorting and counting pick the same order statistics, bit for bit;
+  sharded segments refuse sorting."""
+  nbs = tuple(int(n) for n in np.random.default_rng(3).integers(1, 60, 40))
+  key = jax.random.key(4)
+  x = jnp.round(jnp.abs(jax.random.normal(key, (sum(nbs),))) * 8) / 8  # ties
+  x = x * jnp.repeat(jnp.logspace(-20, 20, len(nbs)), np.asarray(nbs))
+  ks = jnp.stack([jnp.zeros(len(nbs), jnp.int32), jnp.asarray(nbs, jnp.int32) // 3,
+                  jnp.asarray(nbs, jnp.int32) - 1])
+  stats = lambda sort: jax.jit(lambda x: ta.order_statistics(
+      x, ks, ta.Segments.of(nbs, sort=sort)))(x)
+  np.testing.assert_array_equal(np.asarray(stats(True)), np.asarray(stats(False)))
+  want = [np.sort(np.asarray(p))[np.asarray(ks)[:, i]] for i, p in enumerate(_pieces(x, nbs))]
+  np.testing.assert_array_equal(np.asarray(stats(True)), np.stack(want, axis=1))
+  with pytest.raises(ValueError, match="sort=True needs whole tensors"):
+    ta.Segments.of(nbs, axes=("fsdp",), shards=2, sort=True)
 
 
 @pytest.mark.parametrize("scatter", [False, True])
