@@ -48,7 +48,8 @@ stay in the unsharded buffers (replicated; the latter gathered). The
 ``[D, ...]`` shapes tie a state to its mesh size: another mesh size fails
 ``update``'s state check (ValueError) rather than scrambling blocks. The
 kernels (``implementation`` other than "xla") draw by buffer position and
-refuse sharded parameters (ValueError).
+refuse sharded parameters (ValueError); so do they in the leaf layout, where
+they update whole tensors.
 
 Second moment (per block, really packed, see :mod:`holojax.kernels.quant`)::
 
