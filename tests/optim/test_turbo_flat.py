@@ -44,12 +44,14 @@ def test_program_size_does_not_grow_with_the_number_of_tensors():
   """Flat: no more compute ops for 200 tensors than for 10 of the same total
   size, within the few that XLA's fusion choices change with the sizes (only
   slices and copies are per tensor; on the H200, jax 0.11.2, 200 tensors
-  compile to 21 ops *fewer*); leaf: the program grows per tensor."""
+  compile to 9 ops *fewer*, with 2 more gathers in other fusions); leaf: the
+  program grows per tensor."""
   flat10, ops10 = compute_ops("flat", 10)
   flat200, ops200 = compute_ops("flat", 200)
   print(f"flat compute ops: {flat10} (10 tensors), {flat200} (200 tensors)")
   assert flat10 > 100 and flat200 - flat10 <= 4
-  assert ops10["while"] == ops200["while"] and ops10["gather"] == ops200["gather"]
+  for op in ("while", "gather", "sort"):  # loops, lookups and sorts are not per tensor
+    assert ops200[op] - ops10[op] <= 4, (op, ops10[op], ops200[op])
   leaf5, _ = compute_ops("leaf", 5)
   leaf10, _ = compute_ops("leaf", 10)
   print(f"leaf compute ops: {leaf5} (5 tensors), {leaf10} (10 tensors)")
