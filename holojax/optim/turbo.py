@@ -19,8 +19,9 @@ quantities (``alpha``, the quantiles ``P_null``/``P_amp``, the phase scale)
 are segmented reductions over each tensor's block range
 (:class:`Segments`): segment ids from an int32 cumsum, exact integer
 counts from cumsum differences (a sorted segment sum on CPU), float sums
-per block then by a segmented scan, one 32-round bisection for every
-tensor's thresholds. The maths per tensor is the leaf layout's; only the
+per block then by a segmented scan, every tensor's thresholds read off
+its blocks sorted within tensors (GPU) or found by one 32-round bisection
+for all tensors (CPU, sharded buffers). The maths per tensor is the leaf layout's; only the
 random draws differ. The default configuration's "mv" group (m and v
 compressed, not faithful, no error feedback) runs as two row passes
 (:mod:`holojax.kernels.turbo_adam.rowblock_reference`: everything per block,
@@ -348,8 +349,9 @@ class Segments:
     if sort is None:
       sort = jax.default_backend() == "gpu" and not axes
     if sort and axes:
-      raise ValueError("Segments: sort=True needs whole tensors (axes=()); sharded "
-                       "buffers find order statistics by all-reduced counts")
+      raise ValueError(f"Segments: sort=True needs whole tensors (axes=()), got "
+                       f"axes={tuple(axes)!r}; sharded buffers find order statistics "
+                       "by all-reduced counts")
     ends = np.cumsum(nbs).astype(np.int32)
     # Opaque to XLA: the per-block ids below are computed at run time, never
     # constant-folded into an [NB] array in the program.
@@ -413,17 +415,20 @@ class Segments:
 
 
 def order_statistics(x: jax.Array, ks: jax.Array, red=WHOLE) -> jax.Array:
-  """The ``k``-th smallest entries (0-based) of non-negative ``x``, for each ``k``.
+  """The ``k``-th smallest entries (0-based, ``0 <= k < n``) of finite
+  non-negative ``x``, for each ``k``.
 
   Bisection on the float32 bit patterns (monotone for ``x >= 0``): 32
   rounds of counting, so it is exact, needs no sort and works on sharded
   ``x`` (the counts are all-reduced). ``ks``: int32 vector, may be traced.
   With ``red`` a :class:`Segments`, ``x`` is ``[NB]`` and ``ks`` ``[K, n]``:
   every tensor bisects its own thresholds, all in the same 32 rounds, or,
-  with ``red.sort``, reads them off its sorted blocks.
+  with ``red.sort`` (GPU, unsharded), reads them off its sorted blocks (the
+  same values; ``k`` clipped into the tensor's own blocks).
   """
   bits = jax.lax.bitcast_convert_type(x.astype(jnp.float32), jnp.int32)
   if getattr(red, "sort", False):
+    ks = jnp.clip(ks, 0, (red.ends - red.starts - 1)[None, :])
     picked = red.sorted_in_tensors(bits)[red.starts[None, :] + ks]
     return jax.lax.bitcast_convert_type(picked, jnp.float32)
   need = ks + 1  # the answer is the smallest t with count(bits <= t) >= k + 1
@@ -441,7 +446,8 @@ def order_statistics(x: jax.Array, ks: jax.Array, red=WHOLE) -> jax.Array:
 
 
 def quantiles(x: jax.Array, qs, red=WHOLE) -> jax.Array:
-  """``jnp.quantile(x, qs)`` (linear interpolation) for non-negative ``x``, sort-free.
+  """``jnp.quantile(x, qs)`` (linear interpolation) for non-negative ``x``
+  (:func:`order_statistics`: by counts, or by sorting with ``red.sort``).
 
   With ``red`` a :class:`Segments`: ``[len(qs), n]``, each tensor's quantiles
   of its own blocks.
