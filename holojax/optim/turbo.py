@@ -274,8 +274,10 @@ class Whole:
   """Per-tensor reductions over all of one tensor's blocks (the leaf layout).
 
   A per-tensor quantity is a scalar; :meth:`blocks` / :meth:`elems` broadcast it.
+  Order statistics are always counted (a tensor may be sharded).
   """
   ndim = 0
+  sort = False
 
   @staticmethod
   def size(x_nb: jax.Array):
@@ -427,7 +429,7 @@ def order_statistics(x: jax.Array, ks: jax.Array, red=WHOLE) -> jax.Array:
   same values; ``k`` clipped into the tensor's own blocks).
   """
   bits = jax.lax.bitcast_convert_type(x.astype(jnp.float32), jnp.int32)
-  if getattr(red, "sort", False):
+  if red.sort:
     ks = jnp.clip(ks, 0, (red.ends - red.starts - 1)[None, :])
     picked = red.sorted_in_tensors(bits)[red.starts[None, :] + ks]
     return jax.lax.bitcast_convert_type(picked, jnp.float32)
@@ -1140,11 +1142,11 @@ def scale_by_turbo_adam(b1: float = 0.9, b2: float = 0.999, eps: float = 1e-8,
       return ScaleByTurboAdamFlatState(
           jnp.zeros((), jnp.int32), jax.random.key_data(jax.random.key(seed)).astype(jnp.uint32),
           *_init_flat(params, layout, impl))
-    _refuse_kernels_on_sharded_leaves(jax.tree_util.tree_flatten_with_path(params)[0], layout,
-                                      impl)
+    paths_leaves = jax.tree_util.tree_flatten_with_path(params)[0]
+    _refuse_kernels_on_sharded_leaves(paths_leaves, layout, impl)
     stacks = jax.tree.leaves(lay.leaf_labels(params, scanned))
     leaves = []
-    for (path, p), stack in zip(jax.tree_util.tree_flatten_with_path(params)[0], stacks):
+    for (path, p), stack in zip(paths_leaves, stacks):
       if stack:
         lay.refuse_sharded_stack(p, "turbo_adam", path)
         leaves.append(jax.lax.map(lambda x: _init_leaf(x, layout), p))

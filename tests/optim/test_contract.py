@@ -38,12 +38,21 @@ IMPLS = {f"turbo_adam[{lay},{impl}]": ("turbo_adam", dict(tree_layout=lay, imple
 CASES = {**FLAT, **IMPLS}
 
 
-def _runs_here(impl) -> bool:
+def _impl(name) -> str | None:
+  """The kernel implementation a case forces (None: the optimizer's default)."""
+  return CASES.get(name, (None, {}))[1].get("implementation")
+
+
+def _impl_marks(name) -> list:
+  """A skip where the case's kernel implementation cannot run here."""
+  impl = _impl(name)
+  if impl is None:
+    return []
   try:
     kernels.select_implementation(bits=4, block_size=128, implementation=impl)
   except ValueError:
-    return False
-  return True
+    return [pytest.mark.skip(reason=f"{impl} cannot run here")]
+  return []
 
 
 def _make(name):
@@ -77,13 +86,11 @@ COSTLY = (contract.check_explicit_sharding, contract.check_explicit_sharding_eag
 
 def _cases():
   for name in registry.names() + list(CASES):
-    impl = CASES.get(name, (None, {}))[1].get("implementation")
     for check in contract.CHECKS:
-      if impl is not None:
-        if check is contract.check_explicit_sharding_eager:
-          continue
-        marks = [pytest.mark.skipif(not _runs_here(impl), reason=f"{impl} cannot run here")]
-        yield pytest.param(name, check, id=f"{name}-{check.__name__}", marks=marks)
+      if _impl(name) is not None:
+        if check is not contract.check_explicit_sharding_eager:
+          yield pytest.param(name, check, id=f"{name}-{check.__name__}",
+                             marks=_impl_marks(name))
         continue
       costly = check in COSTLY and (name in PRESET_OF or (
           # HoloAdam's eager update dispatches hundreds of small ops, each
@@ -109,14 +116,7 @@ def test_every_registered_optimizer_is_covered():
   assert set(SMALL) | {"adamw", "adafactor", "lion"} == set(registry.names())
 
 
-def _orbax_cases():
-  for name in registry.names() + list(CASES):
-    impl = CASES.get(name, (None, {}))[1].get("implementation")
-    marks = [] if impl is None else [
-        pytest.mark.skipif(not _runs_here(impl), reason=f"{impl} cannot run here")]
-    yield pytest.param(name, marks=marks)
-
-
-@pytest.mark.parametrize("name", list(_orbax_cases()))
+@pytest.mark.parametrize("name", [pytest.param(n, marks=_impl_marks(n))
+                                  for n in registry.names() + list(CASES)])
 def test_orbax_roundtrip(name, tmp_path):
   contract.check_orbax_roundtrip(_make(name), tmp_path)

@@ -129,7 +129,7 @@ def test_flat_steps_with_sorted_quantiles_equal_the_counts(monkeypatch):
 
   def run(sort):
     monkeypatch.setattr(ta.Segments, "of", staticmethod(
-        lambda nbs, scatter=None, axes=(), shards=1, sort_=None: of(
+        lambda nbs, scatter=None, axes=(), shards=1, sort=sort: of(
             nbs, scatter, axes, shards, sort=sort and not axes)))
     jax.clear_caches()  # the flat update's jit cache holds the other choice
     opt = turbo_adam(1e-2, tree_layout="flat", **SMALL_M)
